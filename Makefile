@@ -1,0 +1,36 @@
+# Set-up and entry points. Every target installs what it needs into .venv (idempotent: a stamp file
+# records the install, so a second run is fast).
+SHELL := /bin/bash
+PY ?= python3.11
+VENV := .venv
+VPY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: install docker demo test test-gpu bench clean
+
+$(STAMP): pyproject.toml scripts/install.sh
+	bash scripts/install.sh $(PY) $(VENV)
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# Docker engine (installed from Debian and started when absent) and the locally built base image.
+docker: $(STAMP)
+	bash scripts/ensure_docker.sh
+
+demo: install docker
+	bash scripts/demo.sh
+
+test: install docker
+	CI=$${CI:-} $(VPY) -m pytest -m "not gpu" -q -rs --durations=25 $(PYTEST_ARGS)
+
+# On a lent GPU machine (torch with CUDA already installed): gpu tests + GPU benchmarks.
+test-gpu:
+	bash scripts/test_gpu.sh
+
+bench: install
+	bash scripts/bench.sh
+
+clean:
+	rm -rf $(VENV) runs outputs lightning_logs .pytest_cache
