@@ -1,0 +1,19 @@
+"""Test helpers shared across areas (importable as `from helpers import require`: tests/ is on pythonpath)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def require(condition: bool, why: str) -> None:
+    """Skip locally when an optional dependency is missing, but fail in CI, where every CPU dependency
+    must be present (a skip there would hide a broken install)."""
+    if condition:
+        return
+    if IN_CI:
+        pytest.fail(f"CI=true but {why}")
+    pytest.skip(why)
