@@ -1,0 +1,263 @@
+"""Windowed FIFO between the rollout workers and the trainer, with the ledger of every dispatched prompt.
+
+A *group* is all G rollouts of one prompt (the RLOO baseline needs the whole group). Groups enter the queue
+in **dispatch order** when their prompt is handed to a worker, and are marked complete when the last rollout
+finishes. The trainer takes batches of N groups from the head:
+
+- strict FIFO (`window=0`) waits for the oldest groups, so one straggler stalls the whole trainer;
+- completion order (`window=1`, no limit on jumps) takes whatever finished first, which is fast but skews the task mix towards
+  easy/short tasks (the slow ones are always trained late, i.e. more off-policy, or never);
+- windowed FIFO (e.g. `window=0.1`): a batch is the first N *completed* groups in dispatch order, where at
+  most `floor(window * N)` still-running groups may be jumped over. So at most a `window` fraction of a batch
+  is filled out of input order (in completion order, to drain around stragglers); the rest is exactly the
+  input order. A jumped group stays at the head and is taken first once it completes.
+
+Staleness = (trainer's policy version when the batch is taken) - (oldest policy version that produced any
+token of the group). It is bounded by `max_staleness`: a group over the bound is either dropped and counted
+(`on_stale="drop"`) or re-dispatched with fresh weights (`on_stale="resample"`). A running group that is
+already over the bound can never become usable, so it is expired at once instead of blocking the head.
+
+The ledger gives each dispatched prompt one entry that ends in exactly one terminal state: `trained`,
+`dropped_stale` or `failed` (with a reason). `state_dict()` stores the ledger without the rollouts; on
+`load_state_dict()` every group that was not yet trained is put back in the dispatch backlog (`resume`
+counts them), so a resumed run loses no prompt and trains none twice.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+# Ledger states. Terminal: trained, dropped_stale, failed.
+BACKLOG, RUNNING, COMPLETED, TAKEN, TRAINED, DROPPED_STALE, FAILED = (
+    "backlog", "running", "completed", "taken", "trained", "dropped_stale", "failed",
+)
+TERMINAL = (TRAINED, DROPPED_STALE, FAILED)
+
+
+@dataclass
+class Group:
+    """One prompt's rollouts. `prompt` is whatever the dispatcher needs to run it again (a task id, a dict)."""
+
+    group_id: int
+    prompt: Any
+    env: str
+    dispatch_version: int
+    dispatched_at: float
+    rollouts: list[Any] = field(default_factory=list)
+    min_version: int | None = None
+    completed_at: float | None = None
+    attempts: int = 1
+
+    def staleness(self, current_version: int) -> int:
+        version = self.dispatch_version if self.min_version is None else self.min_version
+        return current_version - version
+
+
+@dataclass
+class LedgerEntry:
+    prompt: Any
+    env: str
+    state: str
+    reason: str = ""
+    attempts: int = 1
+
+
+class WindowedFIFO:
+    """Thread-safe windowed FIFO of groups plus the ledger (see the module docstring)."""
+
+    def __init__(self, *, window: float = 0.1, max_staleness: int = 4, on_stale: str = "drop",
+                 clock: Any = time.monotonic) -> None:
+        if not 0.0 <= window <= 1.0:
+            raise ValueError(f"queue window must be in [0, 1], got {window}")
+        if max_staleness < 0:
+            raise ValueError(f"max_staleness must be >= 0, got {max_staleness}")
+        if on_stale not in ("drop", "resample"):
+            raise ValueError(f"on_stale must be 'drop' or 'resample', got {on_stale!r}")
+        self.window, self.max_staleness, self.on_stale = window, max_staleness, on_stale
+        self._clock = clock
+        self._cond = threading.Condition()
+        self._slots: dict[int, Group] = {}  # not yet taken, insertion (= dispatch) order
+        self._ledger: dict[int, LedgerEntry] = {}
+        self._backlog: list[tuple[int, Any, str]] = []  # (group_id, prompt, env) to (re-)dispatch
+        self._next_id = 0
+        self._closed = False
+        self.counters: Counter[str] = Counter()
+
+    # -- producer side ------------------------------------------------------------------------------
+    def dispatch(self, prompt: Any, env: str, policy_version: int) -> int:
+        """Register a new group about to be rolled out; returns its id (dispatch order)."""
+        with self._cond:
+            gid = self._next_id
+            self._next_id += 1
+            self._ledger[gid] = LedgerEntry(prompt, env, RUNNING)
+            self._slots[gid] = Group(gid, prompt, env, policy_version, self._clock())
+            self.counters["dispatched"] += 1
+            return gid
+
+    def next_redispatch(self, policy_version: int) -> tuple[int, int, Any, str] | None:
+        """Pop one group of the backlog (resampled stale groups, groups of a dead engine, groups of a resumed
+        run) and put it back in flight under its original id: (group_id, attempt, prompt, env); None when the backlog
+        is empty."""
+        with self._cond:
+            if not self._backlog:
+                return None
+            gid, prompt, env = self._backlog.pop(0)
+            entry = self._ledger[gid]
+            entry.state, entry.attempts = RUNNING, entry.attempts + 1
+            self._slots[gid] = Group(gid, prompt, env, policy_version, self._clock(), attempts=entry.attempts)
+            self.counters["redispatched"] += 1
+            return gid, entry.attempts, prompt, env
+
+    def complete(self, group_id: int, rollouts: list[Any], versions_seen: list[int] | None = None,
+                 attempt: int | None = None) -> None:
+        """All rollouts of a group are done. `versions_seen`: every policy version that produced a token;
+        `attempt`: the attempt the worker ran (a result of an attempt that was since requeued is discarded)."""
+        with self._cond:
+            group = self._slots.get(group_id)
+            if (group is None or self._ledger[group_id].state != RUNNING
+                    or (attempt is not None and attempt != group.attempts)):
+                # Expired while running (stale or requeued): its result is discarded, already counted.
+                self.counters["late_completion_discarded"] += 1
+                return
+            group.rollouts = list(rollouts)
+            group.min_version = min(versions_seen) if versions_seen else group.dispatch_version
+            group.completed_at = self._clock()
+            self._ledger[group_id].state = COMPLETED
+            self.counters["completed"] += 1
+            self._cond.notify_all()
+
+    def fail(self, group_id: int, reason: str) -> None:
+        """A group that cannot be trained on (environment error, ...): terminal, counted by reason."""
+        with self._cond:
+            self._slots.pop(group_id, None)
+            self._finish(group_id, FAILED, reason)
+            self._cond.notify_all()
+
+    def requeue(self, group_id: int, reason: str) -> None:
+        """Put a running group back in the backlog (e.g. its engine died); counted under `requeued/<reason>`."""
+        with self._cond:
+            self._slots.pop(group_id, None)
+            entry = self._ledger[group_id]
+            if entry.state in TERMINAL:
+                return
+            entry.state = BACKLOG
+            self._backlog.append((group_id, entry.prompt, entry.env))
+            self.counters[f"requeued/{reason}"] += 1
+            self._cond.notify_all()
+
+    # -- consumer side ------------------------------------------------------------------------------
+    def take(self, batch_size: int, current_version: int, timeout: float | None = None) -> list[Group] | None:
+        """Block until a batch of `batch_size` groups can be formed under the window rule; None on timeout
+        or when the queue is closed. The groups' ledger state becomes `taken` (see `mark_trained`)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            while True:
+                self._expire_stale(current_version)
+                batch = self._try_form(batch_size)
+                if batch is not None:
+                    for g in batch:
+                        del self._slots[g.group_id]
+                        self._ledger[g.group_id].state = TAKEN
+                    self.counters["taken"] += len(batch)
+                    return batch
+                if self._closed:
+                    return None
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return None
+                self._cond.wait(timeout=remaining if remaining is not None else 1.0)
+
+    def _try_form(self, batch_size: int) -> list[Group] | None:
+        if self.window >= 1.0:  # pure completion order: the first groups to finish, wherever they are
+            done = sorted((g for g in self._slots.values() if g.completed_at is not None), key=lambda g: g.completed_at)
+            return done[:batch_size] if len(done) >= batch_size else None
+        max_jumps = math.floor(self.window * batch_size + 1e-9)
+        batch: list[Group] = []
+        jumps = 0
+        for group in self._slots.values():
+            if group.completed_at is not None:
+                batch.append(group)
+                if len(batch) == batch_size:
+                    return batch
+            else:
+                jumps += 1
+                if jumps > max_jumps:
+                    return None
+        return None
+
+    def _expire_stale(self, current_version: int) -> None:
+        for gid in [g for g, grp in self._slots.items() if grp.staleness(current_version) > self.max_staleness]:
+            group = self._slots.pop(gid)
+            self.counters["stale_running" if group.completed_at is None else "stale_completed"] += 1
+            if self.on_stale == "drop":
+                self._finish(gid, DROPPED_STALE, f"staleness>{self.max_staleness}")
+            else:
+                self._ledger[gid].state = BACKLOG
+                self._backlog.append((gid, group.prompt, group.env))
+                self.counters["resampled_stale"] += 1
+
+    def mark_trained(self, group_ids: list[int]) -> None:
+        """The optimizer step that used these groups is done."""
+        with self._cond:
+            for gid in group_ids:
+                self._finish(gid, TRAINED, "")
+
+    def _finish(self, gid: int, state: str, reason: str) -> None:
+        entry = self._ledger[gid]
+        if entry.state in TERMINAL:
+            raise RuntimeError(f"group {gid} already ended as {entry.state}, cannot end it again as {state}")
+        entry.state, entry.reason = state, reason
+        self.counters[state if not reason else f"{state}/{reason}"] += 1
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+    # -- introspection ------------------------------------------------------------------------------
+    def depth(self) -> dict[str, int]:
+        """Groups waiting (completed, not taken), running, and in the re-dispatch backlog."""
+        with self._cond:
+            done = sum(1 for g in self._slots.values() if g.completed_at is not None)
+            return {"completed": done, "running": len(self._slots) - done, "backlog": len(self._backlog)}
+
+    def ledger_summary(self) -> Counter[str]:
+        """Count of ledger entries by state (terminal states with their reason)."""
+        with self._cond:
+            return Counter(e.state if not e.reason else f"{e.state}/{e.reason}" for e in self._ledger.values())
+
+    def ledger(self) -> dict[int, LedgerEntry]:
+        with self._cond:
+            return {gid: LedgerEntry(e.prompt, e.env, e.state, e.reason, e.attempts) for gid, e in self._ledger.items()}
+
+    # -- checkpointing ------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """The ledger (prompts, states, attempts), id counter and counters; rollouts are not stored: groups
+        not yet trained are re-dispatched on resume."""
+        with self._cond:
+            return {
+                "next_id": self._next_id,
+                "ledger": {gid: [e.prompt, e.env, e.state, e.reason, e.attempts] for gid, e in self._ledger.items()},
+                "backlog": [gid for gid, _, _ in self._backlog],
+                "counters": dict(self.counters),
+            }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        with self._cond:
+            self._slots.clear()
+            self._backlog.clear()
+            self._next_id = int(state["next_id"])
+            self.counters = Counter(state["counters"])
+            self._ledger = {}
+            for gid, (prompt, env, st, reason, attempts) in sorted(state["ledger"].items(), key=lambda kv: int(kv[0])):
+                gid = int(gid)
+                self._ledger[gid] = LedgerEntry(prompt, env, st, reason, attempts)
+                if st not in TERMINAL:
+                    self._ledger[gid].state = BACKLOG
+                    self._backlog.append((gid, prompt, env))
+                    self.counters["requeued/resume"] += 1
