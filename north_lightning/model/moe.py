@@ -1,0 +1,156 @@
+"""Mixture-of-experts block: our router + a pluggable experts backend (`NorthConfig.experts_backend`).
+
+Router (North/Cohere2MoE): top-k of the router logits, weights = sigmoid of the selected logits, no
+renormalisation (unless `norm_topk_prob`). Because sigmoid is monotonic this selects the same experts as vLLM's
+"sigmoid then top-k". Every backend receives the same routing and computes SwiGLU experts with weights stored
+in transformers-v5's fused layout (`gate_up_proj` [E, 2F, D], gate rows first; `down_proj` [E, D, F]), so the
+checkpoint mapping to HF/vLLM is the same whichever backend trains.
+
+Experts backends take tokens sorted by expert (`ExpertRouting`) and return the weighted per-slot outputs in the
+same sorted order; the block scatters them back with `index_add_`. `megablocks` is imported only when asked for.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from north_lightning.model.attention import load_backend
+from north_lightning.model.config import NorthConfig
+
+EXPERTS_BACKENDS: dict[str, str] = {
+    "torch": "north_lightning.model.moe:TorchExperts",
+    "grouped": "north_lightning.model.moe:GroupedExperts",
+    "megablocks": "north_lightning.model.experts_megablocks:MegablocksExperts",
+}
+
+
+@dataclass
+class ExpertRouting:
+    """Routed slots (T tokens x K choices) sorted by expert, ready for per-expert segments / grouped GEMMs."""
+
+    token_idx_N: torch.Tensor  # N = T*K: source token of each sorted slot
+    weight_N: torch.Tensor  # router weight of each sorted slot
+    counts_E: torch.Tensor  # slots per expert (int64, on the tokens' device)
+    expert_idx_TK: torch.Tensor  # unsorted choices, for backends (e.g. megablocks) that route themselves
+    weight_TK: torch.Tensor
+
+
+class TorchExperts(nn.Module):
+    """Reference backend: one matmul pair per expert over that expert's contiguous segment of sorted tokens.
+    A Python loop over experts (not tokens); clear, and exact against the grouped kernels."""
+
+    def __init__(self, config: NorthConfig) -> None:
+        super().__init__()
+        E, F_, D = config.num_experts, config.expert_intermediate_size, config.hidden_size
+        self.gate_up_proj = nn.Parameter(torch.empty(E, 2 * F_, D))
+        self.down_proj = nn.Parameter(torch.empty(E, D, F_))
+
+    def forward(self, x_ND: torch.Tensor, routing: ExpertRouting) -> torch.Tensor:
+        outs = []
+        for e, x_nD in enumerate(x_ND.split(routing.counts_E.tolist())):
+            if x_nD.shape[0] == 0:
+                continue
+            gate_nF, up_nF = F.linear(x_nD, self.gate_up_proj[e]).chunk(2, dim=-1)
+            outs.append(F.linear(F.silu(gate_nF) * up_nF, self.down_proj[e]))
+        return torch.cat(outs) if outs else x_ND.new_zeros(0, self.down_proj.shape[1])
+
+
+class GroupedExperts(TorchExperts):
+    """One grouped GEMM per projection over all experts' segments (`grouped_mm` with cumulative offsets).
+    Runs on CPU (torch >= 2.10) and CUDA; same parameters as `TorchExperts`."""
+
+    def forward(self, x_ND: torch.Tensor, routing: ExpertRouting) -> torch.Tensor:
+        offs_E = routing.counts_E.cumsum(0).to(torch.int32)
+        gate_up_N2F = _grouped_mm(x_ND, self.gate_up_proj.transpose(-2, -1), offs_E)
+        gate_NF, up_NF = gate_up_N2F.chunk(2, dim=-1)
+        return _grouped_mm(F.silu(gate_NF) * up_NF, self.down_proj.transpose(-2, -1), offs_E)
+
+
+def _grouped_mm(a_ND: torch.Tensor, b_EDF: torch.Tensor, offs_E: torch.Tensor) -> torch.Tensor:
+    grouped_mm = getattr(F, "grouped_mm", None) or torch._grouped_mm
+    return grouped_mm(a_ND, b_EDF, offs=offs_E)
+
+
+class TopKRouter(nn.Module):
+    """Linear router: selects by logits, weights by sigmoid; keeps the statistics of its last forward."""
+
+    def __init__(self, config: NorthConfig) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(config.num_experts, config.hidden_size))
+        self.top_k = config.num_experts_per_tok
+        self.norm_topk_prob = config.norm_topk_prob
+
+    def forward(self, x_TD: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        logits_TE = F.linear(x_TD, self.weight)
+        top_logits_TK, expert_idx_TK = torch.topk(logits_TE, self.top_k, dim=-1)
+        weight_TK = torch.sigmoid(top_logits_TK.float())
+        if self.norm_topk_prob:
+            weight_TK = weight_TK / weight_TK.sum(-1, keepdim=True)
+        return logits_TE, expert_idx_TK, weight_TK.to(x_TD.dtype)
+
+
+class MoEBlock(nn.Module):
+    """Router + experts. After each forward, `aux_loss` (coefficient applied) and `expert_load_E` (fraction of
+    routed slots per expert, detached) describe that forward for logging and the load-balancing loss."""
+
+    def __init__(self, config: NorthConfig) -> None:
+        super().__init__()
+        self.num_experts = config.num_experts
+        self.aux_loss_coef = config.router_aux_loss_coef
+        self.gate = TopKRouter(config)
+        self.experts = load_backend(EXPERTS_BACKENDS, config.experts_backend, "experts")(config)
+        self.aux_loss: torch.Tensor | None = None
+        self.expert_load_E: torch.Tensor | None = None
+
+    def forward(self, x_BSD: torch.Tensor) -> torch.Tensor:
+        x_TD = x_BSD.reshape(-1, x_BSD.shape[-1])
+        logits_TE, expert_idx_TK, weight_TK = self.gate(x_TD)
+        routing = sort_by_expert(expert_idx_TK, weight_TK, self.num_experts)
+        self._record_stats(logits_TE, routing.counts_E)
+        out_ND = self.experts(x_TD[routing.token_idx_N], routing)
+        out_ND = out_ND * routing.weight_N[:, None]
+        out_TD = torch.zeros_like(x_TD).index_add_(0, routing.token_idx_N, out_ND.to(x_TD.dtype))
+        return out_TD.view_as(x_BSD)
+
+    def _record_stats(self, logits_TE: torch.Tensor, counts_E: torch.Tensor) -> None:
+        """Switch-style balance loss E * sum_e f_e * P_e, with P the per-token-normalised sigmoid scores (1.0
+        when perfectly balanced). f (the routed fraction) carries no gradient; P does."""
+        load_E = counts_E.to(torch.float32) / counts_E.sum().clamp(min=1)
+        self.expert_load_E = load_E.detach()
+        if self.aux_loss_coef > 0 and self.training and torch.is_grad_enabled():
+            scores_TE = torch.sigmoid(logits_TE.float())
+            prob_E = (scores_TE / scores_TE.sum(-1, keepdim=True)).mean(0)
+            self.aux_loss = self.aux_loss_coef * self.num_experts * (load_E * prob_E).sum()
+        else:
+            self.aux_loss = None
+
+
+def sort_by_expert(expert_idx_TK: torch.Tensor, weight_TK: torch.Tensor, num_experts: int) -> ExpertRouting:
+    """Stable sort of the T*K routed slots by expert id (ties keep token order, so results are deterministic)."""
+    flat_expert_N = expert_idx_TK.flatten()
+    order_N = torch.argsort(flat_expert_N, stable=True)
+    return ExpertRouting(
+        token_idx_N=order_N // expert_idx_TK.shape[1],
+        weight_N=weight_TK.flatten()[order_N],
+        counts_E=torch.bincount(flat_expert_N, minlength=num_experts),
+        expert_idx_TK=expert_idx_TK,
+        weight_TK=weight_TK,
+    )
+
+
+class DenseMLP(nn.Module):
+    """SwiGLU MLP of the dense prefix layer(s); HF names gate_proj / up_proj / down_proj."""
+
+    def __init__(self, config: NorthConfig) -> None:
+        super().__init__()
+        D, F_ = config.hidden_size, config.dense_intermediate_size
+        self.gate_proj = nn.Linear(D, F_, bias=False)
+        self.up_proj = nn.Linear(D, F_, bias=False)
+        self.down_proj = nn.Linear(F_, D, bias=False)
+
+    def forward(self, x_BSD: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x_BSD)) * self.up_proj(x_BSD))
