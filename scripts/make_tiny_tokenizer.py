@@ -9,7 +9,10 @@ the running interpreter), shell commands, terminal output and JSON tool calls ge
 grammar. Training is deterministic for a given Python version; the committed files are the artifact, so
 re-running the script is only needed to change the tokenizer.
 
-    .venv/bin/python scripts/make_tiny_tokenizer.py [--out DIR]
+It also writes `north_lightning/assets/demo_chat.jsonl`, a few hundred seeded toy agent conversations
+(tool schema, tool calls, tool results) that the tiny demo SFT run learns in a few CPU minutes.
+
+    .venv/bin/python scripts/make_tiny_tokenizer.py [--out DIR] [--demo-data FILE]
 """
 
 from __future__ import annotations
@@ -212,12 +215,51 @@ def save(tok: Tokenizer, out_dir: Path) -> None:
     hf_tok.save_pretrained(str(out_dir))
 
 
+BASH_TOOL = {"type": "function", "function": {
+    "name": "bash", "description": "Run a shell command in the task container and return its output.",
+    "parameters": {"type": "object", "properties": {"command": {"type": "string"}}, "required": ["command"]}}}
+
+
+def demo_conversations(seed: int, n: int) -> list[dict]:
+    """Toy terminal tasks solved with one tool call, then a check and a final answer."""
+    rng = random.Random(seed)
+    words = ["alpha", "beta", "gamma", "delta", "omega", "north", "cohere", "lightning", "token", "agent"]
+    rows = []
+    for _ in range(n):
+        a, b = rng.randint(1, 99), rng.randint(1, 99)
+        name = rng.choice(["out", "answer", "result", "sum"]) + ".txt"
+        word = rng.choice(words)
+        kind = rng.randrange(3)
+        if kind == 0:
+            task, cmd, result = f"Write the sum of {a} and {b} to /app/{name}.", f"echo $(({a}+{b})) > /app/{name}", str(a + b)
+        elif kind == 1:
+            task, cmd, result = f"Write the word {word} in upper case to /app/{name}.", \
+                f"echo {word} | tr a-z A-Z > /app/{name}", word.upper()
+        else:
+            task, cmd, result = f"Write the product of {a} and {b} to /app/{name}.", f"echo $(({a}*{b})) > /app/{name}", str(a * b)
+        call = lambda c: [{"type": "function", "function": {"name": "bash", "arguments": {"command": c}}}]  # noqa: E731
+        rows.append({"tools": [BASH_TOOL], "messages": [
+            {"role": "system", "content": "You are a terminal agent. Solve the task with the bash tool."},
+            {"role": "user", "content": task},
+            {"role": "assistant", "content": "I will write it with one command.", "tool_calls": call(cmd)},
+            {"role": "tool", "content": ""},
+            {"role": "assistant", "content": "Let me check the file.", "tool_calls": call(f"cat /app/{name}")},
+            {"role": "tool", "content": result},
+            {"role": "assistant", "content": f"Done: /app/{name} contains {result}."},
+        ]})
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     default_out = Path(__file__).resolve().parents[1] / "north_lightning" / "assets" / "tiny_tokenizer"
     parser.add_argument("--out", type=Path, default=default_out)
+    parser.add_argument("--demo-data", type=Path, default=default_out.parent / "demo_chat.jsonl")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
+    with open(args.demo_data, "w", encoding="utf-8") as f:
+        for row in demo_conversations(args.seed, 200):
+            f.write(json.dumps(row) + "\n")
     tok = train_tokenizer(build_corpus(args.seed))
     assert tok.get_vocab_size() <= VOCAB_SIZE, tok.get_vocab_size()
     save(tok, args.out)
