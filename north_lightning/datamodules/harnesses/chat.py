@@ -1,0 +1,35 @@
+"""Plain chat: one user prompt, one assistant answer, no tools. Serves the single-turn sources of the
+mixture (competitive programming, reasoning, instruction following) through the same pipeline."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from north_lightning.datamodules.harnesses.base import Action, FormatError, ToolCall
+
+
+class ChatHarness:
+    name = "chat"
+
+    def tools(self) -> list[dict[str, Any]] | None:
+        return None
+
+    def tools_for(self, seed: int | None) -> list[dict[str, Any]] | None:
+        return None
+
+    def parse(self, response: str | dict[str, Any]) -> Action | FormatError:
+        text = (response.get("content") or "") if isinstance(response, dict) else response
+        return Action((), text.strip(), submit=True)
+
+    def canonical(self, action: Action) -> list[ToolCall]:
+        return [ToolCall("submit", {})]
+
+    def format_observation(self, call: ToolCall, output: str, exit_code: int | None = None) -> dict[str, Any]:
+        return {"role": "user", "content": output}
+
+    def render(self, trajectory: Any, *, seed: int | None = None) -> list[dict[str, Any]]:
+        if trajectory.steps or not trajectory.response:
+            raise ValueError(f"record {trajectory.id}: the chat harness renders single-turn records (a response, no steps)")
+        messages = [{"role": "system", "content": trajectory.system}] if trajectory.system else []
+        return messages + [{"role": "user", "content": trajectory.task},
+                           {"role": "assistant", "content": trajectory.response}]
