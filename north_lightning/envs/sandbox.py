@@ -1,0 +1,381 @@
+"""A Docker container an agent may run anything in, with limits users can trust.
+
+Defaults: no network unless the task allows it, memory (no swap), CPU and pids limits, a per-command timeout
+enforced twice (GNU `timeout` inside the container kills the command's whole process group, and a host-side
+deadline stops waiting if even that hangs), a wall-clock budget per episode, an optional non-root user, and
+removal that cannot be forgotten: a context manager, plus an atexit hook and SIGTERM/SIGINT handlers that remove
+every live sandbox of this process. Every container carries `SANDBOX_LABEL` and its owner's pid, so
+`sweep_orphans()` finds what a SIGKILLed process left behind.
+"""
+
+from __future__ import annotations
+
+import atexit
+import io
+import os
+import signal
+import socket
+import tarfile
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any, NamedTuple
+
+import docker
+import docker.errors
+
+SANDBOX_LABEL = "north_lightning.sandbox"
+OWNER_PID_LABEL = "north_lightning.owner_pid"
+OWNER_HOST_LABEL = "north_lightning.owner_host"
+TIMEOUT_EXIT_CODE = 124  # what GNU `timeout` returns; the host-side deadline reports the same
+KILL_GRACE_SEC = 2.0  # SIGTERM -> SIGKILL grace of the in-container `timeout`
+HOST_DEADLINE_SLACK_SEC = 10.0
+# `timeout` makes itself a process-group leader; once it returns, whatever the command left running in that
+# group (background jobs, a fork bomb) is killed too, so nothing outlives its command or holds the output open.
+# Long-running servers belong in the tmux terminal, whose shell is not an exec.
+_EXEC_WRAPPER = (
+    f'T=$1; shift; timeout -k {KILL_GRACE_SEC:g} "$T" "$@" & p=$!; wait $p; rc=$?; '
+    'kill -9 -- -$p 2>/dev/null; exit $rc'
+)
+
+
+class SandboxError(RuntimeError):
+    """The sandbox cannot do what was asked (container gone, Docker error)."""
+
+
+class EpisodeTimeout(SandboxError):
+    """The episode's wall-clock budget is spent; the caller ends the episode with reason `episode_timeout`."""
+
+
+class ExecResult(NamedTuple):
+    exit_code: int
+    output: str
+
+    @property
+    def timed_out(self) -> bool:
+        return self.exit_code == TIMEOUT_EXIT_CODE
+
+
+@dataclass
+class SandboxConfig:
+    """Limits and identity of one sandbox. Tasks fill it from their `[environment]` / `[agent]` tables."""
+
+    image: str
+    cpus: float = 1.0
+    memory_mb: int = 1024
+    pids_limit: int = 256
+    allow_internet: bool = False
+    user: str = "root"  # user commands run as by default ("agent" = the base image's non-root account)
+    workdir: str = "/app"
+    command_timeout_sec: float = 60.0
+    episode_timeout_sec: float = 900.0
+    max_output_bytes: int = 64_000
+    env: dict[str, str] = field(default_factory=dict)
+    labels: dict[str, str] = field(default_factory=dict)
+
+
+_CLIENT: docker.DockerClient | None = None
+_CLIENT_LOCK = threading.Lock()
+
+
+def docker_client() -> docker.DockerClient:
+    """One process-wide client: a long socket timeout (commands may be silent for minutes) and a connection
+    pool large enough for many concurrent sandboxes."""
+    global _CLIENT
+    with _CLIENT_LOCK:
+        if _CLIENT is None:
+            try:
+                _CLIENT = docker.from_env(timeout=24 * 3600, max_pool_size=128)
+                _CLIENT.ping()
+            except docker.errors.DockerException as err:
+                _CLIENT = None
+                raise SandboxError(
+                    f"cannot reach a Docker engine ({err}); run `bash scripts/ensure_docker.sh` (or `make docker`)"
+                ) from err
+        return _CLIENT
+
+
+# ---- guaranteed removal -------------------------------------------------------------------------------------
+_LIVE: dict[str, "DockerSandbox"] = {}
+_LIVE_LOCK = threading.Lock()
+_HOOKS_INSTALLED = False
+
+
+def close_all_sandboxes() -> int:
+    """Remove every sandbox this process still holds; returns how many."""
+    with _LIVE_LOCK:
+        live = list(_LIVE.values())
+    for box in live:
+        box.close()
+    return len(live)
+
+
+def _signal_handler(signum: int, frame: Any) -> None:
+    close_all_sandboxes()
+    previous = _PREVIOUS_HANDLERS.get(signum)
+    if callable(previous):
+        previous(signum, frame)
+    elif previous == signal.SIG_IGN:
+        return
+    else:  # default action: die of the same signal
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+
+
+_PREVIOUS_HANDLERS: dict[int, Any] = {}
+
+
+def _install_cleanup_hooks() -> None:
+    """Once per process: atexit, and SIGTERM/SIGINT handlers that chain to whatever was installed before."""
+    global _HOOKS_INSTALLED
+    if _HOOKS_INSTALLED:
+        return
+    _HOOKS_INSTALLED = True
+    atexit.register(close_all_sandboxes)
+    if threading.current_thread() is not threading.main_thread():
+        return  # signal handlers can only be set from the main thread; atexit still covers normal exits
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        _PREVIOUS_HANDLERS[signum] = signal.getsignal(signum)
+        signal.signal(signum, _signal_handler)
+
+
+def sweep_orphans(*, all_owners: bool = False, client: docker.DockerClient | None = None) -> list[str]:
+    """Remove labelled containers whose owner process is gone (or every labelled one with `all_owners`).
+    Returns the removed container names."""
+    client = client or docker_client()
+    removed = []
+    for container in client.containers.list(all=True, filters={"label": SANDBOX_LABEL}):
+        labels = container.labels
+        owner_alive = False
+        if labels.get(OWNER_HOST_LABEL) == socket.gethostname():
+            try:
+                os.kill(int(labels.get(OWNER_PID_LABEL, "0")), 0)
+                owner_alive = True
+            except (OSError, ValueError):
+                owner_alive = False
+        if all_owners or not owner_alive:
+            try:
+                container.remove(force=True)
+                removed.append(container.name)
+            except docker.errors.NotFound:
+                pass
+    return removed
+
+
+def labelled_containers(client: docker.DockerClient | None = None) -> list[str]:
+    """Names of every container (running or not) that carries our sandbox label."""
+    client = client or docker_client()
+    return [c.name for c in client.containers.list(all=True, filters={"label": SANDBOX_LABEL})]
+
+
+# ---- the sandbox --------------------------------------------------------------------------------------------
+class _OutputCapture:
+    """Keeps the first and last `limit/2` bytes of a stream: bounded memory whatever the command prints."""
+
+    def __init__(self, limit: int):
+        self.half = max(1, limit // 2)
+        self.head = bytearray()
+        self.tail: deque[bytes] = deque()
+        self.tail_len = 0
+        self.total = 0
+
+    def add(self, chunk: bytes) -> None:
+        self.total += len(chunk)
+        room = self.half - len(self.head)
+        if room > 0:
+            self.head += chunk[:room]
+            chunk = chunk[room:]
+        if chunk:
+            self.tail.append(chunk)
+            self.tail_len += len(chunk)
+            while self.tail_len - len(self.tail[0]) >= self.half:
+                self.tail_len -= len(self.tail.popleft())
+
+    def text(self) -> str:
+        tail = b"".join(self.tail)
+        dropped = self.total - len(self.head) - len(tail)
+        if dropped <= 0:
+            return (bytes(self.head) + tail).decode(errors="replace")
+        tail = tail[-self.half:]
+        dropped = self.total - len(self.head) - len(tail)
+        return (bytes(self.head).decode(errors="replace") + f"\n[... {dropped} bytes of output omitted ...]\n"
+                + tail.decode(errors="replace"))
+
+
+class DockerSandbox:
+    """One container. `exec(cmd, timeout) -> ExecResult(exit_code, output)`; files in/out by tar; `close()`.
+
+    Use as a context manager, or call `close()`; the process-exit hooks remove it otherwise."""
+
+    def __init__(self, config: SandboxConfig, *, client: docker.DockerClient | None = None):
+        self.config = config
+        self.client = client or docker_client()
+        self.container: Any = None
+        self.start_latency_s: float | None = None
+        self._deadline: float | None = None
+        self._closed = False
+
+    # lifecycle
+    def start(self) -> "DockerSandbox":
+        _install_cleanup_hooks()
+        cfg = self.config
+        labels = {SANDBOX_LABEL: "1", OWNER_PID_LABEL: str(os.getpid()), OWNER_HOST_LABEL: socket.gethostname(),
+                  **cfg.labels}
+        started = time.monotonic()
+        try:
+            self.container = self.client.containers.run(
+                cfg.image, command=["sleep", "infinity"], detach=True, init=True, labels=labels,
+                network_mode="bridge" if cfg.allow_internet else "none",
+                mem_limit=f"{cfg.memory_mb}m", memswap_limit=f"{cfg.memory_mb}m",
+                nano_cpus=int(cfg.cpus * 1e9), pids_limit=cfg.pids_limit,
+                working_dir=cfg.workdir, environment=cfg.env, hostname="sandbox",
+                security_opt=["no-new-privileges"], cap_drop=["NET_RAW", "MKNOD", "AUDIT_WRITE", "SYS_CHROOT"],
+            )
+        except docker.errors.ImageNotFound as err:
+            raise SandboxError(f"image {cfg.image!r} not found: build the task image first ({err})") from err
+        except docker.errors.APIError as err:
+            raise SandboxError(f"cannot start a container from {cfg.image!r}: {err}") from err
+        with _LIVE_LOCK:
+            _LIVE[self.container.id] = self
+        self.start_latency_s = time.monotonic() - started
+        self._deadline = time.monotonic() + cfg.episode_timeout_sec
+        return self
+
+    def __enter__(self) -> "DockerSandbox":
+        return self.start() if self.container is None else self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Kill and remove the container. Idempotent and safe to call from any thread or signal handler."""
+        if self._closed or self.container is None:
+            return
+        self._closed = True
+        try:
+            self.container.remove(force=True)
+        except docker.errors.NotFound:
+            pass
+        except docker.errors.APIError as err:
+            if "already in progress" not in str(err):
+                raise
+        finally:
+            with _LIVE_LOCK:
+                _LIVE.pop(self.container.id, None)
+
+    @property
+    def name(self) -> str:
+        return self.container.name if self.container is not None else "<not started>"
+
+    def remaining_sec(self) -> float:
+        return float("inf") if self._deadline is None else self._deadline - time.monotonic()
+
+    def is_running(self) -> bool:
+        try:
+            self.container.reload()
+        except docker.errors.NotFound:
+            return False
+        return self.container.status == "running"
+
+    # commands
+    def exec(self, cmd: str | list[str], timeout: float | None = None, *, user: str | None = None,
+             workdir: str | None = None, env: dict[str, str] | None = None,
+             max_output_bytes: int | None = None) -> ExecResult:
+        """Run `cmd` (a shell string for bash, or an argv) and return its exit code and merged stdout+stderr
+        (head and tail kept when longer than `max_output_bytes`). A command that outlives `timeout` is killed
+        with its process group and reported with exit code 124. Raises `EpisodeTimeout` once the episode's
+        wall-clock budget is spent."""
+        if self.container is None or self._closed:
+            raise SandboxError("exec on a sandbox that is not running (start() it / it was closed)")
+        remaining = self.remaining_sec()
+        if remaining <= 0:
+            raise EpisodeTimeout(f"episode wall-clock budget of {self.config.episode_timeout_sec:.0f} s spent")
+        limit = min(timeout if timeout is not None else self.config.command_timeout_sec, remaining)
+        limit = max(limit, 0.1)
+        inner = ["bash", "-c", cmd] if isinstance(cmd, str) else list(cmd)
+        argv = ["bash", "-c", _EXEC_WRAPPER, "sandbox-exec", f"{limit:.1f}", *inner]
+        capture = _OutputCapture(max_output_bytes or self.config.max_output_bytes)
+        try:
+            exec_id = self.client.api.exec_create(
+                self.container.id, argv, stdout=True, stderr=True, user=user or self.config.user,
+                workdir=workdir or self.config.workdir, environment=env,
+            )["Id"]
+        except docker.errors.NotFound as err:
+            raise SandboxError(f"container {self.name} is gone: {err}") from err
+        except docker.errors.APIError as err:
+            if not self.is_running():
+                raise SandboxError(f"container {self.name} is not running: {err}") from err
+            raise SandboxError(f"exec failed in {self.name}: {err}") from err
+        error: list[BaseException] = []
+
+        def read() -> None:
+            try:
+                for chunk in self.client.api.exec_start(exec_id, stream=True, demux=False):
+                    capture.add(chunk)
+            except Exception as err:  # noqa: BLE001 - surfaced to the caller below
+                error.append(err)
+
+        reader = threading.Thread(target=read, daemon=True, name=f"exec-{self.name}")
+        reader.start()
+        reader.join(limit + KILL_GRACE_SEC + HOST_DEADLINE_SLACK_SEC)
+        if reader.is_alive():  # even the in-container timeout did not end it: stop waiting
+            return ExecResult(TIMEOUT_EXIT_CODE, capture.text() + f"\n[command timed out after {limit:.0f} s]")
+        if error and not self._closed:
+            raise SandboxError(f"exec output stream of {self.name} failed: {error[0]}")
+        exit_code = self.client.api.exec_inspect(exec_id).get("ExitCode")
+        exit_code = -1 if exit_code is None else int(exit_code)
+        output = capture.text()
+        if exit_code == TIMEOUT_EXIT_CODE:
+            output += f"\n[command timed out after {limit:.0f} s]"
+        return ExecResult(exit_code, output)
+
+    # files
+    def put_files(self, files: dict[str, bytes | str], *, mode: int = 0o644, owner: int | None = None) -> None:
+        """Write files at absolute paths; `owner` = uid/gid for the files (default root). Missing parent
+        directories are created root-owned by the engine; existing ones keep their owner."""
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w") as tar:
+            for path, content in files.items():
+                rel = PurePosixPath(path)
+                if not rel.is_absolute():
+                    raise ValueError(f"put_files: {path!r} is not an absolute path")
+                data = content.encode() if isinstance(content, str) else content
+                info = tarfile.TarInfo(str(rel).lstrip("/"))
+                info.size, info.mode, info.mtime = len(data), mode, int(time.time())
+                info.uid = info.gid = owner or 0
+                tar.addfile(info, io.BytesIO(data))
+        if not self.container.put_archive("/", buf.getvalue()):
+            raise SandboxError(f"put_files into {self.name} failed")
+
+    def put_dir(self, host_dir: str | Path, container_dir: str, *, owner: int | None = None) -> None:
+        """Copy a host directory's files (modes kept) to `container_dir`."""
+        host_dir = Path(host_dir)
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w") as tar:
+            for path in sorted(host_dir.rglob("*")):
+                arcname = str(PurePosixPath(container_dir) / path.relative_to(host_dir).as_posix()).lstrip("/")
+                info = tar.gettarinfo(str(path), arcname=arcname)
+                info.uid = info.gid = owner or 0
+                info.uname = info.gname = ""
+                if path.is_file():
+                    with open(path, "rb") as fh:
+                        tar.addfile(info, fh)
+                else:
+                    tar.addfile(info)
+        self.exec(["mkdir", "-p", container_dir], user="root")
+        if not self.container.put_archive("/", buf.getvalue()):
+            raise SandboxError(f"put_dir {host_dir} -> {self.name}:{container_dir} failed")
+
+    def get_file(self, path: str) -> bytes:
+        """Read one file. Raises FileNotFoundError when it does not exist."""
+        try:
+            stream, _ = self.container.get_archive(path)
+        except docker.errors.NotFound as err:
+            raise FileNotFoundError(f"{self.name}:{path}") from err
+        with tarfile.open(fileobj=io.BytesIO(b"".join(stream))) as tar:
+            member = tar.next()
+            if member is None or not member.isfile():
+                raise FileNotFoundError(f"{self.name}:{path} is not a regular file")
+            return tar.extractfile(member).read()
