@@ -200,7 +200,7 @@ def _context_tar(context_dir: Path, dockerfile_text: str) -> tuple[bytes, str]:
     with tarfile.open(fileobj=buf, mode="w") as tar:
         for path in sorted(p for p in context_dir.rglob("*") if p.is_file()):
             rel = path.relative_to(context_dir).as_posix()
-            if rel == "Dockerfile":
+            if rel == "Dockerfile" or {"__pycache__", ".pytest_cache"} & set(path.parts) or path.suffix == ".pyc":
                 continue
             data = path.read_bytes()
             digest.update(rel.encode() + b"\0" + data + oct(path.stat().st_mode & 0o777).encode())
@@ -232,13 +232,17 @@ class ImageBuilder:
             self._base_tag = build_base_image(self.recipe, client=self.client)
         return self._base_tag
 
-    def build(self, context_dir: str | Path, *, name: str = "task", dockerfile: str | Path | None = None) -> str:
-        """Build `context_dir` (Dockerfile at `dockerfile`, default `context_dir/Dockerfile`); return the tag."""
+    def build(self, context_dir: str | Path, *, name: str = "task", dockerfile: str | Path | None = None,
+              dockerfile_text: str | None = None) -> str:
+        """Build `context_dir` (Dockerfile at `dockerfile`, default `context_dir/Dockerfile`, or given as
+        `dockerfile_text`); return the tag."""
         context_dir = Path(context_dir)
         dockerfile_path = Path(dockerfile) if dockerfile else context_dir / "Dockerfile"
-        if not dockerfile_path.is_file():
-            raise FileNotFoundError(f"{dockerfile_path}: no Dockerfile for task {name!r}")
-        text = rewrite_from_lines(dockerfile_path.read_text(), alias_table(self.base_tag, self.aliases))
+        if dockerfile_text is None:
+            if not dockerfile_path.is_file():
+                raise FileNotFoundError(f"{dockerfile_path}: no Dockerfile for task {name!r}")
+            dockerfile_text = dockerfile_path.read_text()
+        text = rewrite_from_lines(dockerfile_text, alias_table(self.base_tag, self.aliases))
         context, digest = _context_tar(context_dir, text)
         safe = re.sub(r"[^a-z0-9_.-]", "-", name.lower())[:80].strip("-.") or "task"
         tag = f"{TASK_REPOSITORY}-{safe}:{digest}"
