@@ -1,0 +1,167 @@
+"""One episode's environment: a task's image, its sandbox, the tools the agent calls, and the verifier.
+
+`TaskSession(task).start()` builds the task image (cached by content), starts the sandbox with the task's
+limits, and for SWE tasks checks that the repository sits at the record's `base_commit`. `execute(call)` runs
+one tool call (terminal keystrokes, bash, the SWE-agent editor, OpenCode file tools, submit) and returns the
+observation; `verify()` scores the final state; `close()` removes the container (also via `with`).
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+from north_lightning.datamodules.harnesses.base import ToolCall
+from north_lightning.envs.images import ImageBuilder
+from north_lightning.envs.sandbox import DockerSandbox, SandboxConfig, SandboxError
+from north_lightning.envs.swe_tools import StrReplaceEditor, opencode_tool, submit_diff
+from north_lightning.envs.tasks import HarborTask, SWETask, Task, TaskError, swe_dockerfile
+from north_lightning.envs.terminal import TmuxTerminal
+from north_lightning.envs.verifier import VerifierResult, run_oracle, verify
+
+_IMAGES: dict[tuple[str, str], str] = {}
+_IMAGES_LOCK = threading.Lock()
+_BUILDER: ImageBuilder | None = None
+
+
+def image_builder() -> ImageBuilder:
+    global _BUILDER
+    with _IMAGES_LOCK:
+        if _BUILDER is None:
+            _BUILDER = ImageBuilder()
+        return _BUILDER
+
+
+def task_image(task: Task, builder: ImageBuilder | None = None) -> str:
+    """The task's image tag, built on first use (per process memo on top of the content-hash cache)."""
+    builder = builder or image_builder()
+    key = (task.kind, str(getattr(task, "path", None) or task.source or task.task_id) + ":" + task.task_id)
+    with _IMAGES_LOCK:
+        if key in _IMAGES:
+            return _IMAGES[key]
+    if isinstance(task, SWETask):
+        if task.image:
+            tag = task.image
+        else:
+            tag = builder.build(task.repo_dir, name=f"swe-{task.repo.replace('/', '-')}", dockerfile_text=swe_dockerfile())
+    else:
+        tag = builder.build(task.environment_dir, name=task.task_id)
+    with _IMAGES_LOCK:
+        _IMAGES[key] = tag
+    return tag
+
+
+def sandbox_config(task: Task, image: str, **overrides: Any) -> SandboxConfig:
+    """The task's limits as a sandbox config (keyword overrides win, e.g. command_timeout_sec=10)."""
+    fields = dict(image=image, cpus=task.cpus, memory_mb=task.memory_mb, allow_internet=task.allow_internet,
+                  user=task.user, workdir=task.workdir, episode_timeout_sec=task.agent_timeout_sec,
+                  labels={"north_lightning.task": task.task_id[:60]})
+    fields.update(overrides)
+    return SandboxConfig(**fields)
+
+
+@dataclass
+class StepResult:
+    """What one tool call produced: the observation text, an exit code where one exists, and whether the
+    episode is over (submit)."""
+
+    output: str
+    exit_code: int | None = None
+    done: bool = False
+
+
+class TaskSession:
+    """Sandbox + tools + verifier for one episode of one task."""
+
+    def __init__(self, task: Task, *, builder: ImageBuilder | None = None, **sandbox_overrides: Any):
+        self.task = task
+        self.builder = builder
+        self.sandbox_overrides = sandbox_overrides
+        self.box: DockerSandbox | None = None
+        self._terminal: TmuxTerminal | None = None
+        self._editor: StrReplaceEditor | None = None
+        self.submission: str | None = None
+
+    def start(self) -> "TaskSession":
+        image = task_image(self.task, self.builder)
+        self.box = DockerSandbox(sandbox_config(self.task, image, **self.sandbox_overrides)).start()
+        if isinstance(self.task, SWETask):
+            code, head = self.box.exec("git rev-parse HEAD", user="root")
+            if code != 0 or head.strip() != self.task.base_commit:
+                self.close()
+                raise TaskError(f"{self.task.source}: image {image} has {head.strip()!r} at {self.task.workdir}, "
+                                f"not base_commit {self.task.base_commit!r}")
+        return self
+
+    def __enter__(self) -> "TaskSession":
+        return self.start() if self.box is None else self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self.box is not None:
+            self.box.close()
+
+    @property
+    def terminal(self) -> TmuxTerminal:
+        if self._terminal is None:
+            self._terminal = TmuxTerminal(self.box)
+            self._terminal.start()
+        return self._terminal
+
+    @property
+    def editor(self) -> StrReplaceEditor:
+        if self._editor is None:
+            self._editor = StrReplaceEditor(self.box)
+        return self._editor
+
+    def execute(self, call: ToolCall) -> StepResult:
+        """Run one tool call. Raises SandboxError subclasses (EpisodeTimeout, TerminalDied) when the
+        environment itself fails; the agent loop ends the episode with that reason."""
+        args = call.arguments
+        if call.name == "keystrokes":
+            return StepResult(self.terminal.send_keys(str(args.get("keystrokes", "")),
+                                                      float(args.get("duration", 1.0))))
+        if call.name == "bash":
+            timeout = args.get("timeout")  # OpenCode states it in milliseconds
+            timeout = float(timeout) / 1000 if isinstance(timeout, (int, float)) and timeout > 0 else None
+            code, out = self.box.exec(str(args.get("command", "")), timeout=timeout)
+            return StepResult(out, code)
+        if call.name == "str_replace_editor":
+            return StepResult(self.editor(**args))
+        if call.name == "submit":
+            base = self.task.base_commit if isinstance(self.task, SWETask) else None
+            is_repo = self.box.exec("git rev-parse --is-inside-work-tree", user="root")[0] == 0
+            self.submission = submit_diff(self.box, self.task.workdir, base) if is_repo else ""
+            return StepResult(self.submission, 0, done=True)
+        output, code = opencode_tool(self.box, self.editor, call.name, args)
+        return StepResult(output, code)
+
+    def run_oracle(self) -> tuple[int, str]:
+        return run_oracle(self.box, self.task)
+
+    def verify(self) -> VerifierResult:
+        if self.box is None or not self.box.is_running():
+            return VerifierResult(0.0, "sandbox_gone")
+        try:
+            return verify(self.box, self.task)
+        except SandboxError as err:
+            return VerifierResult(0.0, "sandbox_error", output=str(err))
+
+
+def verify_task(task: Task, *, oracle: bool, builder: ImageBuilder | None = None) -> VerifierResult:
+    """`tasks verify`: start the task, optionally apply its reference solution, score it."""
+    with TaskSession(task, builder=builder) as session:
+        if oracle:
+            code, out = session.run_oracle()
+            if code != 0:
+                result = session.verify()
+                result.reason = f"oracle_failed(exit {code}): {result.reason}"
+                result.output = out[-2000:] + "\n" + result.output
+                return result
+        return session.verify()
+
+
+__all__ = ["HarborTask", "SWETask", "StepResult", "TaskSession", "sandbox_config", "task_image", "verify_task"]
