@@ -223,6 +223,10 @@ class JsonlChatDataModule(L.LightningDataModule):
         self.val_docs: list[ChatDocument] | None = None
         self.dropped: Counter = Counter()
         self.tokenizer: Any = None
+        if self.val_path is None:
+            # Not defining a validation dataloader at all (rather than an empty one) skips Lightning's
+            # validation loop and its "length zero" warning.
+            self.val_dataloader = None  # type: ignore[assignment]
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_docs is not None:
@@ -254,9 +258,8 @@ class JsonlChatDataModule(L.LightningDataModule):
         )
         return DataLoader(stream, batch_size=None, num_workers=0)
 
-    def val_dataloader(self) -> list[dict[str, torch.Tensor]] | list:
-        if self.val_docs is None:
-            return []
+    def val_dataloader(self) -> list[dict[str, torch.Tensor]]:
+        assert self.val_docs is not None, "setup() first"
         stream = PackedChatStream(self.val_docs, self.seq_len, self.batch_size, self.seed, self.pad_id)
         return [stream.batch(k) for k in range(self.val_batches)]
 
