@@ -193,9 +193,9 @@ def rewrite_from_lines(dockerfile: str, aliases: dict[str, str]) -> str:
     return "\n".join(out) + "\n"
 
 
-def _context_tar(context_dir: Path, dockerfile_text: str) -> tuple[bytes, str]:
-    """The build context as a tar (with the rewritten Dockerfile) and its content hash."""
-    digest = hashlib.sha256(dockerfile_text.encode())
+def _context_tar(context_dir: Path, dockerfile_text: str, extra: dict[str, str] | None = None) -> tuple[bytes, str]:
+    """The build context as a tar (with the rewritten Dockerfile and `extra` files) and its content hash."""
+    digest = hashlib.sha256(dockerfile_text.encode() + json.dumps(extra or {}, sort_keys=True).encode())
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w") as tar:
         for path in sorted(p for p in context_dir.rglob("*") if p.is_file()):
@@ -207,10 +207,11 @@ def _context_tar(context_dir: Path, dockerfile_text: str) -> tuple[bytes, str]:
             info = tarfile.TarInfo(rel)
             info.size, info.mode, info.mtime = len(data), path.stat().st_mode & 0o777, 0
             tar.addfile(info, io.BytesIO(data))
-        data = dockerfile_text.encode()
-        info = tarfile.TarInfo("Dockerfile")
-        info.size, info.mtime = len(data), 0
-        tar.addfile(info, io.BytesIO(data))
+        for name, text in {**(extra or {}), "Dockerfile": dockerfile_text}.items():
+            data = text.encode()
+            info = tarfile.TarInfo(name)
+            info.size, info.mtime, info.mode = len(data), 0, 0o644
+            tar.addfile(info, io.BytesIO(data))
     return buf.getvalue(), digest.hexdigest()[:16]
 
 
@@ -233,9 +234,9 @@ class ImageBuilder:
         return self._base_tag
 
     def build(self, context_dir: str | Path, *, name: str = "task", dockerfile: str | Path | None = None,
-              dockerfile_text: str | None = None) -> str:
+              dockerfile_text: str | None = None, extra_files: dict[str, str] | None = None) -> str:
         """Build `context_dir` (Dockerfile at `dockerfile`, default `context_dir/Dockerfile`, or given as
-        `dockerfile_text`); return the tag."""
+        `dockerfile_text`; `extra_files` are added to the context, e.g. a .dockerignore); return the tag."""
         context_dir = Path(context_dir)
         dockerfile_path = Path(dockerfile) if dockerfile else context_dir / "Dockerfile"
         if dockerfile_text is None:
@@ -243,7 +244,7 @@ class ImageBuilder:
                 raise FileNotFoundError(f"{dockerfile_path}: no Dockerfile for task {name!r}")
             dockerfile_text = dockerfile_path.read_text()
         text = rewrite_from_lines(dockerfile_text, alias_table(self.base_tag, self.aliases))
-        context, digest = _context_tar(context_dir, text)
+        context, digest = _context_tar(context_dir, text, extra_files)
         safe = re.sub(r"[^a-z0-9_.-]", "-", name.lower())[:80].strip("-.") or "task"
         tag = f"{TASK_REPOSITORY}-{safe}:{digest}"
         with _BuildLock(tag):

@@ -44,7 +44,8 @@ def task_image(task: Task, builder: ImageBuilder | None = None) -> str:
         if task.image:
             tag = task.image
         else:
-            tag = builder.build(task.repo_dir, name=f"swe-{task.repo.replace('/', '-')}", dockerfile_text=swe_dockerfile())
+            tag = builder.build(task.repo_dir, name=f"swe-{task.repo.replace('/', '-')}", dockerfile_text=swe_dockerfile(),
+                                extra_files={".dockerignore": "Dockerfile\n.dockerignore\n"})
     else:
         tag = builder.build(task.environment_dir, name=task.task_id)
     with _IMAGES_LOCK:

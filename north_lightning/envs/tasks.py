@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Union
 
+BUNDLED_DIR = Path(__file__).resolve().parent / "bundled"  # terminal/ (Harbor dirs) and swe/ (tasks.jsonl, repos/)
 DEFAULT_MAX_STEPS = 30
 DEFAULT_AGENT_TIMEOUT_SEC = 900.0
 DEFAULT_VERIFIER_TIMEOUT_SEC = 300.0

@@ -1,0 +1,176 @@
+"""`python -m north_lightning tasks <verify|build-base|toy|list|filter|sweep> ...`
+
+verify DIR [--oracle]   start each task's container, (apply the reference solution,) run its tests; prints one
+                        line per task and `reward=<mean>` last; exits non-zero only on an error, never on reward 0
+build-base [--force]    build the registry-free base image (cached by recipe hash) and print its tag
+toy OUT --n N           write N seeded toy tasks (Harbor dirs) of a split into OUT
+list PATH               the tasks found under PATH (Harbor dirs, SWE-style .jsonl)
+filter REPORT --out F   keep tasks whose pass@k lies in a band, give each a step budget from its successful
+                        trajectories (REPORT = the JSON written by `eval`)
+sweep [--all]           remove sandbox containers whose owner process is gone (or all of ours)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from north_lightning.envs.tasks import BUNDLED_DIR, TaskError, load_tasks
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from north_lightning.envs.sandbox import SandboxError
+    from north_lightning.envs.session import verify_task
+
+    try:
+        tasks = load_tasks(args.path)
+        if not tasks:
+            raise TaskError(f"{args.path}: no tasks found")
+        rewards = []
+        for task in tasks:
+            result = verify_task(task, oracle=args.oracle)
+            rewards.append(result.reward)
+            tests = " ".join(f"{name}={outcome}" for name, outcome in sorted(result.tests.items()))
+            print(f"{task.task_id}: reward={result.reward:g} reason={result.reason} time={result.duration_s:.1f}s "
+                  f"{tests}", flush=True)
+            if args.verbose:
+                print(result.output)
+    except (TaskError, SandboxError, FileNotFoundError, RuntimeError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print(f"reward={sum(rewards) / len(rewards):g}")
+    return 0
+
+
+def _build_base(args: argparse.Namespace) -> int:
+    from north_lightning.envs.images import build_base_image
+
+    started = time.monotonic()
+    try:
+        tag = build_base_image(force=args.force, log=lambda msg: print(msg, file=sys.stderr))
+    except RuntimeError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print(f"{tag} ready in {time.monotonic() - started:.1f} s")
+    return 0
+
+
+def _toy(args: argparse.Namespace) -> int:
+    from north_lightning.envs.toy_tasks import materialize_toy_tasks
+
+    paths = materialize_toy_tasks(args.out, args.n, seed=args.seed, split=args.split)
+    print(f"wrote {len(paths)} {args.split} toy tasks to {args.out}")
+    return 0
+
+
+def _list(args: argparse.Namespace) -> int:
+    try:
+        for task in load_tasks(args.path):
+            print(f"{task.task_id}\t{task.kind}\tmax_steps={task.max_steps}")
+    except TaskError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def filter_tasks(report: dict[str, Any], *, low: float, high: float, k: int, step_slack: float = 1.5,
+                 min_steps: int = 2) -> dict[str, Any]:
+    """Keep tasks with `low <= pass@k <= high`; budget = ceil(slack * longest successful trajectory).
+    Dropped tasks are counted by reason (`no_samples`, `never_solved`, `too_hard`, `too_easy`)."""
+    kept, dropped = [], {"no_samples": 0, "never_solved": 0, "too_hard": 0, "too_easy": 0}
+    for task in report["tasks"]:
+        samples = task.get("samples", [])
+        if not samples:
+            dropped["no_samples"] += 1
+            continue
+        n, c = len(samples), sum(1 for s in samples if s["reward"] >= 1.0)
+        value = pass_at_k(n, c, min(k, n))
+        reason = "never_solved" if c == 0 else "too_hard" if value < low else "too_easy" if value > high else None
+        if reason:
+            dropped[reason] += 1
+            continue
+        lengths = [s["steps"] for s in samples if s["reward"] >= 1.0]
+        kept.append({"task_id": task["task_id"], "path": task.get("path"), f"pass@{k}": value,
+                     "max_steps": max(min_steps, math.ceil(step_slack * max(lengths)))})
+    return {"band": [low, high], "k": k, "kept": kept, "dropped": dropped,
+            "counts": {"input": len(report["tasks"]), "kept": len(kept)}}
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k from n samples with c successes (Chen et al., 2021)."""
+    if k <= 0 or n <= 0:
+        return 0.0
+    if n - c < k:
+        return 1.0
+    return 1.0 - math.prod((n - c - i) / (n - i) for i in range(k))
+
+
+def _filter(args: argparse.Namespace) -> int:
+    try:
+        report = json.loads(Path(args.report).read_text())
+        if not isinstance(report, dict) or not isinstance(report.get("tasks"), list):
+            raise TaskError(f"{args.report}: expected the JSON report of `eval` (an object with a 'tasks' list)")
+    except (OSError, json.JSONDecodeError) as err:
+        print(f"error: {args.report}: {err}", file=sys.stderr)
+        return 1
+    except TaskError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    result = filter_tasks(report, low=args.low, high=args.high, k=args.k, step_slack=args.step_slack)
+    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    print(f"kept {result['counts']['kept']} of {result['counts']['input']} tasks; dropped {result['dropped']}; "
+          f"wrote {args.out}")
+    return 0
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    from north_lightning.envs.sandbox import sweep_orphans
+
+    removed = sweep_orphans(all_owners=args.all)
+    print(f"removed {len(removed)} containers" + (f": {', '.join(removed)}" if removed else ""))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m north_lightning tasks", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("verify", help="run tasks' tests (after the oracle with --oracle)")
+    p.add_argument("path", nargs="?", default=str(BUNDLED_DIR), help="task dir, folder of tasks, or .jsonl")
+    p.add_argument("--oracle", action="store_true", help="apply solution/solve.sh (or the SWE patch) first")
+    p.add_argument("--verbose", "-v", action="store_true", help="print the verifier output")
+    p.set_defaults(fn=_verify)
+    p = sub.add_parser("build-base", help="build the base image (cached)")
+    p.add_argument("--force", action="store_true")
+    p.set_defaults(fn=_build_base)
+    p = sub.add_parser("toy", help="write seeded toy tasks")
+    p.add_argument("out")
+    p.add_argument("--n", type=int, default=16)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--split", choices=("train", "heldout"), default="train")
+    p.set_defaults(fn=_toy)
+    p = sub.add_parser("list", help="list tasks")
+    p.add_argument("path", nargs="?", default=str(BUNDLED_DIR))
+    p.set_defaults(fn=_list)
+    p = sub.add_parser("filter", help="pass@k band filter + per-task step budgets from an eval report")
+    p.add_argument("report")
+    p.add_argument("--out", required=True)
+    p.add_argument("--low", type=float, default=0.05, help="drop tasks with pass@k below (never solved)")
+    p.add_argument("--high", type=float, default=0.95, help="drop tasks with pass@k above (trivially solved)")
+    p.add_argument("--k", type=int, default=8)
+    p.add_argument("--step-slack", type=float, default=1.5, help="budget = ceil(slack * longest success)")
+    p.set_defaults(fn=_filter)
+    p = sub.add_parser("sweep", help="remove orphaned sandbox containers")
+    p.add_argument("--all", action="store_true", help="remove every container with our label")
+    p.set_defaults(fn=_sweep)
+    return parser
+
+
+def main(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.fn(args))

@@ -1,0 +1,5 @@
+#!/bin/bash
+set -e
+cd /app/repo
+git add notes.txt
+git commit -q -m "add notes"
