@@ -159,6 +159,11 @@ class SFTModule(L.LightningModule):
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
         }
         checkpoint["north_config"] = self.config.to_hf_dict()
+        # Recorded so `convert ckpt-to-hf` can copy the tokenizer the model was trained with.
+        datamodule = self.trainer.datamodule if self._trainer is not None else None
+        tokenizer_dir = getattr(datamodule, "tokenizer_path", None)
+        if tokenizer_dir is not None:
+            checkpoint["tokenizer_dir"] = str(Path(tokenizer_dir).resolve())
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         states = checkpoint.get("rng_states")
