@@ -1,0 +1,184 @@
+"""Scale-out of `NorthForCausalLM`: FSDP2 over a device mesh + expert parallelism + activation checkpointing.
+
+`parallelize_north(model, ep=..., ...)` applies, in order (the torchtitan recipe):
+1. expert parallelism (`ep` > 1): every MoE block's experts become `ExpertParallelExperts` (see
+   expert_parallel.py: E/ep experts per rank, token all-to-all, dim-1 sharding over the other ranks);
+2. per-block activation checkpointing: each decoder layer keeps only its input and recomputes the rest in
+   backward (non-reentrant `torch.utils.checkpoint`; parameter names are unchanged, unlike checkpoint_wrapper);
+3. FSDP2 `fully_shard` per decoder layer and then on the root (embedding + tied head + final norm), with a
+   `MixedPrecisionPolicy`: bf16 all-gathered parameters for compute, fp32 gradient reduction, fp32 sharded
+   master weights for the optimizer. Expert DTensors are `ignored_params` (EP handles them).
+`token_logprobs` / `hidden_states` are registered as FSDP forward methods, because training calls them rather
+than `forward`.
+
+`NorthParallelStrategy` is Lightning's `ModelParallelStrategy` with no tensor-parallel dim (every rank is a
+data-parallel rank, as EP needs) that calls `parallelize_north` on the LightningModule's `model` after
+`configure_model`. Sharded (distributed) checkpoints convert to the HF layout with `export_hf` (from a live
+sharded model) or `distributed_checkpoint_to_hf` (offline, from a Lightning checkpoint folder).
+
+On the CPU (gloo) everything here runs, including FSDP2 with bf16 parameters; tests use 2 processes.
+"""
+
+from __future__ import annotations
+
+import functools
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from lightning.pytorch.strategies import ModelParallelStrategy
+from torch import nn
+from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
+from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
+from torch.utils.checkpoint import checkpoint
+
+from north_lightning.model.config import NorthConfig
+from north_lightning.model.expert_parallel import ExpertParallelExperts
+from north_lightning.model.moe import MoEBlock
+from north_lightning.model.transformer import NorthForCausalLM
+
+_DTYPES = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float32": torch.float32, "fp32": torch.float32,
+           "float16": torch.float16, None: None}
+
+
+def _dtype(name: str | torch.dtype | None) -> torch.dtype | None:
+    if isinstance(name, torch.dtype):
+        return name
+    if name not in _DTYPES:
+        raise ValueError(f"dtype {name!r}: expected one of {[k for k in _DTYPES if k]}")
+    return _DTYPES[name]
+
+
+def _device_of(mesh: DeviceMesh) -> torch.device:
+    if mesh.device_type == "cuda":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device(mesh.device_type)
+
+
+def apply_expert_parallel(model: NorthForCausalLM, ep: int, device_type: str) -> DeviceMesh:
+    """Replace every MoE block's experts by their expert-parallel shard over a ("dp_mod_ep", "ep") mesh."""
+    world = dist.get_world_size()
+    if world % ep:
+        raise ValueError(f"expert_parallel_size={ep} must divide the world size {world}")
+    mesh = init_device_mesh(device_type, (world // ep, ep), mesh_dim_names=("dp_mod_ep", "ep"))
+    for block in model.modules():
+        if isinstance(block, MoEBlock):
+            block.experts = ExpertParallelExperts(block.experts, mesh, model.config.experts_backend, world,
+                                                  _device_of(mesh))
+    return mesh
+
+
+def apply_activation_checkpointing(model: NorthForCausalLM) -> None:
+    """Each decoder layer saves only its inputs; everything inside is recomputed in backward."""
+    for layer in model.model.layers:
+        if getattr(layer, "_north_checkpointed", False):
+            continue
+        layer.forward = functools.partial(checkpoint, layer.forward, use_reentrant=False)
+        layer._north_checkpointed = True
+
+
+def apply_fsdp(model: NorthForCausalLM, mesh: DeviceMesh, param_dtype: torch.dtype | None,
+               reduce_dtype: torch.dtype | None, reshard_after_forward: bool = True) -> None:
+    mp = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=reduce_dtype)
+    ignored = {p for m in model.modules() if isinstance(m, ExpertParallelExperts) for p in m.parameters()}
+    for layer in model.model.layers:
+        layer_ignored = {p for p in layer.parameters() if p in ignored}
+        fully_shard(layer, mesh=mesh, mp_policy=mp, reshard_after_forward=reshard_after_forward,
+                    ignored_params=layer_ignored or None)
+    fully_shard(model, mesh=mesh, mp_policy=mp, ignored_params=ignored or None)
+    for method in ("hidden_states", "token_logprobs"):
+        register_fsdp_forward_method(model, method)
+
+
+def parallelize_north(model: NorthForCausalLM, *, mesh: DeviceMesh | None = None, ep: int = 1,
+                      activation_checkpointing: bool = True, param_dtype: str | torch.dtype | None = "bfloat16",
+                      reduce_dtype: str | torch.dtype | None = "float32") -> NorthForCausalLM:
+    """Shard `model` in place over `mesh` (default: 1-D over the whole world on the model's device type)."""
+    if not dist.is_initialized():
+        raise RuntimeError("parallelize_north needs torch.distributed initialised (Lightning, torchrun or spawn)")
+    if mesh is None:
+        device_type = next(model.parameters()).device.type
+        device_type = "cuda" if device_type == "meta" and torch.cuda.is_available() else device_type
+        mesh = init_device_mesh(device_type, (dist.get_world_size(),), mesh_dim_names=("dp",))
+    if ep > 1:
+        apply_expert_parallel(model, ep, mesh.device_type)
+    if activation_checkpointing:
+        apply_activation_checkpointing(model)
+    apply_fsdp(model, mesh, _dtype(param_dtype), _dtype(reduce_dtype))
+    return model
+
+
+class NorthParallelStrategy(ModelParallelStrategy):
+    """Lightning `ModelParallelStrategy` for North: FSDP2 over all ranks, optional expert parallelism.
+
+    YAML: `trainer.strategy: {class_path: north_lightning.model.parallelize.NorthParallelStrategy,
+    init_args: {expert_parallel_size: 8}}` with `trainer.precision: 32-true` (the mixed-precision policy here
+    already computes in bf16 and keeps fp32 master weights).
+    """
+
+    def __init__(self, expert_parallel_size: int = 1, activation_checkpointing: bool = True,
+                 param_dtype: str | None = "bfloat16", reduce_dtype: str | None = "float32",
+                 save_distributed_checkpoint: bool = True, **kwargs: Any) -> None:
+        super().__init__(save_distributed_checkpoint=save_distributed_checkpoint, **kwargs)
+        self.expert_parallel_size = expert_parallel_size
+        self.activation_checkpointing = activation_checkpointing
+        self.param_dtype, self.reduce_dtype = _dtype(param_dtype), _dtype(reduce_dtype)
+
+    def setup_environment(self) -> None:
+        # Lightning's default mesh is nodes x GPUs = data x tensor parallel; North uses no TP, so every rank is
+        # a data-parallel rank (each reads different batches; EP exchanges tokens between them).
+        self._data_parallel_size = self.num_nodes * self.num_processes
+        self._tensor_parallel_size = 1
+        super().setup_environment()
+
+    def setup(self, trainer: Any) -> None:
+        model = getattr(self.lightning_module, "model", None)
+        if not isinstance(model, NorthForCausalLM):
+            raise TypeError("NorthParallelStrategy: the LightningModule must build a NorthForCausalLM as "
+                            "`self.model` in configure_model()")
+        if not getattr(model, "_north_parallelized", False):
+            model.to(self.root_device)
+            parallelize_north(model, mesh=self.device_mesh["data_parallel"], ep=self.expert_parallel_size,
+                              activation_checkpointing=self.activation_checkpointing,
+                              param_dtype=self.param_dtype, reduce_dtype=self.reduce_dtype)
+            model._north_parallelized = True
+        super().setup(trainer)
+
+
+# ---- HF export of sharded models and checkpoints ---------------------------------------------------------
+def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The unsharded fp32 state dict on CPU (on every rank; collective: call it on all ranks)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    return {k: (v.full_tensor() if hasattr(v, "full_tensor") else v).float() for k, v in state.items()}
+
+
+def export_hf(model: NorthForCausalLM, out_dir: str | Path, tokenizer_dir: str | Path | None = None) -> None:
+    """Write a sharded model as an HF directory (rank 0 writes; collective)."""
+    state = full_state_dict(model)
+    if dist.get_rank() == 0:
+        plain = NorthForCausalLM(model.config)
+        plain.load_state_dict(state)
+        plain.save_pretrained(out_dir, tokenizer_dir=tokenizer_dir)
+    dist.barrier()
+
+
+def distributed_checkpoint_to_hf(ckpt_dir: str | Path, out_dir: str | Path, config: NorthConfig,
+                                 prefix: str = "model.", tokenizer_dir: str | Path | None = None) -> None:
+    """Offline: a Lightning ModelParallelStrategy checkpoint folder (DCP shards) -> HF directory, no GPU and no
+    process group needed. `prefix` is the LightningModule attribute holding the network."""
+    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+    with tempfile.TemporaryDirectory() as tmp:
+        dcp_to_torch_save(str(ckpt_dir), f"{tmp}/full.pt")
+        checkpoint = torch.load(f"{tmp}/full.pt", map_location="cpu", weights_only=False)
+    module_state = checkpoint.get("state_dict", checkpoint)
+    state = {k[len(prefix):]: v for k, v in module_state.items() if k.startswith(prefix)}
+    if not state:
+        raise ValueError(f"{ckpt_dir}: no state-dict keys start with {prefix!r} (keys: {list(module_state)[:5]})")
+    plain = NorthForCausalLM(config)
+    plain.load_state_dict({k: v.float() for k, v in state.items()})
+    plain.save_pretrained(out_dir, tokenizer_dir=tokenizer_dir)
