@@ -1,0 +1,44 @@
+"""Generated text -> the assistant message a harness parses.
+
+Native function-calling harnesses (SWE-agent, OpenCode) parse OpenAI-style `tool_calls`; the model writes them
+in its chat template's own syntax. For the project's Cohere-style template that is a JSON list between
+`<|START_ACTION|>` and `<|END_ACTION|>`. Text harnesses (Terminus-2, mini-SWE-agent) read `content` only.
+A block that is not valid JSON is kept as an unparseable call, so the harness reports a format error.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+ACTION_START, ACTION_END = "<|START_ACTION|>", "<|END_ACTION|>"
+
+
+def response_message(text: str, tokenizer: Any = None) -> dict[str, Any]:
+    """`{"role": "assistant", "content": ..., "tool_calls": [...]}` from the decoded completion (special
+    tokens kept). The end-of-turn token is stripped from the content."""
+    eos = getattr(tokenizer, "eos_token", None)
+    if eos and text.endswith(eos):
+        text = text[: -len(eos)]
+    message: dict[str, Any] = {"role": "assistant", "content": text}
+    start = text.find(ACTION_START)
+    if start < 0:
+        return message
+    end = text.find(ACTION_END, start)
+    body = text[start + len(ACTION_START): end if end >= 0 else len(text)]
+    message["content"] = text[:start]
+    try:
+        calls = json.loads(body)
+        if isinstance(calls, dict):
+            calls = [calls]
+        if not isinstance(calls, list):
+            raise ValueError("not a list")
+        message["tool_calls"] = [
+            {"id": f"call_{i}", "type": "function",
+             "function": {"name": c.get("name"), "arguments": c.get("arguments", {})}}
+            for i, c in enumerate(calls) if isinstance(c, dict)
+        ] or [{"id": "call_0", "type": "function", "function": {"name": None, "arguments": body}}]
+    except (json.JSONDecodeError, ValueError):
+        # keep it visible to the harness as a call whose arguments do not decode
+        message["tool_calls"] = [{"id": "call_0", "type": "function", "function": {"name": "?", "arguments": body}}]
+    return message

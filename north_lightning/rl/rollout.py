@@ -1,0 +1,248 @@
+"""The agent loop: a policy drives a sandboxed task through a harness, one assistant turn per step.
+
+The conversation is rendered once with the harness + the tokenizer's chat template; after that the sequence
+only grows: each assistant turn appends the token ids *as generated* (with the sampler's logprobs, trainable),
+each observation appends the template's tokens for the new turns (not trainable). Nothing generated is ever
+re-tokenised, so the trainer scores exactly the tokens the sampler produced.
+
+An episode ends on: submit (`submitted`), the task's step budget (`max_steps`), the context limit
+(`context_limit`), an unparseable or invalid response (`format_error:<reason>`, reward 0 without running the
+tests), a response cut at max_tokens (`truncated_response`, reward 0), or an environment failure
+(`episode_timeout`, `terminal_died`, `sandbox_error`). All but the reward-0 ones are scored by the verifier.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, NamedTuple, Protocol, runtime_checkable
+
+from north_lightning.datamodules.harnesses import get_harness
+from north_lightning.datamodules.harnesses.base import Action, FormatError, Harness, ToolCall
+from north_lightning.datamodules.records import Trajectory
+from north_lightning.envs.response import response_message
+from north_lightning.envs.sandbox import EpisodeTimeout, SandboxError
+from north_lightning.envs.session import TaskSession
+from north_lightning.envs.tasks import Task
+from north_lightning.envs.terminal import TerminalDied
+
+
+@dataclass
+class Completion:
+    token_ids: list[int]
+    logprobs: list[float] | None
+    text: str
+    finish_reason: str  # "stop" (end of turn) | "length" (max_tokens) | engine-specific
+
+
+@runtime_checkable
+class Policy(Protocol):
+    """What the agent loop samples from: the vLLM engine (rl/engines.py) or a scripted policy in tests."""
+
+    policy_version: int
+
+    def generate(self, prompts: list[list[int]], *, max_tokens: int, temperature: float = 1.0,
+                 top_p: float = 1.0, seed: int | None = None) -> list[Completion]: ...
+
+
+class Segment(NamedTuple):
+    """A run of tokens of one turn: the prompt / observations (not trainable, no logprobs) or an assistant
+    turn (trainable, with the sampler's logprobs when the engine returned them)."""
+
+    token_ids: list[int]
+    logprobs: list[float] | None
+    trainable: bool
+
+
+@dataclass
+class Episode:
+    task_id: str
+    env_name: str
+    reward: float
+    end_reason: str
+    segments: list[Segment]
+    policy_versions: list[int]
+    steps: int
+    verifier: dict[str, Any] | None = None
+    messages: list[dict[str, Any]] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def token_ids(self) -> list[int]:
+        return [t for seg in self.segments for t in seg.token_ids]
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(len(seg.token_ids) for seg in self.segments)
+
+    @property
+    def format_error(self) -> str | None:
+        return self.end_reason.split(":", 1)[1] if self.end_reason.startswith("format_error:") else None
+
+
+@dataclass
+class RolloutConfig:
+    max_context: int = 4096
+    max_tokens_per_turn: int = 512
+    min_turn_tokens: int = 16  # below this much room the episode ends with `context_limit`
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_steps: int | None = None  # None: the task's own budget
+    command_timeout_sec: float = 60.0
+    episode_timeout_sec: float | None = None  # None: the task's [agent] timeout_sec
+
+
+def make_harness(harness: str | Harness, task: Task) -> Harness:
+    """A harness instance for `task` (its work dir, and for Terminus-2 the prompt user)."""
+    if not isinstance(harness, str):
+        return harness
+    kwargs: dict[str, Any] = {"workdir": task.workdir}
+    if harness == "terminus2":
+        kwargs["prompt_user"] = task.user
+    return get_harness(harness, **kwargs)
+
+
+class _Conversation:
+    """Messages + the token sequence, grown turn by turn without re-tokenising generated tokens."""
+
+    def __init__(self, tokenizer: Any, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None):
+        self.tokenizer, self.messages, self.tools = tokenizer, list(messages), tools
+        prompt = self._render(self.messages, generation_prompt=True)
+        self.rendered = prompt
+        self.segments: list[Segment] = [Segment(self._encode(prompt), None, False)]
+        self.length = len(self.segments[0].token_ids)
+
+    def _render(self, messages: list[dict[str, Any]], generation_prompt: bool) -> str:
+        return self.tokenizer.apply_chat_template(messages, tools=self.tools, tokenize=False,
+                                                  add_generation_prompt=generation_prompt)
+
+    def _encode(self, text: str) -> list[int]:
+        return list(self.tokenizer.encode(text, add_special_tokens=False))
+
+    @property
+    def token_ids(self) -> list[int]:
+        return [t for seg in self.segments for t in seg.token_ids]
+
+    def add_assistant(self, completion: Completion, message: dict[str, Any]) -> None:
+        self.segments.append(Segment(list(completion.token_ids), completion.logprobs, True))
+        self.length += len(completion.token_ids)
+        self.messages.append(message)
+        rendered = self._render(self.messages, generation_prompt=False)
+        eos = self.tokenizer.eos_token_id
+        if not completion.token_ids or completion.token_ids[-1] != eos:
+            # stopped without the end-of-turn token (e.g. a stop string): close the turn, not trainable
+            self.segments.append(Segment([eos], None, False))
+            self.length += 1
+        self.rendered = rendered
+
+    def add_observations(self, observations: list[dict[str, Any]]) -> None:
+        self.messages.extend(observations)
+        rendered = self._render(self.messages, generation_prompt=True)
+        if not rendered.startswith(self.rendered):
+            raise ValueError("the chat template does not render the conversation incrementally (a prefix of the "
+                             "previous rendering changed), so observation tokens cannot be appended")
+        ids = self._encode(rendered[len(self.rendered):])
+        self.segments.append(Segment(ids, None, False))
+        self.length += len(ids)
+        self.rendered = rendered
+
+
+def run_episode(policy: Policy, harness: str | Harness, tokenizer: Any, task: Task, *,
+                config: RolloutConfig | None = None, seed: int | None = None, env_name: str | None = None,
+                session_factory: Callable[..., TaskSession] = TaskSession) -> Episode:
+    """Run one episode of `task` and return it with its reward. Never raises for what the agent does;
+    Docker / image errors (the environment cannot start) do raise."""
+    config = config or RolloutConfig()
+    harness = make_harness(harness, task)
+    started = time.monotonic()
+    initial = harness.render(Trajectory(id=task.task_id, task=task.instruction, source="rollout"))
+    convo = _Conversation(tokenizer, initial, harness.tools())
+    max_steps = config.max_steps or task.max_steps
+    overrides: dict[str, Any] = {"command_timeout_sec": config.command_timeout_sec}
+    if config.episode_timeout_sec is not None:
+        overrides["episode_timeout_sec"] = config.episode_timeout_sec
+    versions: list[int] = []
+    timings = {"generate_s": 0.0, "env_s": 0.0, "verify_s": 0.0}
+    steps, end_reason, verified = 0, "max_steps", True
+    awaiting_confirmation = False
+    with session_factory(task, **overrides) as session:
+        timings["start_s"] = time.monotonic() - started
+        while steps < max_steps:
+            room = config.max_context - convo.length
+            if room < config.min_turn_tokens:
+                end_reason = "context_limit"
+                break
+            t0 = time.monotonic()
+            completion = policy.generate([convo.token_ids], max_tokens=min(config.max_tokens_per_turn, room),
+                                         temperature=config.temperature, top_p=config.top_p,
+                                         seed=None if seed is None else seed * 1000 + steps)[0]
+            timings["generate_s"] += time.monotonic() - t0
+            versions.append(int(policy.policy_version))
+            steps += 1
+            text = tokenizer.decode(completion.token_ids, skip_special_tokens=False)
+            message = response_message(text, tokenizer)
+            convo.add_assistant(completion, message)
+            if completion.finish_reason == "length":
+                end_reason, verified = "truncated_response", False
+                break
+            action = harness.parse(message if harness.tools() else message["content"])
+            if isinstance(action, FormatError):
+                end_reason, verified = f"format_error:{action.reason}", False
+                break
+            t0 = time.monotonic()
+            try:
+                observations, done = _act(session, harness, action, awaiting_confirmation)
+            except EpisodeTimeout:
+                end_reason = "episode_timeout"
+                break
+            except TerminalDied:
+                end_reason = "terminal_died"
+                break
+            except SandboxError:
+                end_reason = "sandbox_error"
+                break
+            finally:
+                timings["env_s"] += time.monotonic() - t0
+            awaiting_confirmation = bool(action.submit and not done)
+            if done:
+                end_reason = "submitted"
+                break
+            convo.add_observations(observations)
+        verdict = None
+        if verified:
+            t0 = time.monotonic()
+            verdict = session.verify()
+            timings["verify_s"] = time.monotonic() - t0
+    timings["total_s"] = time.monotonic() - started
+    reward = verdict.reward if verdict is not None else 0.0
+    return Episode(task_id=task.task_id, env_name=env_name or task.kind, reward=reward, end_reason=end_reason,
+                   segments=convo.segments, policy_versions=versions, steps=steps,
+                   verifier=verdict.to_dict() if verdict is not None else None, messages=convo.messages,
+                   timings=timings)
+
+
+def _act(session: TaskSession, harness: Harness, action: Action, awaiting_confirmation: bool
+         ) -> tuple[list[dict[str, Any]], bool]:
+    """Execute an action; returns the observation messages and whether the episode is over."""
+    confirm = getattr(harness, "confirmation_message", None)
+    if action.submit and confirm is None:
+        # SWE-agent's submit call (its diff is recorded), mini-SWE-agent's submit command, OpenCode's final reply
+        for call in action.tool_calls:
+            if call.name == "submit":
+                session.execute(call)
+        return [], True
+    if action.submit and awaiting_confirmation:
+        return [], True  # Terminus-2: the second consecutive task_complete ends the episode
+    outputs: list[tuple[ToolCall, str, int | None]] = []
+    for call in action.tool_calls:
+        result = session.execute(call)
+        outputs.append((call, result.output, result.exit_code))
+    observations: list[dict[str, Any]] = []
+    if harness.tools() is None and outputs:  # text harnesses answer a reply with one observation
+        call, _, code = outputs[-1]
+        observations.append(harness.format_observation(call, "".join(o for _, o, _ in outputs), code))
+    else:
+        observations += [harness.format_observation(c, o, code) for c, o, code in outputs]
+    if action.submit:  # Terminus-2's first task_complete: show the screen and ask to confirm
+        observations = [confirm(session.terminal.screen())]
+    return observations, False
