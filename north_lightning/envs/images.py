@@ -37,6 +37,10 @@ IMAGE_LABEL = "north_lightning.image"
 BASE_ALIAS = "north-lightning/base:latest"
 
 
+class ImageBuildError(RuntimeError):
+    """An image could not be built (mmdebstrap or docker build failed); the message says where."""
+
+
 @dataclass(frozen=True)
 class BaseImageRecipe:
     """What goes into the base rootfs. Its JSON is hashed into the image tag."""
@@ -163,7 +167,7 @@ def build_base_image(
             out_tar = Path(tmp) / "rootfs.tar"
             proc = subprocess.run(_mmdebstrap_command(recipe, out_tar), capture_output=True, text=True)
             if proc.returncode != 0:
-                raise RuntimeError(f"mmdebstrap failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
+                raise ImageBuildError(f"mmdebstrap failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
             changes = [
                 'CMD ["/bin/bash"]',
                 "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
@@ -257,7 +261,7 @@ class ImageBuilder:
                 )
             except docker.errors.BuildError as err:
                 log = "".join(str(chunk.get("stream", chunk.get("error", ""))) for chunk in err.build_log)
-                raise RuntimeError(f"{dockerfile_path}: image build failed: {err.msg}\n{log[-3000:]}") from err
+                raise ImageBuildError(f"{dockerfile_path}: image build failed: {err.msg}\n{log[-3000:]}") from err
         return tag
 
 

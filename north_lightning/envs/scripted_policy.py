@@ -91,11 +91,15 @@ class ScriptedPolicy:
 
 
 class OraclePolicy(ScriptedPolicy):
-    """Solves every task it was given, in `harness`'s format: the task is recognised by its instruction
-    in the prompt, the turn by the number of assistant turns so far."""
+    """Solves every task it was given, in `harness`'s format (a name, or a name per task kind): the task is
+    recognised by its instruction in the prompt, the turn by the number of assistant turns so far."""
 
-    def __init__(self, tokenizer: Any, harness: str | Harness, tasks: list[Task], policy_version: int = 0):
-        scripts = {task.instruction: oracle_responses(make_harness(harness, task), tokenizer, task) for task in tasks}
+    def __init__(self, tokenizer: Any, harness: str | Harness | dict[str, str], tasks: list[Task],
+                 policy_version: int = 0):
+        def harness_for(task: Task) -> Harness:  # one harness, or one per task kind ("terminal", "swe")
+            return make_harness(harness[task.kind] if isinstance(harness, dict) else harness, task)
+
+        scripts = {task.instruction: oracle_responses(harness_for(task), tokenizer, task) for task in tasks}
         # longest instruction first, so an instruction that contains another one wins
         ordered = sorted(scripts.items(), key=lambda kv: -len(kv[0]))
 

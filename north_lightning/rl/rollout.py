@@ -17,13 +17,16 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, NamedTuple, Protocol, runtime_checkable
 
+import docker.errors
+
 from north_lightning.datamodules.harnesses import get_harness
 from north_lightning.datamodules.harnesses.base import Action, FormatError, Harness, ToolCall
 from north_lightning.datamodules.records import Trajectory
 from north_lightning.envs.response import response_message
 from north_lightning.envs.sandbox import EpisodeTimeout, SandboxError
 from north_lightning.envs.session import TaskSession
-from north_lightning.envs.tasks import Task
+from north_lightning.envs.images import ImageBuildError
+from north_lightning.envs.tasks import Task, TaskError
 from north_lightning.envs.terminal import TerminalDied
 
 
@@ -246,3 +249,33 @@ def _act(session: TaskSession, harness: Harness, action: Action, awaiting_confir
     if action.submit:  # Terminus-2's first task_complete: show the screen and ask to confirm
         observations = [confirm(session.terminal.screen())]
     return observations, False
+
+
+@dataclass
+class EpisodeJob:
+    """One episode to run: a task, its harness, and the sampling seed."""
+
+    task: Task
+    harness: str | Harness
+    seed: int | None = None
+    env_name: str | None = None
+
+
+def run_episodes(policy: Policy, tokenizer: Any, jobs: list[EpisodeJob], *, config: RolloutConfig | None = None,
+                 concurrency: int = 4) -> list[Episode]:
+    """Run episodes on `concurrency` threads (sandbox time overlaps; the policy serialises its own calls when
+    it must); results in job order. An episode whose environment failed to start is returned with reward 0
+    and end reason `env_start_error:<type>` rather than aborting the batch."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def one(job: EpisodeJob) -> Episode:
+        try:
+            return run_episode(policy, job.harness, tokenizer, job.task, config=config, seed=job.seed,
+                               env_name=job.env_name)
+        except (SandboxError, TaskError, ImageBuildError, docker.errors.DockerException) as err:
+            return Episode(task_id=job.task.task_id, env_name=job.env_name or job.task.kind, reward=0.0,
+                           end_reason=f"env_start_error:{type(err).__name__}", segments=[], policy_versions=[],
+                           steps=0, verifier={"error": str(err)})
+
+    with ThreadPoolExecutor(max_workers=max(1, concurrency), thread_name_prefix="rollout") as pool:
+        return list(pool.map(one, jobs))
