@@ -36,7 +36,7 @@ HOST_DEADLINE_SLACK_SEC = 10.0
 # group (background jobs, a fork bomb) is killed too, so nothing outlives its command or holds the output open.
 # Long-running servers belong in the tmux terminal, whose shell is not an exec.
 _EXEC_WRAPPER = (
-    f'T=$1; shift; timeout -k {KILL_GRACE_SEC:g} "$T" "$@" & p=$!; wait $p; rc=$?; '
+    f'T=$1; shift; exec 2>&1; timeout -k {KILL_GRACE_SEC:g} "$T" "$@" & p=$!; wait $p; rc=$?; '
     'kill -9 -- -$p 2>/dev/null; exit $rc'
 )
 
@@ -224,6 +224,11 @@ class DockerSandbox:
         labels = {SANDBOX_LABEL: "1", OWNER_PID_LABEL: str(os.getpid()), OWNER_HOST_LABEL: socket.gethostname(),
                   **cfg.labels}
         started = time.monotonic()
+        try:  # look first: `run` would try to pull a missing image from a registry
+            self.client.images.get(cfg.image)
+        except docker.errors.ImageNotFound as err:
+            raise SandboxError(f"image {cfg.image!r} not found locally (no registry is used): build the task "
+                               f"image first") from err
         try:
             self.container = self.client.containers.run(
                 cfg.image, command=["sleep", "infinity"], detach=True, init=True, labels=labels,
@@ -233,8 +238,6 @@ class DockerSandbox:
                 working_dir=cfg.workdir, environment=cfg.env, hostname="sandbox",
                 security_opt=["no-new-privileges"], cap_drop=["NET_RAW", "MKNOD", "AUDIT_WRITE", "SYS_CHROOT"],
             )
-        except docker.errors.ImageNotFound as err:
-            raise SandboxError(f"image {cfg.image!r} not found: build the task image first ({err})") from err
         except docker.errors.APIError as err:
             raise SandboxError(f"cannot start a container from {cfg.image!r}: {err}") from err
         with _LIVE_LOCK:

@@ -25,6 +25,9 @@ RCFILE = "/tmp/.nl_bashrc"
 TMUX_CONF = "/tmp/.nl_tmux.conf"
 CAPTURE_MARK = "__NL_CAPTURE__"
 CAPTURE = f"echo {CAPTURE_MARK}; tmux capture-pane -p -J -S - -E - -t {SESSION}"
+# PROMPT_COMMAND runs just *before* bash draws the prompt: after the signal, give it a moment to appear.
+AWAIT_PROMPT = ("for _ in $(seq 25); do case \"$(tmux capture-pane -p -t " + SESSION + " | grep -v '^$' | tail -n 1)\" "
+                "in *'#'|*'# ') break;; esac; sleep 0.02; done")
 BASHRC = f"""[ -f ~/.bashrc ] && . ~/.bashrc
 PS1='\\u@\\h:\\w# '
 __nl_n=0
@@ -65,7 +68,7 @@ class TmuxTerminal:
         self.box.put_files({RCFILE: BASHRC, TMUX_CONF: "set -g history-limit 50000\nset -g status off\n"})
         code, out = self._exec(
             f"tmux -f {TMUX_CONF} new-session -d -s {SESSION} -x {self.width} -y {self.height} "
-            f"'bash --rcfile {RCFILE} -i' && timeout 10 tmux wait-for nl-p1 && {CAPTURE}"
+            f"'bash --rcfile {RCFILE} -i' && timeout 10 tmux wait-for nl-p1 && {AWAIT_PROMPT}; {CAPTURE}"
         )
         if code != 0 or CAPTURE_MARK not in out:
             raise TerminalDied(f"cannot start tmux in {self.box.name} (exit {code}): {out.strip()}")
@@ -90,7 +93,7 @@ class TmuxTerminal:
                 script.append(f"tmux send-keys -t {SESSION} {shlex.quote(value)} || exit 90")
         wait = max(0.0, duration)
         if wait > 0:
-            script.append(f"timeout {wait:.2f} tmux wait-for nl-p$((k+1))")
+            script.append(f"timeout {wait:.2f} tmux wait-for nl-p$((k+1)) && {{ {AWAIT_PROMPT}; }}")
         script += [f"tmux has-session -t {SESSION} 2>/dev/null || exit 91", CAPTURE]
         code, out = self._exec("\n".join(script), *args, timeout=wait + 30)
         if code in (90, 91) or CAPTURE_MARK not in out:

@@ -1,0 +1,66 @@
+"""Docker-environment fixtures: one base image build per session, task images built once, and a session
+finaliser asserting that no sandbox container created by this test process is left behind."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from helpers import require
+
+
+def _docker_ok() -> bool:
+    try:
+        from north_lightning.envs.sandbox import docker_client
+
+        docker_client()
+        return True
+    except Exception:  # noqa: BLE001 - any failure means "no engine" here
+        return False
+
+
+@pytest.fixture(scope="session")
+def docker_ready() -> bool:
+    require(_docker_ok(), "no Docker engine (run `bash scripts/ensure_docker.sh`)")
+    return True
+
+
+@pytest.fixture(scope="session")
+def base_image(docker_ready: bool) -> str:
+    from north_lightning.envs.images import build_base_image
+
+    return build_base_image()
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    from transformers import AutoTokenizer
+
+    from north_lightning.assets import tiny_tokenizer_path
+
+    return AutoTokenizer.from_pretrained(tiny_tokenizer_path())
+
+
+@pytest.fixture(scope="session")
+def bundled_tasks(base_image: str):
+    from north_lightning.envs.session import task_image
+    from north_lightning.envs.tasks import BUNDLED_DIR, load_tasks
+
+    tasks = load_tasks(BUNDLED_DIR)
+    for task in tasks:  # build every task image once, up front
+        task_image(task)
+    return tasks
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_leaked_containers():
+    """After the whole session: no container labelled by this process may remain (running or not)."""
+    yield
+    if not _docker_ok():
+        return
+    from north_lightning.envs.sandbox import OWNER_PID_LABEL, SANDBOX_LABEL, docker_client
+
+    leaked = [c.name for c in docker_client().containers.list(
+        all=True, filters={"label": [SANDBOX_LABEL, f"{OWNER_PID_LABEL}={os.getpid()}"]})]
+    assert not leaked, f"sandbox containers left behind by the test session: {leaked}"
