@@ -146,6 +146,11 @@ class NorthParallelStrategy(ModelParallelStrategy):
             model._north_parallelized = True
         super().setup(trainer)
 
+    def load_checkpoint(self, checkpoint_path: Any, weights_only: bool | None = None) -> dict[str, Any]:
+        # Our checkpoints carry numpy/python RNG states (bit-identical resume), which torch.load's weights_only
+        # default refuses in meta.pt; resuming a run from its own checkpoint folder is trusted input.
+        return super().load_checkpoint(checkpoint_path, weights_only=False if weights_only is None else weights_only)
+
 
 # ---- HF export of sharded models and checkpoints ---------------------------------------------------------
 def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:

@@ -5,7 +5,7 @@
 Scenarios (gloo, CPU):
   train   : the tiny model, FSDP2 (+ EP when EP > 1) + activation checkpointing, 3 AdamW steps; each rank trains
             on its slice of the global batch; writes the global losses per step and exports the trained model
-            to HF (OUT_JSON's folder / hf) and a DCP checkpoint in Lightning's layout (.../dcp).
+            to HF (OUT_JSON's folder / hf).
   moe     : one MoE block, experts split over EP ranks (the rest FSDP-style over dp_mod_ep); writes every
             rank's output rows and the expert gradients gathered to full tensors.
 `reference(...)` computes the same numbers in one process, without any parallelism.
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import sys
 from pathlib import Path
 
@@ -124,17 +125,7 @@ def train(rank: int, world: int, ep: int, param_dtype: str, out: Path) -> dict:
         dist.all_reduce(nll)
         losses.append(float(nll) / n)
     export_hf(model, out.parent / "hf")
-    save_lightning_layout_dcp(model, out.parent / "dcp")
     return {"losses": losses}
-
-
-def save_lightning_layout_dcp(model, path: Path) -> None:
-    """Sharded checkpoint as Lightning's ModelParallelStrategy writes it: DCP of {"state_dict": {"model.<fqn>"}}."""
-    import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.state_dict import get_model_state_dict
-
-    state = {f"model.{k}": v for k, v in get_model_state_dict(model).items()}
-    dcp.save({"state_dict": state}, checkpoint_id=str(path))
 
 
 def moe(rank: int, world: int, ep: int) -> dict:
@@ -161,5 +152,7 @@ if __name__ == "__main__":
     scenario, world, out = sys.argv[1], int(sys.argv[2]), sys.argv[3]
     ep = int(sys.argv[4]) if len(sys.argv) > 4 else 1
     param_dtype = sys.argv[5] if len(sys.argv) > 5 else "none"
-    port = 29500 + (os.getpid() % 2000)
+    with socket.socket() as sock:  # a free port for this run's rendezvous
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
     mp.spawn(run_rank, args=(world, scenario, out, ep, param_dtype, port), nprocs=world, join=True)

@@ -2,9 +2,9 @@
 
 Tolerances: fp32 parallel runs reproduce the 1-process losses to 1e-6 relative (only the summation order of the
 gradient reductions differs); after 3 AdamW steps weights agree to 1e-4 (Adam's normalisation amplifies
-1e-9-level gradient differences on near-zero entries). A bf16 run (bf16 all-gathered params, fp32 reduction)
-stays within 1e-2 of the fp32 losses. The expert-parallel MoE block is exact in fp32 (same math, same order
-within each expert).
+1e-9-level gradient differences on near-zero entries). The expert-parallel MoE block matches to 1e-6 in fp32
+(same math, same order within each expert). The bf16 + EP path under Lightning, with sharded checkpoints and
+resume, is tested in test_lightning_strategy.py.
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ import pytest
 import torch
 
 from north_lightning.model import NorthForCausalLM
-from north_lightning.model.parallelize import distributed_checkpoint_to_hf
 
 WORKER = Path(__file__).with_name("parallel_worker.py")
 _spec = importlib.util.spec_from_file_location("scale_parallel_worker", WORKER)
@@ -48,18 +47,6 @@ def test_fsdp2_two_ranks_same_losses_and_hf_export(tmp_path: Path, reference_tra
     exported = NorthForCausalLM.from_pretrained(tmp_path / "hf").state_dict()
     for name, value in reference_train["state"].items():
         torch.testing.assert_close(exported[name], value, atol=1e-4, rtol=0, msg=name)
-
-
-@pytest.mark.slow
-def test_fsdp2_with_ep_bf16_and_sharded_checkpoint_to_hf(tmp_path: Path, reference_train: dict) -> None:
-    got = _run(tmp_path, "train", world=2, ep=2, param_dtype="bfloat16")
-    assert got["losses"] == pytest.approx(reference_train["losses"], abs=1e-2)
-    distributed_checkpoint_to_hf(tmp_path / "dcp", tmp_path / "from_dcp", worker.tiny_config())
-    from_dcp = NorthForCausalLM.from_pretrained(tmp_path / "from_dcp").state_dict()
-    live = NorthForCausalLM.from_pretrained(tmp_path / "hf").state_dict()
-    assert from_dcp.keys() == live.keys()
-    for name in live:
-        torch.testing.assert_close(from_dcp[name], live[name], atol=0, rtol=0, msg=name)
 
 
 @pytest.mark.parametrize("world", [2, pytest.param(4, marks=pytest.mark.slow)])
