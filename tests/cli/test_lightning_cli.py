@@ -77,7 +77,7 @@ def test_fit_subprocess_trains_logs_and_exports(tmp_path: Path) -> None:
         "trainer": {"default_root_dir": str(tmp_path / "run"), "max_steps": 4, "log_every_n_steps": 1,
                     "enable_progress_bar": False},
         "model": {"init_args": {"model": SMALL_MODEL, "warmup_steps": 2}},
-        "data": {"init_args": {"seq_len": 256, "batch_size": 2}},
+        "data": {"init_args": {"seq_len": 320, "batch_size": 1}},
     }))
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.run([sys.executable, "-m", "north_lightning", "fit", "--config", TINY_SFT, "--config",

@@ -127,3 +127,22 @@ def test_logged_metrics_and_lr_schedule() -> None:
     assert seen[0]["train/loss"] == pytest.approx(math.log(4096), rel=0.1)  # starts near uniform
     # lr as used by each step: warmup 1e-3, 2e-3, then cosine from 2e-3 to 1e-3 over the remaining 2 steps.
     assert [round(s["train/lr"], 6) for s in seen] == [0.001, 0.002, 0.002, 0.0015]
+
+
+def test_rng_states_round_trip_through_a_weights_only_checkpoint() -> None:
+    import io
+    import random
+
+    import numpy as np
+
+    module = SFTModule(SMALL)
+    checkpoint: dict = {}
+    module.on_save_checkpoint(checkpoint)
+    expected = (np.random.rand(), random.random(), torch.rand(1).item())
+    buffer = io.BytesIO()
+    torch.save(checkpoint, buffer)
+    buffer.seek(0)
+    restored = torch.load(buffer, weights_only=True)  # what Lightning does on resume
+    np.random.rand(5), random.random(), torch.rand(3)  # move every generator on
+    module.on_load_checkpoint(restored)
+    assert (np.random.rand(), random.random(), torch.rand(1).item()) == expected
