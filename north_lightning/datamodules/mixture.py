@@ -85,7 +85,9 @@ class MixtureSpec:
             share = c["share"]
             if isinstance(share, bool) or not isinstance(share, (int, float)) or share <= 0:
                 raise ValueError(f"{where}: 'share' must be a positive number, got {share!r}")
-            paths = [c["paths"]] if isinstance(c["paths"], str) else list(c["paths"])
+            paths = [c["paths"]] if isinstance(c["paths"], str) else list(c["paths"] or [])
+            if not paths:
+                raise ValueError(f"{where}: 'paths' is empty")
             resolved = tuple(str(resolve_path(p, base)) for p in paths)
             comps.append(Component(c["name"], resolved, c["harness"], float(share), c.get("source"),
                                    bool(c.get("verified_only", False))))
