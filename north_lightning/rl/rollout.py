@@ -138,16 +138,21 @@ class _Conversation:
             self.length += 1
         self.rendered = rendered
 
-    def add_observations(self, observations: list[dict[str, Any]]) -> None:
-        self.messages.extend(observations)
-        rendered = self._render(self.messages, generation_prompt=True)
+    def add_observations(self, observations: list[dict[str, Any]], limit: int) -> bool:
+        """Append the observation turns (+ the next generation prompt); False, and nothing appended, when
+        they would take the sequence past `limit` tokens."""
+        rendered = self._render(self.messages + observations, generation_prompt=True)
         if not rendered.startswith(self.rendered):
             raise ValueError("the chat template does not render the conversation incrementally (a prefix of the "
                              "previous rendering changed), so observation tokens cannot be appended")
         ids = self._encode(rendered[len(self.rendered):])
+        if self.length + len(ids) > limit:
+            return False
+        self.messages.extend(observations)
         self.segments.append(Segment(ids, None, False))
         self.length += len(ids)
         self.rendered = rendered
+        return True
 
 
 def run_episode(policy: Policy, harness: str | Harness, tokenizer: Any, task: Task, *,
@@ -210,7 +215,9 @@ def run_episode(policy: Policy, harness: str | Harness, tokenizer: Any, task: Ta
             if done:
                 end_reason = "submitted"
                 break
-            convo.add_observations(observations)
+            if not convo.add_observations(observations, limit=config.max_context - config.min_turn_tokens):
+                end_reason = "context_limit"
+                break
         verdict = None
         if verified:
             t0 = time.monotonic()

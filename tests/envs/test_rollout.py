@@ -1,0 +1,124 @@
+"""Agent loop with real Docker, real harness parsers and the real tiny tokenizer; the policy is scripted
+(it emits known actions as token ids), a stand-in for a model, not a mock of the environment."""
+
+from __future__ import annotations
+
+import pytest
+
+from north_lightning.datamodules.harnesses import AGENT_HARNESSES
+from north_lightning.envs.scripted_policy import OraclePolicy, ScriptedPolicy, assistant_text
+from north_lightning.rl.rollout import Episode, Policy, RolloutConfig, run_episode
+
+pytestmark = pytest.mark.docker
+
+CFG = RolloutConfig(max_tokens_per_turn=1024)
+
+
+def _task(tasks, task_id):
+    return next(t for t in tasks if t.task_id == task_id)
+
+
+def _check_segments(ep: Episode, tokenizer) -> None:
+    assert ep.segments[0].trainable is False and ep.segments[0].logprobs is None
+    assistant = [s for s in ep.segments if s.trainable]
+    assert len(assistant) == ep.steps == len(ep.policy_versions)
+    for seg in ep.segments:
+        if seg.trainable:
+            assert seg.logprobs is not None and len(seg.logprobs) == len(seg.token_ids)
+            assert seg.token_ids[-1] == tokenizer.eos_token_id
+        else:
+            assert seg.logprobs is None
+    assert ep.num_tokens == len(ep.token_ids)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("harness", AGENT_HARNESSES)
+def test_oracle_policy_solves_terminal_and_swe_tasks_in_every_harness(bundled_tasks, tokenizer, harness):
+    tasks = [_task(bundled_tasks, "toy-python-fix-0ed80921"), _task(bundled_tasks, "north-lightning__slugkit-1")]
+    policy = OraclePolicy(tokenizer, harness, tasks)
+    assert isinstance(policy, Policy)
+    for task in tasks:
+        ep = run_episode(policy, harness, tokenizer, task, config=CFG, seed=1)
+        assert (ep.reward, ep.end_reason) == (1.0, "submitted"), (harness, task.task_id, ep.messages[-3:])
+        assert ep.verifier["passed"] is True
+        _check_segments(ep, tokenizer)
+
+
+def test_tokens_are_exactly_the_rendered_conversation(bundled_tasks, tokenizer):
+    """Generated ids are kept as generated and observation ids are the template's: the whole sequence is
+    what the chat template renders for the final conversation (a text harness, so no JSON re-spelling)."""
+    task = _task(bundled_tasks, "toy-arith-cbfa16cc")
+    ep = run_episode(OraclePolicy(tokenizer, "terminus2", [task]), "terminus2", tokenizer, task, config=CFG)
+    assert ep.reward == 1.0 and ep.steps == 3  # command, task_complete, confirmed task_complete
+    rendered = tokenizer.apply_chat_template(ep.messages, tokenize=False)
+    assert ep.token_ids == tokenizer.encode(rendered, add_special_tokens=False)
+    observation = [s for s in ep.segments[1:] if not s.trainable]
+    assert "New Terminal Output" in tokenizer.decode(observation[0].token_ids)
+    assert "Are you sure you want to mark the task as complete" in tokenizer.decode(observation[1].token_ids)
+
+
+def test_unparseable_response_ends_with_reward_zero(bundled_tasks, tokenizer):
+    task = _task(bundled_tasks, "toy-arith-cbfa16cc")
+    ep = run_episode(ScriptedPolicy(tokenizer, ["I think the answer is 5.<|END_OF_TURN_TOKEN|>"]), "terminus2",
+                     tokenizer, task, config=CFG)
+    assert (ep.reward, ep.end_reason, ep.steps, ep.verifier) == (0.0, "format_error:bad_json", 1, None)
+    assert ep.format_error == "bad_json"
+
+
+def test_invalid_tool_call_ends_with_reward_zero(bundled_tasks, tokenizer):
+    task = _task(bundled_tasks, "north-lightning__textstats-1")
+    call = '<|START_ACTION|>[{"name": "launch_rocket", "arguments": {}}]<|END_ACTION|><|END_OF_TURN_TOKEN|>'
+    ep = run_episode(ScriptedPolicy(tokenizer, [call]), "swe_agent", tokenizer, task, config=CFG)
+    assert ep.reward == 0.0 and ep.end_reason.startswith("format_error:") and ep.verifier is None
+
+
+def _bash_turn(tokenizer, harness_name, command):
+    from north_lightning.datamodules.harnesses import get_harness
+    from north_lightning.datamodules.records import Step, Trajectory
+    from north_lightning.datamodules.harnesses.base import ToolCall
+
+    harness = get_harness(harness_name, workdir="/app")
+    messages = harness.render(Trajectory(id="x", task="t", source="s",
+                                         steps=(Step(calls=(ToolCall("bash", {"command": command}),)),)))
+    return assistant_text(tokenizer, [m for m in messages if m["role"] == "assistant"][0], harness.tools())
+
+
+def test_step_budget_and_policy_versions(bundled_tasks, tokenizer):
+    task = _task(bundled_tasks, "toy-arith-cbfa16cc")
+    policy = ScriptedPolicy(tokenizer, [_bash_turn(tokenizer, "mini_swe_agent", "ls /app")])
+
+    class Bumping:
+        policy_version = 0
+
+        def generate(self, prompts, **kw):
+            self.policy_version += 1  # an export landed between two turns
+            return policy.generate(prompts, **kw)
+
+    ep = run_episode(Bumping(), "mini_swe_agent", tokenizer, task, config=RolloutConfig(max_steps=3))
+    assert (ep.end_reason, ep.steps, ep.reward) == ("max_steps", 3, 0.0)
+    assert ep.policy_versions == [1, 2, 3]
+    assert ep.verifier["reason"] == "tests_failed"  # the verifier still judged the final state
+
+
+def test_context_limit_and_truncated_response(bundled_tasks, tokenizer):
+    task = _task(bundled_tasks, "toy-arith-cbfa16cc")
+    turn = _bash_turn(tokenizer, "mini_swe_agent", "seq 1 50")
+    policy = ScriptedPolicy(tokenizer, [turn])
+    prompt_len = run_episode(policy, "mini_swe_agent", tokenizer, task,
+                             config=RolloutConfig(max_steps=1)).segments[0].token_ids
+    ep = run_episode(policy, "mini_swe_agent", tokenizer, task,
+                     config=RolloutConfig(max_context=len(prompt_len) + 600, max_tokens_per_turn=200, max_steps=50))
+    assert ep.end_reason == "context_limit" and ep.num_tokens <= len(prompt_len) + 600
+    assert ep.verifier is not None
+    ep = run_episode(policy, "mini_swe_agent", tokenizer, task, config=RolloutConfig(max_tokens_per_turn=5))
+    assert (ep.end_reason, ep.reward, ep.steps) == ("truncated_response", 0.0, 1)
+    assert len(ep.segments[1].token_ids) == 5
+
+
+def test_turn_without_end_token_is_closed_untrainable(bundled_tasks, tokenizer):
+    task = _task(bundled_tasks, "toy-arith-cbfa16cc")
+    turn = _bash_turn(tokenizer, "mini_swe_agent", "ls").replace(tokenizer.eos_token, "")
+    ep = run_episode(ScriptedPolicy(tokenizer, [turn]), "mini_swe_agent", tokenizer, task,
+                     config=RolloutConfig(max_steps=1))
+    assert ep.segments[1].trainable and ep.segments[1].token_ids[-1] != tokenizer.eos_token_id
+    assert ep.segments[2] == ([tokenizer.eos_token_id], None, False)
