@@ -10,8 +10,8 @@ components, one per harness). Spec YAML::
     name: tiny_stage2
     components:
       - name: toy_swe_agent                  # unique; shows up in reports
-        paths: [asset://sft_data/toy_terminal_train.jsonl]   # JSONL/Parquet; asset:// = package assets,
-        harness: swe_agent                   #   relative paths resolve against the YAML's folder, then cwd
+        paths: [asset://sft_data/toy_terminal_train.jsonl]   # JSONL/Parquet, globs allowed; asset:// =
+        harness: swe_agent                   #   package assets; relative paths: the YAML's folder, then cwd
         share: 0.50                          # target share of trainable tokens (shares are normalised)
         source: toy_terminal                 # optional: keep only records whose `source` matches
         verified_only: true                  # optional: keep only verified records
@@ -19,6 +19,7 @@ components, one per harness). Spec YAML::
 
 from __future__ import annotations
 
+import glob
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -88,7 +89,7 @@ class MixtureSpec:
             paths = [c["paths"]] if isinstance(c["paths"], str) else list(c["paths"] or [])
             if not paths:
                 raise ValueError(f"{where}: 'paths' is empty")
-            resolved = tuple(str(resolve_path(p, base)) for p in paths)
+            resolved = tuple(q for p in paths for q in expand(str(resolve_path(p, base))))
             comps.append(Component(c["name"], resolved, c["harness"], float(share), c.get("source"),
                                    bool(c.get("verified_only", False))))
         return MixtureSpec(str(d.get("name") or Path(origin).stem), tuple(comps), origin)
@@ -102,6 +103,14 @@ def resolve_path(path: str, base: Path) -> Path:
     if p.is_absolute():
         return p
     return base / p if (base / p).exists() else Path.cwd() / p
+
+
+def expand(path: str) -> list[str]:
+    """Shell-style globs (`data/sft/swe/*.parquet`) in sorted order; a pattern matching nothing is kept as
+    is, so reading it fails with the pattern in the message."""
+    if not any(ch in path for ch in "*?["):
+        return [path]
+    return sorted(glob.glob(path)) or [path]
 
 
 @dataclass

@@ -200,15 +200,19 @@ class SFTDataModule(L.LightningDataModule):
         init_from: the previous stage's exported weights (stage 2); allow_missing_init skips the check.
         max_open_rows: open rows of the best-fit packer (more: tighter packing, more reordering).
         max_records_per_component: cap on the records each component reads (quick runs, tests).
+        chat_template: a Jinja file replacing the tokenizer's chat template, for tokenizers whose template has
+            no `{% generation %}` blocks (without them no token would be marked as the assistant's).
     """
 
     def __init__(self, mixture: str | dict, tokenizer: str | None = None, seq_len: int = 2048, batch_size: int = 1,
                  seed: int = 0, filter_checks: list[str] | None = None, on_reject: str = "drop",
                  on_bad_record: str = "count", report_path: str | None = None, val_fraction: float = 0.0,
                  val_batches: int = 2, init_from: str | None = None, allow_missing_init: bool = False,
-                 max_open_rows: int = 256, max_records_per_component: int | None = None) -> None:
+                 max_open_rows: int = 256, max_records_per_component: int | None = None,
+                 chat_template: str | None = None) -> None:
         super().__init__()
         self.max_records_per_component = max_records_per_component
+        self.chat_template = chat_template
         self.spec = MixtureSpec.load(mixture)
         self.tokenizer_path = str(tokenizer or tiny_tokenizer_path())
         self.seq_len, self.batch_size, self.seed = seq_len, batch_size, seed
@@ -218,6 +222,7 @@ class SFTDataModule(L.LightningDataModule):
         self.on_bad_record, self.report_path = on_bad_record, report_path
         self.val_fraction, self.val_batches = val_fraction, val_batches
         self.init_from, self.allow_missing_init, self.max_open_rows = init_from, allow_missing_init, max_open_rows
+        require_init_weights(init_from, allow_missing_init)  # fail at config time, before any model is built
         self.consumed_batches = 0
         self.pools: DocumentPools | None = None
         self.tokenizer: Any = None
@@ -232,6 +237,8 @@ class SFTDataModule(L.LightningDataModule):
         from transformers import AutoTokenizer
 
         self.tokenizer = AutoTokenizer.from_pretrained(self.tokenizer_path)
+        if self.chat_template is not None:
+            self.tokenizer.chat_template = Path(self.chat_template).read_text()
         self.pools = build_pools(self.spec, self.tokenizer, self.seq_len, seed=self.seed, filters=self.filters,
                                  on_bad_record=self.on_bad_record, val_fraction=self.val_fraction,
                                  max_records=self.max_records_per_component)

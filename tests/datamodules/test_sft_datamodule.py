@@ -59,9 +59,8 @@ def test_exact_resume_and_ranks(dm):
 
 def test_stage_two_refuses_without_stage_one_weights(tmp_path):
     missing = tmp_path / "stage1" / "hf"
-    module = SFTDataModule(STAGE1, init_from=str(missing), max_records_per_component=2)
     with pytest.raises(FileNotFoundError, match="allow_missing_init"):
-        module.setup("fit")
+        SFTDataModule(STAGE1, init_from=str(missing), max_records_per_component=2)
     SFTDataModule(STAGE1, init_from=str(missing), allow_missing_init=True, max_records_per_component=2).prepare_data()
     missing.mkdir(parents=True)
     (missing / "model.safetensors").write_bytes(b"")
