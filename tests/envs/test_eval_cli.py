@@ -1,0 +1,76 @@
+"""`eval` (pass@k report from a class_path policy) and `tasks filter` (pass@k band + step budgets)."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+import yaml
+
+from north_lightning.cli.eval import load_config, main as eval_main
+from north_lightning.cli.tasks import filter_tasks, main as tasks_main, pass_at_k
+from north_lightning.envs.tasks import BUNDLED_DIR
+
+
+def test_pass_at_k_estimator():
+    assert pass_at_k(8, 0, 1) == 0.0 and pass_at_k(8, 8, 1) == 1.0
+    assert pass_at_k(8, 2, 1) == pytest.approx(0.25)
+    assert pass_at_k(4, 1, 2) == pytest.approx(1 - (3 / 4) * (2 / 3))
+    assert pass_at_k(4, 3, 2) == 1.0
+
+
+def test_config_errors_name_the_key(tmp_path):
+    path = tmp_path / "eval.yaml"
+    path.write_text(yaml.safe_dump({"tasks": ["x"], "policy": {"class_path": "a.B"}, "n_sample": 3}))
+    with pytest.raises(ValueError, match=r"unknown eval config key\(s\) \['n_sample'\]"):
+        load_config(str(path), [])
+    path.write_text(yaml.safe_dump({"tasks": ["x"]}))
+    with pytest.raises(ValueError, match="missing required key 'policy'"):
+        load_config(str(path), [])
+    cfg = load_config(None, ["tasks=x", "policy.class_path=a.B", "policy.init_args.model_dir=/m", "k=[1,4]"])
+    assert cfg.policy == {"class_path": "a.B", "init_args": {"model_dir": "/m"}} and cfg.k == [1, 4]
+    assert (cfg.temperature, cfg.top_p, cfg.seeds) == (1.0, 0.95, [0, 1, 2])
+
+
+@pytest.mark.docker
+@pytest.mark.slow
+def test_eval_with_scripted_policy_writes_json_and_csv_then_filter(base_image, tmp_path, capsys):
+    terminal = BUNDLED_DIR / "terminal"
+    config = {
+        "tasks": [str(terminal / "toy-arith-cbfa16cc"), str(terminal / "json-port"),
+                  str(BUNDLED_DIR / "swe" / "tasks.jsonl")],
+        "policy": {"class_path": "north_lightning.envs.scripted_policy.OraclePolicy"},
+        "harness": {"terminal": "mini_swe_agent", "swe": "swe_agent"},
+        "n_samples": 2, "k": [1, 2], "seeds": [0, 1], "max_tokens_per_turn": 1024, "concurrency": 4,
+        "out": str(tmp_path / "report"),
+    }
+    (tmp_path / "eval.yaml").write_text(yaml.safe_dump(config))
+    assert eval_main(["--config", str(tmp_path / "eval.yaml")]) == 0
+    assert capsys.readouterr().out.strip().splitlines()[-1].startswith("pass@1=1.0000±0.0000 pass@2=1.0000")
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["summary"]["episodes"] == 5 * 2 * 2 and report["summary"]["end_reasons"] == {"submitted": 20}
+    assert report["summary"]["pass@1"]["per_seed"] == [1.0, 1.0]
+    assert {s["seed"] for s in report["tasks"][0]["samples"]} == {0, 1}
+    rows = list(csv.DictReader(open(tmp_path / "report.csv")))
+    assert len(rows) == 5 and all(r["pass@1"] == "1.0000" for r in rows)
+
+    # filter: make one task never solved, one sometimes solved (inside the band), the rest always
+    report["tasks"][0]["samples"] = [dict(s, reward=0.0) for s in report["tasks"][0]["samples"]]
+    report["tasks"][1]["samples"][0]["reward"] = 0.0
+    report["tasks"][1]["samples"][1]["steps"] = 4
+    (tmp_path / "edited.json").write_text(json.dumps(report))
+    assert tasks_main(["filter", str(tmp_path / "edited.json"), "--out", str(tmp_path / "pool.json"),
+                       "--k", "1", "--low", "0.1", "--high", "0.9"]) == 0
+    pool = json.loads((tmp_path / "pool.json").read_text())
+    assert pool["dropped"] == {"no_samples": 0, "never_solved": 1, "too_hard": 0, "too_easy": 3}
+    assert [t["task_id"] for t in pool["kept"]] == [report["tasks"][1]["task_id"]]
+    assert pool["kept"][0]["max_steps"] == 6  # ceil(1.5 x longest successful trajectory of 4 steps)
+
+
+def test_filter_counts_every_drop_reason():
+    tasks = [{"task_id": "none", "samples": []},
+             {"task_id": "hard", "samples": [{"reward": 1.0, "steps": 3}] + [{"reward": 0.0, "steps": 9}] * 19}]
+    out = filter_tasks({"tasks": tasks}, low=0.1, high=0.9, k=1)
+    assert out["dropped"] == {"no_samples": 1, "never_solved": 0, "too_hard": 1, "too_easy": 0}
+    assert out["counts"] == {"input": 2, "kept": 0}
