@@ -15,6 +15,7 @@ components, one per harness). Spec YAML::
         share: 0.50                          # target share of trainable tokens (shares are normalised)
         source: toy_terminal                 # optional: keep only records whose `source` matches
         verified_only: true                  # optional: keep only verified records
+        harness_args: {workdir: /app}        # optional: harness constructor arguments (as at rollout time)
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ class Component:
     share: float
     source: str | None = None
     verified_only: bool = False
+    harness_args: tuple[tuple[str, Any], ...] = ()  # constructor kwargs, e.g. workdir (kept hashable)
 
 
 @dataclass(frozen=True)
@@ -75,7 +77,7 @@ class MixtureSpec:
             for key in ("name", "paths", "harness", "share"):
                 if key not in c:
                     raise ValueError(f"{where} is missing key {key!r}")
-            unknown = set(c) - {"name", "paths", "harness", "share", "source", "verified_only"}
+            unknown = set(c) - {"name", "paths", "harness", "share", "source", "verified_only", "harness_args"}
             if unknown:
                 raise ValueError(f"{where} has unknown keys {sorted(unknown)}")
             if c["name"] in seen:
@@ -90,8 +92,11 @@ class MixtureSpec:
             if not paths:
                 raise ValueError(f"{where}: 'paths' is empty")
             resolved = tuple(q for p in paths for q in expand(str(resolve_path(p, base))))
+            harness_args = c.get("harness_args") or {}
+            if not isinstance(harness_args, dict):
+                raise ValueError(f"{where}: 'harness_args' must be a mapping")
             comps.append(Component(c["name"], resolved, c["harness"], float(share), c.get("source"),
-                                   bool(c.get("verified_only", False))))
+                                   bool(c.get("verified_only", False)), tuple(sorted(harness_args.items()))))
         return MixtureSpec(str(d.get("name") or Path(origin).stem), tuple(comps), origin)
 
 

@@ -69,7 +69,7 @@ def build_pools(spec: MixtureSpec, tokenizer: Any, seq_len: int, *, seed: int = 
     train: list[list[Document]] = []
     val: list[list[Document]] = []
     for ci, comp in enumerate(spec.components):
-        harness = get_harness(comp.harness)
+        harness = get_harness(comp.harness, **dict(comp.harness_args))
         pool_t, pool_v = [], []
         selected = 0
         for record, _ in iter_records(list(comp.paths), on_error="fail" if on_bad_record == "fail" else "count",
