@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from datamodules.sample_records import agnostic_record, opencode_record, swe_record
 
-from north_lightning.datamodules.harnesses import AGENT_HARNESSES, Action, ToolCall, get_harness
+from north_lightning.datamodules.harnesses import AGENT_HARNESSES, Action, get_harness
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
