@@ -1,0 +1,165 @@
+"""Sliding-window attention over packed documents: flash / flex vs SDPA with a dense mask, as the sequence grows.
+
+North's sliding layers see a window of W=4096 previous tokens; a packed row holds several documents (lengths
+drawn around --doc-len with a fixed seed). A dense S x S mask makes SDPA's cost grow 4x when S doubles,
+whatever the window; the varlen/block-sparse kernels only touch the (document AND window) band, so their cost
+should grow ~2x (target: 8K -> 16K growth <= 2.3x). `ideal_growth` is the ratio of allowed (query, key) pairs,
+i.e. what a kernel doing exactly the necessary work would show. Every backend is checked against SDPA on the
+same inputs before timing (a fast wrong kernel would be worthless).
+
+    python bench/attention.py --device cuda          # 8K/16K/32K tokens, W=4096, H=32/G=4/d=128, bf16, fwd+bwd
+    python bench/attention.py --device cpu           # small sizes, flex forward only (no CPU flex backward)
+
+Last line: `<backend>_ms_<size>=...` for every backend and size, `<backend>_growth_<a>_<b>=...` for each doubling,
+and `<backend>_speedup_vs_sdpa_<largest>=...`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from north_lightning.model.attention import SDPAAttention, SequenceLayout
+
+
+def documents(S: int, mean_len: int, gen: torch.Generator) -> torch.Tensor:
+    """Document ids [1, S] for a packed row of documents with lengths in [mean/2, 3*mean/2]."""
+    doc = torch.empty(1, S, dtype=torch.long)
+    start, idx = 0, 0
+    while start < S:
+        length = int(torch.randint(mean_len // 2, 3 * mean_len // 2 + 1, (1,), generator=gen))
+        doc[0, start:start + length] = idx
+        start, idx = start + length, idx + 1
+    return doc
+
+
+def allowed_pairs(doc_BS: torch.Tensor, window: int) -> int:
+    """(query, key) pairs the mask allows: per document of length n, sum_i min(i, W) + 1."""
+    _, counts = torch.unique_consecutive(doc_BS[0].cpu(), return_counts=True)
+    total = 0
+    for n in counts.tolist():
+        w = min(n - 1, window)
+        total += n * (w + 1) - w * (w + 1) // 2
+    return total
+
+
+class DenseMaskSDPA(SDPAAttention):
+    """The baseline: SDPA with the dense boolean (document AND causal AND window) mask, K/V repeated to all query
+    heads so CUDA can use its memory-efficient masked kernel (with GQA heads it would fall back to the math
+    kernel, which materialises H x S x S scores and runs out of memory at 32K)."""
+
+    def forward(self, q_BSHd, k_BSGd, v_BSGd, layout, window):
+        rep = q_BSHd.shape[2] // k_BSGd.shape[2]
+        return super().forward(q_BSHd, k_BSGd.repeat_interleave(rep, dim=2), v_BSGd.repeat_interleave(rep, dim=2),
+                               layout, window)
+
+
+def make_backend(name: str, scale: float):
+    if name == "sdpa":
+        return DenseMaskSDPA(scale)
+    if name == "flex":
+        from north_lightning.model.attention_flex import FlexAttention
+        return FlexAttention(scale)
+    from north_lightning.model.attention_flash import FlashAttention
+    return FlashAttention(scale)
+
+
+def run_once(backend, q, k, v, layout: SequenceLayout, window: int, backward: bool) -> torch.Tensor:
+    with torch.set_grad_enabled(backward):
+        out = backend(q, k, v, layout, window)
+        if backward:
+            out.backward(torch.ones_like(out))
+    return out
+
+
+def timed(fn, device: str, iters: int) -> float:
+    fn()  # warm-up (compilation, autotuning)
+    times = []
+    for _ in range(iters):
+        if device == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        fn()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times) * 1e3
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--sizes", default=None, help="comma-separated token counts (default: cuda 8192,16384,32768)")
+    p.add_argument("--window", type=int, default=None, help="default: 4096 on cuda, 64 on cpu")
+    p.add_argument("--backends", default=None, help="default: flash,flex,sdpa on cuda; flex,sdpa on cpu")
+    p.add_argument("--doc-len", type=int, default=None, help="mean packed document length (default 8192 / 256)")
+    p.add_argument("--iters", type=int, default=5)
+    p.add_argument("--threads", type=int, default=2)
+    args = p.parse_args()
+    cuda = args.device == "cuda"
+    torch.set_num_threads(args.threads)
+    sizes = [int(s) for s in (args.sizes or ("8192,16384,32768" if cuda else "512,1024")).split(",")]
+    window = args.window or (4096 if cuda else 64)
+    backends = (args.backends or ("flash,flex,sdpa" if cuda else "flex,sdpa")).split(",")
+    H, G, d = (32, 4, 128) if cuda else (4, 2, 32)
+    dtype = torch.bfloat16 if cuda else torch.float32
+    backward = cuda  # FlexAttention has no CPU backward in torch 2.13
+    gen = torch.Generator().manual_seed(0)
+    scale = d**-0.5
+    results: dict[str, float] = {}
+    impl = ""
+    for S in sizes:
+        doc_BS = documents(S, mean_len=args.doc_len or (8192 if cuda else 256), gen=gen).to(args.device)
+        results[f"pairs_{S}"] = allowed_pairs(doc_BS, window)
+        q, k, v = (torch.randn(1, S, n, d, generator=gen).to(args.device, dtype).requires_grad_(backward)
+                   for n in (H, G, G))
+        try:
+            reference = run_once(DenseMaskSDPA(scale), q, k, v, SequenceLayout(1, S, doc_BS), window, backward=False)
+        except torch.OutOfMemoryError:
+            reference = None  # then the kernels are checked against each other below
+            torch.cuda.empty_cache()
+        for name in backends:
+            backend = make_backend(name, scale)
+            impl = getattr(backend, "impl", impl)
+            # one layout per size, as in the model: the dense mask / cu_seqlens / BlockMask are built once per
+            # forward and shared by every layer, so the timed cost is one layer's attention
+            layout = SequenceLayout(1, S, doc_BS)
+            out = run_once(backend, q, k, v, layout, window, backward=False)
+            reference = out if reference is None else reference
+            err = float((out.float() - reference.float()).abs().max())
+            tol = 5e-2 if dtype == torch.bfloat16 else 1e-4
+            if err > tol:
+                raise SystemExit(f"{name} at S={S}: max |out - sdpa| = {err:.3g} > {tol} (wrong kernel)")
+            try:
+                ms = timed(lambda: run_once(backend, q, k, v, layout, window, backward), args.device, args.iters)
+            except torch.OutOfMemoryError:
+                print(f"{name:>5} S={S:>6}: out of memory", flush=True)
+                results[f"{name}_ms_{S}"] = float("nan")
+                del layout
+                torch.cuda.empty_cache()
+                continue
+            results[f"{name}_ms_{S}"] = ms
+            print(f"{name:>5} S={S:>6} W={window} {'fwd+bwd' if backward else 'fwd'}: {ms:9.2f} ms", flush=True)
+            q.grad = k.grad = v.grad = None
+        if cuda:
+            torch.cuda.empty_cache()
+    pairs = [f"{key}={value:.3f}" for key, value in results.items() if not key.startswith("pairs_")]
+    for a, b in zip(sizes, sizes[1:]):  # what a kernel doing only the allowed work would show
+        pairs.append(f"ideal_growth_{a}_{b}={results[f'pairs_{b}'] / results[f'pairs_{a}']:.2f}")
+    for name in backends:
+        for a, b in zip(sizes, sizes[1:]):
+            pairs.append(f"{name}_growth_{a}_{b}={results[f'{name}_ms_{b}'] / results[f'{name}_ms_{a}']:.2f}")
+        if name != "sdpa" and "sdpa" in backends:
+            pairs.append(f"{name}_speedup_vs_sdpa_{sizes[-1]}="
+                         f"{results[f'sdpa_ms_{sizes[-1]}'] / results[f'{name}_ms_{sizes[-1]}']:.2f}")
+    if impl:
+        pairs.append(f"flash_impl={impl}")
+    pairs.append(f"window={window}")
+    print(" ".join(pairs))
+
+
+if __name__ == "__main__":
+    main()
