@@ -72,3 +72,17 @@ def test_real_format_fixture_parses(path):
 def test_every_harness_has_a_fixture():
     names = {json.loads(p.read_text())["harness"] for p in FIXTURES.glob("*.json")}
     assert {"swe_agent", "mini_swe_agent", "opencode", "terminus2"} <= names
+
+
+def test_terminus2_commands_and_completion_in_one_step():
+    from dataclasses import replace
+
+    from north_lightning.datamodules.harnesses.base import ToolCall
+    from north_lightning.datamodules.records import Observation, Step
+
+    record = agnostic_record(4)
+    last = Step("write and finish", (ToolCall("bash", {"command": "echo 4 > /app/n.txt"}), ToolCall("submit", {})),
+                (Observation(""),))
+    record = replace(record, steps=(*record.steps[:2], last))
+    harness = get_harness("terminus2")
+    assert _recovered(harness, harness.render(record, seed=2)) == _expected("terminus2", record)

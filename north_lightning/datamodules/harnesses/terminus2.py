@@ -144,22 +144,22 @@ class Terminus2Harness:
         for step in trajectory.steps:
             commands = [c for c in step.calls if c.name != "submit"]
             done = len(commands) != len(step.calls)
-            if done:
-                plan = pick(DONE_PLANS, rng)
-                body = self.reply(step.thought or "The task is done.", plan, [], True)
-                messages.append({"role": "assistant", "content": body})
-                messages.append({"role": "user", "content": CONFIRM.format(screen=_limit(screen))})
-                messages.append({"role": "assistant", "content": body})
-                break
             keystrokes = []
-            screen = ""
-            for i, call in enumerate(commands):
-                keys, shown = _keystrokes(trajectory.id, call)
-                duration = float(call.arguments.get("duration", 0.1))
-                keystrokes.append({"keystrokes": keys, "duration": duration})
-                output = step.observations[i].output if i < len(step.observations) else ""
-                screen += self.screen(shown, output)
-            screen += self.prompt
+            if commands:
+                screen = ""
+                for i, call in enumerate(commands):
+                    keys, shown = _keystrokes(trajectory.id, call)
+                    keystrokes.append({"keystrokes": keys, "duration": float(call.arguments.get("duration", 0.1))})
+                    output = step.observations[i].output if i < len(step.observations) else ""
+                    screen += self.screen(shown, output)
+                screen += self.prompt
+            if done:  # task_complete, then the confirmation question, then task_complete again
+                plan = pick(DONE_PLANS, rng)
+                analysis = step.thought or "The task is done."
+                messages.append({"role": "assistant", "content": self.reply(analysis, plan, keystrokes, True)})
+                messages.append({"role": "user", "content": CONFIRM.format(screen=_limit(screen))})
+                messages.append({"role": "assistant", "content": self.reply(analysis, plan, [], True)})
+                break
             plan = pick(PLANS, rng).format(cmd="; ".join(k["keystrokes"].strip() for k in keystrokes))
             messages.append({"role": "assistant", "content": self.reply(step.thought, plan, keystrokes, False)})
             messages.append({"role": "user", "content": "New Terminal Output:\n\n" + _limit(screen)})
