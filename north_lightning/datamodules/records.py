@@ -35,6 +35,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from north_lightning.datamodules.harnesses import HARNESSES
 from north_lightning.datamodules.harnesses.base import ToolCall
 
 REQUIRED_FIELDS = ("id", "task", "source")
@@ -124,6 +125,9 @@ class Trajectory:
             if len(obs) > len(calls):
                 raise RecordError(where, "bad_field", f"steps[{i}] has more observations than calls")
             steps.append(Step(str(s.get("thought") or ""), tuple(calls), tuple(obs)))
+        harness = d.get("harness")
+        if harness is not None and harness not in HARNESSES:
+            raise RecordError(where, "unknown_harness", f"unknown harness {harness!r}; known: {', '.join(sorted(HARNESSES))}")
         if not steps and not d.get("response"):
             raise RecordError(where, "missing_field", "record has neither steps nor a response")
         return Trajectory(
@@ -135,7 +139,7 @@ class Trajectory:
             tools=d.get("tools"),
             response=d.get("response"),
             domain=d.get("domain") or "agentic",
-            harness=d.get("harness"),
+            harness=harness,
             verified=bool(d.get("verified", False)),
             meta=dict(d.get("meta") or {}),
         )

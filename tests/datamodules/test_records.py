@@ -40,12 +40,14 @@ def test_bad_lines_counted_with_file_and_line(tmp_path):
     good = json.dumps(agnostic_record(1).to_dict())
     lines = [good, "{not json", json.dumps({"id": "x", "source": "s"}), "",
              json.dumps({"id": "y", "task": "t", "source": "s", "steps": [{"calls": [{"name": "bash", "arguments": "{oops"}]}]}),
-             json.dumps({"id": "z", "task": "t", "source": "s"}), good]
+             json.dumps({"id": "z", "task": "t", "source": "s"}),
+             json.dumps({"id": "h", "task": "t", "source": "s", "response": "r", "harness": "aider"}), good]
     path.write_text("\n".join(lines) + "\n")
     counter = BadRecordCounter()
     got = [r.id for r, _ in iter_records([path], counter=counter)]
     assert got == ["agn-1", "agn-1"]
-    assert counter.counts == {"malformed_json": 1, "missing_field": 2, "bad_tool_arguments": 1}
+    assert counter.counts == {"malformed_json": 1, "missing_field": 2, "bad_tool_arguments": 1, "unknown_harness": 1}
+    assert any(e.startswith(f"{path}:7: unknown harness 'aider'") for e in counter.examples)
     assert counter.examples[0].startswith(f"{path}:2: malformed JSON line")
     assert f"{path}:3: missing or empty required field 'task'" in counter.examples[1]
     with pytest.raises(RecordError, match=f"{path}:2"):
