@@ -101,14 +101,27 @@ def docker_client() -> docker.DockerClient:
 _LIVE: dict[str, "DockerSandbox"] = {}
 _LIVE_LOCK = threading.Lock()
 _HOOKS_INSTALLED = False
+_REMOVALS: set[threading.Thread] = set()
+
+
+def wait_for_removals(timeout: float = 60.0) -> None:
+    """Block until the background removals started by `close(wait=False)` are done."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with _LIVE_LOCK:
+            pending = list(_REMOVALS)
+        if not pending or time.monotonic() > deadline:
+            return
+        pending[0].join(max(0.0, deadline - time.monotonic()))
 
 
 def close_all_sandboxes() -> int:
-    """Remove every sandbox this process still holds; returns how many."""
+    """Remove every sandbox this process still holds (background removals included); returns how many."""
     with _LIVE_LOCK:
         live = list(_LIVE.values())
     for box in live:
-        box.close()
+        box._closed = True
+        box._remove()
     return len(live)
 
 
@@ -252,11 +265,22 @@ class DockerSandbox:
     def __exit__(self, *exc: Any) -> None:
         self.close()
 
-    def close(self) -> None:
-        """Kill and remove the container. Idempotent and safe to call from any thread or signal handler."""
+    def close(self, wait: bool = True) -> None:
+        """Kill and remove the container. Idempotent and safe to call from any thread or signal handler.
+        `wait=False` removes it on a background thread (an episode need not wait for the engine); the
+        container stays registered until it is gone, so the exit hooks still cover it."""
         if self._closed or self.container is None:
             return
         self._closed = True
+        if wait:
+            self._remove()
+        else:
+            thread = threading.Thread(target=self._remove, daemon=True, name=f"remove-{self.name}")
+            with _LIVE_LOCK:
+                _REMOVALS.add(thread)
+            thread.start()
+
+    def _remove(self) -> None:
         try:
             self.container.remove(force=True)
         except docker.errors.NotFound:
@@ -267,6 +291,7 @@ class DockerSandbox:
         finally:
             with _LIVE_LOCK:
                 _LIVE.pop(self.container.id, None)
+                _REMOVALS.discard(threading.current_thread())
 
     @property
     def name(self) -> str:
@@ -327,8 +352,13 @@ class DockerSandbox:
             return ExecResult(TIMEOUT_EXIT_CODE, capture.text() + f"\n[command timed out after {limit:.0f} s]")
         if error and not self._closed:
             raise SandboxError(f"exec output stream of {self.name} failed: {error[0]}")
-        exit_code = self.client.api.exec_inspect(exec_id).get("ExitCode")
-        exit_code = -1 if exit_code is None else int(exit_code)
+        info = self.client.api.exec_inspect(exec_id)
+        for _ in range(100):  # the output stream can end a moment before the engine records the exit
+            if not info.get("Running") and info.get("ExitCode") is not None:
+                break
+            time.sleep(0.05)
+            info = self.client.api.exec_inspect(exec_id)
+        exit_code = -1 if info.get("ExitCode") is None else int(info["ExitCode"])
         output = capture.text()
         if exit_code == TIMEOUT_EXIT_CODE:
             output += f"\n[command timed out after {limit:.0f} s]"
@@ -367,7 +397,6 @@ class DockerSandbox:
                         tar.addfile(info, fh)
                 else:
                     tar.addfile(info)
-        self.exec(["mkdir", "-p", container_dir], user="root")
         if not self.container.put_archive("/", buf.getvalue()):
             raise SandboxError(f"put_dir {host_dir} -> {self.name}:{container_dir} failed")
 

@@ -91,8 +91,8 @@ class TaskSession:
             code, head = self.box.exec("git rev-parse HEAD", user="root")
             if code != 0 or head.strip() != self.task.base_commit:
                 self.close()
-                raise TaskError(f"{self.task.source}: image {image} has {head.strip()!r} at {self.task.workdir}, "
-                                f"not base_commit {self.task.base_commit!r}")
+                raise TaskError(f"{self.task.source}: image {image} has {head.strip()!r} at {self.task.workdir} "
+                                f"(git exit {code}), not base_commit {self.task.base_commit!r}")
         return self
 
     def __enter__(self) -> "TaskSession":
@@ -103,7 +103,7 @@ class TaskSession:
 
     def close(self) -> None:
         if self.box is not None:
-            self.box.close()
+            self.box.close(wait=False)  # removal overlaps with the next episode; exit hooks still cover it
 
     @property
     def terminal(self) -> TmuxTerminal:

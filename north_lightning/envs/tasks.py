@@ -286,3 +286,36 @@ def swe_dockerfile() -> str:
         f"RUN {env} GIT_CONFIG_GLOBAL=/dev/null bash -c '{GIT_COMMIT_SCRIPT}' "
         "&& git config --system --add safe.directory '*'\n"
     )
+
+
+def load_task_pool(path: str | Path) -> list[Task]:
+    """The tasks kept by `tasks filter` (its JSON output), each with the step budget the filter assigned.
+    Entries point at a Harbor task dir or at `<file>.jsonl:<line>` for SWE records."""
+    path = Path(path)
+    try:
+        pool = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise TaskError(f"{path}: cannot read the task pool: {err}") from err
+    if not isinstance(pool, dict) or not isinstance(pool.get("kept"), list):
+        raise TaskError(f"{path}: expected the JSON written by `tasks filter` (an object with a 'kept' list)")
+    tasks: list[Task] = []
+    jsonl_cache: dict[str, dict[str, SWETask]] = {}
+    for i, entry in enumerate(pool["kept"]):
+        where = f"{path}: kept[{i}]"
+        if not isinstance(entry, dict) or not entry.get("path") or not entry.get("task_id"):
+            raise TaskError(f"{where}: needs 'task_id' and 'path'")
+        source = str(entry["path"])
+        file_part = source.rsplit(":", 1)[0] if source.rsplit(":", 1)[-1].isdigit() else source
+        if file_part.endswith(".jsonl"):
+            by_id = jsonl_cache.setdefault(file_part, {t.instance_id: t for t in load_swe_jsonl(file_part)})
+            if entry["task_id"] not in by_id:
+                raise TaskError(f"{where}: {entry['task_id']!r} is not in {file_part}")
+            task: Task = by_id[entry["task_id"]]
+        else:
+            task = load_harbor_task(file_part)
+        if "max_steps" in entry:
+            if not isinstance(entry["max_steps"], int) or entry["max_steps"] < 1:
+                raise TaskError(f"{where}: 'max_steps' must be a positive integer")
+            task.max_steps = entry["max_steps"]
+        tasks.append(task)
+    return tasks

@@ -59,8 +59,9 @@ def no_leaked_containers():
     yield
     if not _docker_ok():
         return
-    from north_lightning.envs.sandbox import OWNER_PID_LABEL, SANDBOX_LABEL, docker_client
+    from north_lightning.envs.sandbox import OWNER_PID_LABEL, SANDBOX_LABEL, docker_client, wait_for_removals
 
+    wait_for_removals()  # episodes hand their containers to background removal
     leaked = [c.name for c in docker_client().containers.list(
         all=True, filters={"label": [SANDBOX_LABEL, f"{OWNER_PID_LABEL}={os.getpid()}"]})]
     assert not leaked, f"sandbox containers left behind by the test session: {leaked}"

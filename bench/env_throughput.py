@@ -1,0 +1,81 @@
+"""Environment throughput: episodes/s and container start latency with 1, 4 and 8 concurrent sandboxes.
+
+A scripted agent (the oracle policy: real harness format, real tokenizer, real Docker containers and
+verifiers) solves the bundled terminal tasks; only the model is absent, so the figures are the environment's
+own cost per episode (image lookup, container start, tmux / exec steps, verification, removal). The baseline
+is the same workload run one episode at a time, in the same process.
+
+Last line: `speedup_8_vs_1=... start_p50_ms=... start_p99_ms=...` (start latencies at 8 concurrent, the
+figure that matters for a rollout fleet) plus per-concurrency figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+
+from transformers import AutoTokenizer
+
+from north_lightning.assets import tiny_tokenizer_path
+from north_lightning.envs.images import build_base_image
+from north_lightning.envs.scripted_policy import OraclePolicy
+from north_lightning.envs.session import task_image
+from north_lightning.envs.tasks import BUNDLED_DIR, load_tasks
+from north_lightning.rl.rollout import EpisodeJob, RolloutConfig, run_episodes
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
+    return ordered[index]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--episodes", type=int, default=24, help="episodes per concurrency level")
+    parser.add_argument("--harness", default="terminus2")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 8])
+    args = parser.parse_args()
+
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    started = time.monotonic()
+    build_base_image()
+    tasks = load_tasks(BUNDLED_DIR / "terminal")
+    for task in tasks:
+        task_image(task)
+    print(f"images ready in {time.monotonic() - started:.1f} s ({len(tasks)} terminal tasks)", flush=True)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_tokenizer_path())
+    policy = OraclePolicy(tokenizer, args.harness, tasks)
+    config = RolloutConfig(max_tokens_per_turn=1024)
+    results: dict[int, dict[str, float]] = {}
+    for concurrency in args.concurrency:
+        jobs = [EpisodeJob(tasks[i % len(tasks)], args.harness, seed=i) for i in range(args.episodes)]
+        t0 = time.monotonic()
+        episodes = run_episodes(policy, tokenizer, jobs, config=config, concurrency=concurrency)
+        wall = time.monotonic() - t0
+        failed = [(ep.task_id, ep.end_reason) for ep in episodes if ep.reward != 1.0]
+        if failed:
+            print(f"error: scripted episodes failed at concurrency {concurrency}: {failed}", file=sys.stderr)
+            return 1
+        starts = [ep.timings["start_s"] * 1000 for ep in episodes]
+        results[concurrency] = {
+            "eps": len(episodes) / wall, "p50": statistics.median(starts), "p99": percentile(starts, 99),
+            "episode_s": statistics.fmean(ep.timings["total_s"] for ep in episodes),
+        }
+        r = results[concurrency]
+        print(f"concurrency={concurrency}: {r['eps']:.2f} episodes/s, mean episode {r['episode_s']:.2f} s, "
+              f"container start p50 {r['p50']:.0f} ms p99 {r['p99']:.0f} ms", flush=True)
+    low, high = min(results), max(results)
+    pairs = [f"speedup_{high}_vs_{low}={results[high]['eps'] / results[low]['eps']:.2f}",
+             f"start_p50_ms={results[high]['p50']:.0f}", f"start_p99_ms={results[high]['p99']:.0f}"]
+    pairs += [f"episodes_per_s_{c}={r['eps']:.2f}" for c, r in results.items()]
+    pairs += [f"start_p50_ms_{c}={r['p50']:.0f}" for c, r in results.items()]
+    print(" ".join(pairs))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
