@@ -60,9 +60,10 @@ class DocumentPools:
 
 def build_pools(spec: MixtureSpec, tokenizer: Any, seq_len: int, *, seed: int = 0,
                 filters: FilterConfig | None = None, on_bad_record: str = "count",
-                val_fraction: float = 0.0, max_records: int | None = None) -> DocumentPools:
+                val_fraction: float = 0.0, max_records: int | None = None, render_variants: int = 1) -> DocumentPools:
     """Read, filter, render and tokenise every component's records (streaming the shards); `max_records`
-    caps the selected records per component (quick runs and tests)."""
+    caps the selected records per component (quick runs and tests); `render_variants` renders each record
+    that many times with different template seeds (prompt paraphrases, tool orders), each its own document."""
     filters = filters or FilterConfig()
     report, bad = FilterReport(), BadRecordCounter()
     controls = tuple(sorted(set(COMMON_CONTROL_STRINGS) | set(control_strings(tokenizer))))
@@ -81,15 +82,16 @@ def build_pools(spec: MixtureSpec, tokenizer: Any, seq_len: int, *, seed: int = 
             if max_records is not None and selected >= max_records:
                 break
             selected += 1
-            render_seed = stable_seed(seed, comp.name, record.id)
-            reason, doc = _document(harness, record, render_seed, tokenizer, seq_len, filters, controls, ci)
-            if reason is not None:
-                if filters.on_reject == "fail":
-                    raise FilterError(f"{comp.name}: record {record.id!r} rejected: {reason}")
-                report.drop(comp.name, reason, f"{comp.name}/{record.id}")
-                continue
-            report.kept[comp.name] += 1
-            (pool_v if is_validation(record.id, val_fraction) else pool_t).append(doc)
+            for variant in range(render_variants):
+                render_seed = stable_seed(seed, comp.name, record.id, variant)
+                reason, doc = _document(harness, record, render_seed, tokenizer, seq_len, filters, controls, ci)
+                if reason is not None:
+                    if filters.on_reject == "fail":
+                        raise FilterError(f"{comp.name}: record {record.id!r} rejected: {reason}")
+                    report.drop(comp.name, reason, f"{comp.name}/{record.id}")
+                    break  # the checks depend on the record, not on the template: count it once
+                report.kept[comp.name] += 1
+                (pool_v if is_validation(record.id, val_fraction) else pool_t).append(doc)
         if not pool_t:
             raise ValueError(
                 f"mixture component {comp.name!r} ({', '.join(comp.paths)}) has no training documents after "
@@ -200,6 +202,7 @@ class SFTDataModule(L.LightningDataModule):
         init_from: the previous stage's exported weights (stage 2); allow_missing_init skips the check.
         max_open_rows: open rows of the best-fit packer (more: tighter packing, more reordering).
         max_records_per_component: cap on the records each component reads (quick runs, tests).
+        render_variants: template variants rendered per record (data augmentation; each is a document).
         chat_template: a Jinja file replacing the tokenizer's chat template, for tokenizers whose template has
             no `{% generation %}` blocks (without them no token would be marked as the assistant's).
     """
@@ -209,8 +212,11 @@ class SFTDataModule(L.LightningDataModule):
                  on_bad_record: str = "count", report_path: str | None = None, val_fraction: float = 0.0,
                  val_batches: int = 2, init_from: str | None = None, allow_missing_init: bool = False,
                  max_open_rows: int = 256, max_records_per_component: int | None = None,
-                 chat_template: str | None = None) -> None:
+                 chat_template: str | None = None, render_variants: int = 1) -> None:
         super().__init__()
+        if render_variants < 1:
+            raise ValueError(f"render_variants must be >= 1, got {render_variants}")
+        self.render_variants = render_variants
         self.max_records_per_component = max_records_per_component
         self.chat_template = chat_template
         self.spec = MixtureSpec.load(mixture)
@@ -241,7 +247,7 @@ class SFTDataModule(L.LightningDataModule):
             self.tokenizer.chat_template = Path(self.chat_template).read_text()
         self.pools = build_pools(self.spec, self.tokenizer, self.seq_len, seed=self.seed, filters=self.filters,
                                  on_bad_record=self.on_bad_record, val_fraction=self.val_fraction,
-                                 max_records=self.max_records_per_component)
+                                 max_records=self.max_records_per_component, render_variants=self.render_variants)
         dropped = self.pools.filters.totals()
         if dropped or self.pools.bad_records.counts:
             log.warning("SFT data: dropped by filters %s, bad records %s", dict(dropped), self.pools.bad_records.counts)

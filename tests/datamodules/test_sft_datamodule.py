@@ -84,3 +84,13 @@ def test_data_report_cli(capsys, tmp_path):
     assert any(line.startswith("swe_agent") for line in lines) and any("dropped by filters" in line for line in lines)
     with pytest.raises(SystemExit):
         data_main(["report"])
+
+
+def test_render_variants_are_distinct_documents():
+    module = SFTDataModule("configs/tiny/mixtures/sft_stage2.yaml", max_records_per_component=4, render_variants=3)
+    module.setup("fit")
+    pool = module.pools.train[0]  # SWE-agent: paraphrased prompts and shuffled tool schemas
+    assert len(pool) == 12 and len({d.input_ids.tobytes() for d in pool}) == 12
+    assert len({d.record_id for d in pool}) == 4
+    with pytest.raises(ValueError, match="render_variants"):
+        SFTDataModule(STAGE1, render_variants=0)
