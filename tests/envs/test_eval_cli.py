@@ -10,7 +10,7 @@ import yaml
 
 from north_lightning.cli.eval import load_config, main as eval_main
 from north_lightning.cli.tasks import filter_tasks, main as tasks_main, pass_at_k
-from north_lightning.envs.tasks import BUNDLED_DIR
+from north_lightning.envs.tasks import BUNDLED_DIR, TaskError, load_task_pool
 
 
 def test_pass_at_k_estimator():
@@ -66,6 +66,8 @@ def test_eval_with_scripted_policy_writes_json_and_csv_then_filter(base_image, t
     assert pool["dropped"] == {"no_samples": 0, "never_solved": 1, "too_hard": 0, "too_easy": 3}
     assert [t["task_id"] for t in pool["kept"]] == [report["tasks"][1]["task_id"]]
     assert pool["kept"][0]["max_steps"] == 6  # ceil(1.5 x longest successful trajectory of 4 steps)
+    (task,) = load_task_pool(tmp_path / "pool.json")
+    assert task.task_id == "json-port" and task.max_steps == 6
 
 
 def test_filter_counts_every_drop_reason():
@@ -74,3 +76,16 @@ def test_filter_counts_every_drop_reason():
     out = filter_tasks({"tasks": tasks}, low=0.1, high=0.9, k=1)
     assert out["dropped"] == {"no_samples": 1, "never_solved": 0, "too_hard": 1, "too_easy": 0}
     assert out["counts"] == {"input": 2, "kept": 0}
+
+
+def test_task_pool_resolves_swe_records_and_checks_entries(tmp_path):
+    jsonl = BUNDLED_DIR / "swe" / "tasks.jsonl"
+    pool = {"kept": [{"task_id": "north-lightning__slugkit-1", "path": f"{jsonl}:3", "max_steps": 7},
+                     {"task_id": "csv-revenue", "path": str(BUNDLED_DIR / "terminal" / "csv-revenue")}]}
+    (tmp_path / "pool.json").write_text(json.dumps(pool))
+    swe, terminal = load_task_pool(tmp_path / "pool.json")
+    assert (swe.kind, swe.max_steps, terminal.kind, terminal.max_steps) == ("swe", 7, "terminal", 10)
+    pool["kept"][0]["task_id"] = "nope"
+    (tmp_path / "pool.json").write_text(json.dumps(pool))
+    with pytest.raises(TaskError, match=r"kept\[0\]: 'nope' is not in"):
+        load_task_pool(tmp_path / "pool.json")

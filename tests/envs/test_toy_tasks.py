@@ -50,3 +50,13 @@ def test_bad_arguments():
         generate_toy_tasks(1, split="test")
     with pytest.raises(ValueError, match="unknown toy task family"):
         generate_toy_tasks(1, families=("nope",))
+
+
+def test_tasks_toy_and_list_cli(tmp_path, capsys):
+    from north_lightning.cli.tasks import main
+
+    assert main(["toy", str(tmp_path), "--n", "5", "--seed", "2", "--split", "heldout"]) == 0
+    assert "wrote 5 heldout toy tasks" in capsys.readouterr().out
+    assert main(["list", str(tmp_path)]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 5 and all(line.startswith("toy-") and "\tterminal\t" in line for line in lines)
