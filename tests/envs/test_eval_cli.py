@@ -38,8 +38,7 @@ def test_config_errors_name_the_key(tmp_path):
 def test_eval_with_scripted_policy_writes_json_and_csv_then_filter(base_image, tmp_path, capsys):
     terminal = BUNDLED_DIR / "terminal"
     config = {
-        "tasks": [str(terminal / "toy-arith-cbfa16cc"), str(terminal / "json-port"),
-                  str(BUNDLED_DIR / "swe" / "tasks.jsonl")],
+        "tasks": [str(terminal / "toy-arith-cbfa16cc"), str(BUNDLED_DIR / "swe" / "tasks.jsonl")],
         "policy": {"class_path": "north_lightning.envs.scripted_policy.OraclePolicy"},
         "harness": {"terminal": "mini_swe_agent", "swe": "swe_agent"},
         "n_samples": 2, "k": [1, 2], "seeds": [0, 1], "max_tokens_per_turn": 1024, "concurrency": 4,
@@ -49,11 +48,11 @@ def test_eval_with_scripted_policy_writes_json_and_csv_then_filter(base_image, t
     assert eval_main(["--config", str(tmp_path / "eval.yaml")]) == 0
     assert capsys.readouterr().out.strip().splitlines()[-1].startswith("pass@1=1.0000±0.0000 pass@2=1.0000")
     report = json.loads((tmp_path / "report.json").read_text())
-    assert report["summary"]["episodes"] == 5 * 2 * 2 and report["summary"]["end_reasons"] == {"submitted": 20}
+    assert report["summary"]["episodes"] == 4 * 2 * 2 and report["summary"]["end_reasons"] == {"submitted": 16}
     assert report["summary"]["pass@1"]["per_seed"] == [1.0, 1.0]
     assert {s["seed"] for s in report["tasks"][0]["samples"]} == {0, 1}
     rows = list(csv.DictReader(open(tmp_path / "report.csv")))
-    assert len(rows) == 5 and all(r["pass@1"] == "1.0000" for r in rows)
+    assert len(rows) == 4 and all(r["pass@1"] == "1.0000" for r in rows)
 
     # filter: make one task never solved, one sometimes solved (inside the band), the rest always
     report["tasks"][0]["samples"] = [dict(s, reward=0.0) for s in report["tasks"][0]["samples"]]
@@ -63,11 +62,11 @@ def test_eval_with_scripted_policy_writes_json_and_csv_then_filter(base_image, t
     assert tasks_main(["filter", str(tmp_path / "edited.json"), "--out", str(tmp_path / "pool.json"),
                        "--k", "1", "--low", "0.1", "--high", "0.9"]) == 0
     pool = json.loads((tmp_path / "pool.json").read_text())
-    assert pool["dropped"] == {"no_samples": 0, "never_solved": 1, "too_hard": 0, "too_easy": 3}
+    assert pool["dropped"] == {"no_samples": 0, "never_solved": 1, "too_hard": 0, "too_easy": 2}
     assert [t["task_id"] for t in pool["kept"]] == [report["tasks"][1]["task_id"]]
     assert pool["kept"][0]["max_steps"] == 6  # ceil(1.5 x longest successful trajectory of 4 steps)
     (task,) = load_task_pool(tmp_path / "pool.json")
-    assert task.task_id == "json-port" and task.max_steps == 6
+    assert task.task_id == "north-lightning__textstats-1" and task.kind == "swe" and task.max_steps == 6
 
 
 def test_filter_counts_every_drop_reason():
