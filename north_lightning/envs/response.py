@@ -14,15 +14,16 @@ from typing import Any
 ACTION_START, ACTION_END = "<|START_ACTION|>", "<|END_ACTION|>"
 
 
-def response_message(text: str, tokenizer: Any = None) -> dict[str, Any]:
+def response_message(text: str, tokenizer: Any = None, *, native_tools: bool = True) -> dict[str, Any]:
     """`{"role": "assistant", "content": ..., "tool_calls": [...]}` from the decoded completion (special
-    tokens kept). The end-of-turn token is stripped from the content."""
+    tokens kept). The end-of-turn token is stripped from the content. With `native_tools=False` (text
+    harnesses) the whole text is the content: nothing in it is taken for a native call."""
     eos = getattr(tokenizer, "eos_token", None)
     if eos and text.endswith(eos):
         text = text[: -len(eos)]
     message: dict[str, Any] = {"role": "assistant", "content": text}
     start = text.find(ACTION_START)
-    if start < 0:
+    if start < 0 or not native_tools:
         return message
     end = text.find(ACTION_END, start)
     body = text[start + len(ACTION_START): end if end >= 0 else len(text)]

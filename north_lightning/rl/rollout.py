@@ -159,7 +159,8 @@ def run_episode(policy: Policy, harness: str | Harness, tokenizer: Any, task: Ta
                 config: RolloutConfig | None = None, seed: int | None = None, env_name: str | None = None,
                 session_factory: Callable[..., TaskSession] = TaskSession) -> Episode:
     """Run one episode of `task` and return it with its reward. Never raises for what the agent does;
-    Docker / image errors (the environment cannot start) do raise."""
+    errors of the machinery do (the environment cannot start: Docker / image errors; the policy's
+    `generate` failing), so the caller can retry or re-queue the prompt."""
     config = config or RolloutConfig()
     harness = make_harness(harness, task)
     started = time.monotonic()
@@ -188,12 +189,13 @@ def run_episode(policy: Policy, harness: str | Harness, tokenizer: Any, task: Ta
             versions.append(int(policy.policy_version))
             steps += 1
             text = tokenizer.decode(completion.token_ids, skip_special_tokens=False)
-            message = response_message(text, tokenizer)
+            native = harness.tools() is not None
+            message = response_message(text, tokenizer, native_tools=native)
             convo.add_assistant(completion, message)
             if completion.finish_reason == "length":
                 end_reason, verified = "truncated_response", False
                 break
-            action = harness.parse(message if harness.tools() else message["content"])
+            action = harness.parse(message if native else message["content"])
             if isinstance(action, FormatError):
                 end_reason, verified = f"format_error:{action.reason}", False
                 break
