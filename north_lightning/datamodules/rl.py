@@ -17,6 +17,11 @@ Each micro-batch follows the packed-batch contract (input_ids, position_ids, doc
 document, -1 on padding), and `num_tokens`: the trainable tokens of the whole **global** batch (all ranks, all
 micro-batches), which the CISPO loss divides by. `meta` carries the step's statistics for logging.
 
+Lazy reads (the default in `RLDataModule`): Lightning's fetcher asks for batch k+1 before it trains batch k,
+but a synchronous schedule cannot have produced batch k+1 yet. So the stream yields small descriptors and
+the datamodule resolves each one in `on_before_batch_transfer`, i.e. right before its training step. (With
+`lazy=False` the stream reads eagerly, which lets dataloader workers pack ahead when the sampler runs ahead.)
+
 Resume: item positions are a pure function of the optimizer step, so a resumed run reads from
 `start_step = trainer.global_step` (set by the module's checkpoint hook through `load_state_dict`).
 """
@@ -152,7 +157,8 @@ def global_batch_stats(batch: dict[str, Any], invalid_reasons: tuple[str, ...]) 
         stats["rl/reward_mean"] = sum(r["reward"] for r in rollouts) / len(rollouts)
         stats["rl/traj_tokens_mean"] = sum(len(rollout_document(r)[0]) for r in rollouts) / len(rollouts)
         stats["rl/traj_steps_mean"] = sum(r.get("steps", 0) for r in rollouts) / len(rollouts)
-        stats["rl/invalid_tool_call_rate"] = sum(r.get("end_reason") in invalid_reasons for r in rollouts) / len(rollouts)
+        invalid = sum(str(r.get("end_reason", "")).startswith(invalid_reasons) for r in rollouts)
+        stats["rl/invalid_tool_call_rate"] = invalid / len(rollouts)
         by_env: dict[str, list[float]] = {}
         for r in rollouts:
             by_env.setdefault(r.get("env", "default"), []).append(float(r["reward"] >= 1.0))
@@ -175,7 +181,8 @@ class RolloutBatchStream(IterableDataset):
 
     def __init__(self, spool_dir: str | Path, *, micro_batches: int, row_tokens: int, pad_id: int,
                  rloo_std: bool = False, start_step: int = 0, timeout_s: float = 3600.0,
-                 invalid_reasons: tuple[str, ...] = (), rank: int | None = None, world_size: int | None = None) -> None:
+                 invalid_reasons: tuple[str, ...] = (), rank: int | None = None, world_size: int | None = None,
+                 lazy: bool = False) -> None:
         if micro_batches < 1:
             raise ValueError(f"micro_batches must be >= 1, got {micro_batches}")
         self.spool = RolloutSpool(spool_dir)
@@ -183,6 +190,8 @@ class RolloutBatchStream(IterableDataset):
         self.rloo_std, self.start_step, self.timeout_s = rloo_std, start_step, timeout_s
         self.invalid_reasons = tuple(invalid_reasons)
         self._rank, self._world = rank, world_size
+        self.lazy = lazy
+        self._cached: tuple[int, dict[str, Any]] | None = None
 
     def _rank_world(self) -> tuple[int, int]:
         if self._rank is not None and self._world is not None:
@@ -225,13 +234,17 @@ class RolloutBatchStream(IterableDataset):
         M = self.micro_batches
         k = self.start_step * M
         k += (worker - k) % workers  # first item of this worker
-        cached: tuple[int, dict[str, Any]] | None = None
         while True:
             index, micro = divmod(k, M)
-            if cached is None or cached[0] != index:
-                cached = (index, self.spool.get(index, self.timeout_s))
-            yield self.micro_batch(cached[1], micro, rank, world)
+            yield {"rl_batch": (index, micro)} if self.lazy else self.resolve(index, micro)
             k += workers
+
+    def resolve(self, index: int, micro: int) -> dict[str, Any]:
+        """Read (waiting for it) global batch `index` and build this rank's micro-batch `micro`."""
+        rank, world = self._rank_world()
+        if self._cached is None or self._cached[0] != index:
+            self._cached = (index, self.spool.get(index, self.timeout_s))
+        return self.micro_batch(self._cached[1], micro, rank, world)
 
 
 class RLDataModule(L.LightningDataModule):
@@ -241,21 +254,27 @@ class RLDataModule(L.LightningDataModule):
         spool_dir: where the sampler callback writes global batches (default: `<trainer.default_root_dir>/rollouts`).
         row_tokens: tokens per packed row (>= the engine's context limit).
         micro_batches: micro-batches per optimizer step; must equal the trainer's `accumulate_grad_batches`.
-        num_workers: dataloader workers (each reads whole global batches and builds its own micro-batches).
+        num_workers: dataloader workers for eager reads (`lazy=False`; each builds its own micro-batches).
+        lazy: resolve batches right before their training step (required by `SyncRollouts`; see above).
         rloo_std: divide RLOO advantages by the group's reward std.
-        invalid_reasons: episode end reasons counted in `rl/invalid_tool_call_rate`.
+        invalid_reasons: prefixes of episode end reasons counted in `rl/invalid_tool_call_rate`.
         pad_id: padding token id.
     """
 
     def __init__(self, spool_dir: str | None = None, row_tokens: int = 4096, micro_batches: int = 1,
-                 num_workers: int = 0, rloo_std: bool = False, timeout_s: float = 3600.0,
-                 invalid_reasons: tuple[str, ...] = ("invalid_tool_call", "format_error", "unparseable"),
+                 num_workers: int = 0, lazy: bool = True, rloo_std: bool = False, timeout_s: float = 3600.0,
+                 invalid_reasons: tuple[str, ...] = ("format_error",),
                  pad_id: int = 0) -> None:
         super().__init__()
         self.spool_dir = spool_dir
         self.row_tokens, self.micro_batches, self.num_workers = row_tokens, micro_batches, num_workers
         self.rloo_std, self.timeout_s, self.invalid_reasons, self.pad_id = rloo_std, timeout_s, tuple(invalid_reasons), pad_id
+        if lazy and num_workers:
+            raise ValueError("data.num_workers > 0 needs data.lazy=false (lazy batches are resolved in the main "
+                             "process, right before their training step)")
+        self.lazy = lazy
         self.start_step = 0
+        self._stream: RolloutBatchStream | None = None
 
     def resolved_spool_dir(self) -> Path:
         if self.spool_dir is not None:
@@ -270,6 +289,13 @@ class RLDataModule(L.LightningDataModule):
         start = self.trainer.global_step if self.trainer is not None else self.start_step
         stream = RolloutBatchStream(self.resolved_spool_dir(), micro_batches=self.micro_batches,
                                     row_tokens=self.row_tokens, pad_id=self.pad_id, rloo_std=self.rloo_std,
-                                    start_step=start, timeout_s=self.timeout_s, invalid_reasons=self.invalid_reasons)
-        return DataLoader(stream, batch_size=None, num_workers=self.num_workers,
-                          persistent_workers=False)
+                                    start_step=start, timeout_s=self.timeout_s, invalid_reasons=self.invalid_reasons,
+                                    lazy=self.lazy)
+        self._stream = stream
+        return DataLoader(stream, batch_size=None, num_workers=self.num_workers, persistent_workers=False)
+
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        if isinstance(batch, dict) and "rl_batch" in batch:
+            index, micro = (int(x) for x in batch["rl_batch"])
+            return self._stream.resolve(index, micro)
+        return batch

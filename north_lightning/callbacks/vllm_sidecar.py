@@ -1,0 +1,252 @@
+"""Sampler callbacks: `VLLMSidecar` (asynchronous RL) and `SyncRollouts` (on-policy baseline).
+
+Both start a vLLM engine next to the trainer, run the rollout service (`rl/sampler.py`) on rank 0, and export
+the trainer's weights into the engine; they differ only in the schedule, so they swap in YAML by `class_path`.
+
+Export is keyed on `trainer.global_step` (optimizer steps), never on batch count: under gradient accumulation
+Lightning's batch hooks fire once per micro-batch. Every `export_every_n_steps` optimizer steps all ranks take
+part in gathering the full state dict (FSDP `full_tensor()` is a collective) and only rank 0 hands it to the
+engine with the next policy version. The trainer pauses only for the export itself.
+
+The initial weights are exported from the LightningModule at `on_fit_start` (after a checkpoint was
+restored), so a resumed run samples from the restored policy. Checkpoints hold the queue's ledger, the
+dispatcher RNG and the policy version; groups not yet trained are re-dispatched on resume.
+
+Shutdown: `on_fit_end` and `on_exception` (errors, KeyboardInterrupt, Lightning's SIGTERM handling) stop the
+workers (each episode's container is removed by its session) and close the engine, so nothing is orphaned.
+"""
+
+from __future__ import annotations
+
+import atexit
+import time
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+
+from north_lightning.datamodules.rl import RolloutSpool
+from north_lightning.rl.sampler import EnvSpec, RolloutService, load_env_tasks
+
+
+def full_state_dict(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Full (unsharded) state dict; every rank must call it (DTensor `full_tensor()` is a collective)."""
+    out = {}
+    for name, tensor in module.state_dict().items():
+        full = getattr(tensor, "full_tensor", None)
+        out[name] = (full() if callable(full) else tensor).detach()
+    return out
+
+
+class _StateDictView:
+    """Object with `state_dict()` over a gathered dict, for `to_hf_state_dict`."""
+
+    def __init__(self, sd: dict[str, torch.Tensor]) -> None:
+        self._sd = sd
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return self._sd
+
+
+class _RolloutCallback(L.Callback):
+    """Shared machinery; `mode` picks the schedule. See `VLLMSidecar` for the arguments."""
+
+    mode = "async"
+    default_export_every = 4
+
+    def __init__(self, envs: list[dict[str, Any]], groups_per_step: int = 4, group_size: int = 8,
+                 export_every_n_steps: int | None = None, engine: str = "inprocess", engine_kwargs: dict[str, Any] | None = None,
+                 num_workers: int = 2, window: float = 0.1, max_staleness: int = 4, on_stale: str = "drop",
+                 prefetch_batches: int = 1, rollout: dict[str, Any] | None = None, seed: int = 0,
+                 work_dir: str | None = None, shutdown_timeout_s: float = 120.0) -> None:
+        if export_every_n_steps is None:
+            export_every_n_steps = self.default_export_every
+        if export_every_n_steps < 1:
+            raise ValueError(f"export_every_n_steps must be >= 1, got {export_every_n_steps}")
+        if engine not in ("inprocess", "subprocess"):
+            raise ValueError(f"engine must be 'inprocess' or 'subprocess', got {engine!r}")
+        self.env_specs = [EnvSpec(**e) for e in envs]
+        if not self.env_specs:
+            raise ValueError("at least one environment is needed in `envs`")
+        self.groups_per_step, self.group_size = groups_per_step, group_size
+        self.export_every_n_steps = export_every_n_steps
+        self.engine_kind, self.engine_kwargs = engine, dict(engine_kwargs or {})
+        self.num_workers, self.window, self.max_staleness, self.on_stale = num_workers, window, max_staleness, on_stale
+        self.prefetch_batches, self.rollout_kwargs, self.seed = prefetch_batches, dict(rollout or {}), seed
+        self.work_dir, self.shutdown_timeout_s = work_dir, shutdown_timeout_s
+        self.service: RolloutService | None = None
+        self.engine: Any = None
+        self.policy_version = 0
+        self.export_seconds: list[float] = []
+        self._restored: dict[str, Any] | None = None
+        self._last_step = 0
+        self._batch_end_at: float | None = None
+        self._idle = self._busy = 0.0
+
+    # -- setup ------------------------------------------------------------------------------------------------
+    def _work_dir(self, trainer: L.Trainer) -> Path:
+        return Path(self.work_dir or Path(trainer.default_root_dir) / "rl")
+
+    def _spool(self, trainer: L.Trainer) -> RolloutSpool:
+        dm = trainer.datamodule
+        resolve = getattr(dm, "resolved_spool_dir", None)
+        return RolloutSpool(resolve() if callable(resolve) else self._work_dir(trainer) / "rollouts")
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Start here, not in `on_train_start`: the fit loop fetches the first batch before that hook. Module
+        weights and this callback's state are already restored from a checkpoint at this point, the trainer's
+        step counter not yet, so the step comes from our own state."""
+        from north_lightning.rl.rollout import RolloutConfig
+
+        step = int(self._restored["global_step"]) if self._restored is not None else 0
+        work = self._work_dir(trainer)
+        model_dir = work / "engine_init"
+        sd = full_state_dict(pl_module.model)
+        if trainer.is_global_zero:
+            self._export_dir(pl_module, sd, model_dir)
+        trainer.strategy.barrier("vllm_sidecar_init")
+        pl_module.policy_version, pl_module.last_export_step = self.policy_version, step
+        self._last_step = step
+        if not trainer.is_global_zero:
+            return
+        self.engine = self._start_engine(model_dir)
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        tasks = {spec.name: load_env_tasks(spec, work / "tasks") for spec in self.env_specs}
+        known = {f.name for f in fields(RolloutConfig)}
+        unknown = set(self.rollout_kwargs) - known
+        if unknown:
+            raise ValueError(f"rollout: unknown keys {sorted(unknown)}; known: {sorted(known)}")
+        self.service = RolloutService(
+            engine=self.engine, tokenizer=tokenizer, envs=self.env_specs, tasks=tasks, spool=self._spool(trainer),
+            groups_per_step=self.groups_per_step, group_size=self.group_size, mode=self.mode,
+            num_workers=self.num_workers, window=self.window, max_staleness=self.max_staleness,
+            on_stale=self.on_stale, prefetch_batches=self.prefetch_batches,
+            rollout_config=RolloutConfig(**self.rollout_kwargs), seed=self.seed, restart_engine=self._restart_engine)
+        if self._restored is not None:
+            self.service.load_state_dict(self._restored["service"])
+        self.service.start(step)
+        atexit.register(self._shutdown)
+
+    def _export_dir(self, pl_module: L.LightningModule, sd: dict[str, torch.Tensor], out: Path) -> None:
+        """The engine's start directory: config + tokenizer + the module's current weights."""
+        datamodule_tok = getattr(pl_module.trainer.datamodule, "tokenizer_path", None)
+        tokenizer_dir = datamodule_tok or pl_module.hparams.get("init_from")
+        if tokenizer_dir is None:
+            from north_lightning.assets import tiny_tokenizer_path
+
+            tokenizer_dir = tiny_tokenizer_path()
+        pl_module.model.save_pretrained(out, tokenizer_dir=tokenizer_dir)
+
+    def _start_engine(self, model_dir: Path) -> Any:
+        from north_lightning.rl.engines import SubprocessVLLMEngine, VLLMEngine
+
+        cls = VLLMEngine if self.engine_kind == "inprocess" else SubprocessVLLMEngine
+        return cls(model_dir, policy_version=self.policy_version, **self.engine_kwargs)
+
+    def _restart_engine(self) -> None:
+        restart = getattr(self.engine, "restart", None)
+        if not callable(restart):
+            raise RuntimeError("the in-process engine cannot be restarted; use engine: subprocess")
+        restart()
+
+    # -- training loop ---------------------------------------------------------------------------------------
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
+        self._check_service()
+        now = time.perf_counter()
+        if self._batch_end_at is not None:
+            self._idle += now - self._batch_end_at
+        self._batch_start_at = now
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        now = time.perf_counter()
+        self._busy += now - self._batch_start_at
+        step = trainer.global_step
+        if step != self._last_step:  # an optimizer step happened (the end of an accumulation window)
+            self._last_step = step
+            if self._idle + self._busy > 0:
+                pl_module.log("rl/trainer_idle_frac", self._idle / (self._idle + self._busy), batch_size=1)
+            self._idle = self._busy = 0.0
+            if step % self.export_every_n_steps == 0:
+                self.export(trainer, pl_module)
+            if self.service is not None:
+                self.service.on_optimizer_step(step)
+        self._batch_end_at = time.perf_counter()
+
+    def export(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Gather on every rank, hand over on rank 0, bump the policy version everywhere."""
+        from north_lightning.model.hf import to_hf_state_dict
+
+        start = time.perf_counter()
+        sd = full_state_dict(pl_module.model)
+        self.policy_version += 1
+        if trainer.is_global_zero and self.engine is not None:
+            self.engine.load_weights(to_hf_state_dict(_StateDictView(sd)), self.policy_version)
+        trainer.strategy.barrier("vllm_sidecar_export")
+        seconds = time.perf_counter() - start
+        self.export_seconds.append(seconds)
+        pl_module.policy_version, pl_module.last_export_step = self.policy_version, trainer.global_step
+        pl_module.log("rl/export_seconds", seconds, batch_size=1)
+
+    def _check_service(self) -> None:
+        if self.service is not None and self.service.errors:
+            raise RuntimeError(f"rollout service failed: {self.service.errors[0]}")
+
+    # -- shutdown -------------------------------------------------------------------------------------------------
+    def _shutdown(self) -> None:
+        if self.service is not None:
+            self.service.stop(self.shutdown_timeout_s)
+        if self.engine is not None:
+            self.engine.close()
+            self.engine = None
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._shutdown()
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        self._shutdown()
+
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self._shutdown()
+
+    # -- checkpoint -------------------------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        state: dict[str, Any] = {"policy_version": self.policy_version, "global_step": self._last_step}
+        if self.service is not None:
+            state["service"] = self.service.state_dict()
+            state["ledger_summary"] = dict(self.service.queue.ledger_summary())
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._restored = state_dict if "service" in state_dict else None
+        self.policy_version = int(state_dict.get("policy_version", 0))
+
+
+class VLLMSidecar(_RolloutCallback):
+    """Asynchronous RL: rollout workers sample continuously from a vLLM engine; weights are exported every
+    `export_every_n_steps` optimizer steps; a windowed FIFO with bounded staleness feeds the trainer.
+
+    Args:
+        envs: list of `EnvSpec` fields (name, tasks, harness, weight, max_steps).
+        groups_per_step: prompts per optimizer step (each with `group_size` rollouts).
+        export_every_n_steps: K, optimizer steps between weight exports (policy version +1 each); default 4.
+        engine: `inprocess` (vllm.LLM here) or `subprocess` (restartable child process); `engine_kwargs` go to it.
+        num_workers: rollout worker threads. window / max_staleness / on_stale: the queue's rules.
+        prefetch_batches: how many batches the batcher may write ahead of the trainer.
+        rollout: `RolloutConfig` fields (max_context, max_tokens_per_turn, temperature, ...).
+    """
+
+    mode = "async"
+
+
+class SyncRollouts(_RolloutCallback):
+    """On-policy baseline: sample one batch with the current weights, train on it, export, repeat.
+    Same arguments as `VLLMSidecar`; `export_every_n_steps` defaults to 1 (every step) and the queue takes
+    the whole batch in input order."""
+
+    mode = "sync"
+    default_export_every = 1

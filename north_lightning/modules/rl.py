@@ -1,0 +1,97 @@
+"""`RLModule`: CISPO policy-gradient training of a North model on packed multi-turn rollouts.
+
+The module only does the learning: it recomputes the current policy's logprobs of the sampled tokens
+(`model.token_logprobs(..., with_entropy=True)`, chunked head, never full logits), applies CISPO against the
+sampler's logprobs with the per-token RLOO advantages the datamodule attached, and logs. Sampling, weight export
+and the queue live in the sampler callback (`VLLMSidecar` / `SyncRollouts`), which tells the module the engine's
+policy version and the step of the last export (`policy_version`, `last_export_step`).
+
+Loss scaling: `cispo_loss` returns this micro-batch's share of the global-batch loss (divided by the global
+trainable-token count `batch["num_tokens"]`). Lightning divides the returned loss by `accumulate_grad_batches`
+and DDP averages gradients over ranks, so the module multiplies by both to keep the exact global objective.
+
+Logprob mismatch: on the first optimizer step after an export, the trainer's weights are exactly the
+sampler's, so for rollouts produced entirely by that version |log pi_train - log pi_sampler| measures the pure
+numerical train/sampler mismatch (kernels, dtype); it is logged as `rl/logprob_mismatch_mean|max`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from north_lightning.modules.sft import SFTModule
+from north_lightning.rl.losses import CISPOConfig, cispo_loss
+
+IGNORE_INDEX = -100
+
+
+class RLModule(SFTModule):
+    """CISPO on packed rollouts (see the module docstring).
+
+    Args (on top of `SFTModule`'s model/optimizer arguments):
+        eps_low, eps_high: CISPO weight clip `[1 - eps_low, 1 + eps_high]` (defaults: no lower clip, at most 5).
+        moe_aux_loss: add the router's load-balancing loss (coefficient in the model config).
+    """
+
+    def __init__(self, model: str | dict[str, Any] = "tiny", init_from: str | None = None,
+                 config_overrides: dict[str, Any] | None = None, lr: float = 1e-5, weight_decay: float = 0.0,
+                 betas: tuple[float, float] = (0.9, 0.99), eps: float = 1e-8, warmup_steps: int = 0,
+                 min_lr_ratio: float = 1.0, eps_low: float = 1.0, eps_high: float = 4.0,
+                 moe_aux_loss: bool = True) -> None:
+        super().__init__(model=model, init_from=init_from, config_overrides=config_overrides, lr=lr,
+                         weight_decay=weight_decay, betas=betas, eps=eps, warmup_steps=max(warmup_steps, 1),
+                         min_lr_ratio=min_lr_ratio)
+        self.cispo = CISPOConfig(eps_low, eps_high)
+        self.policy_version = 0  # set by the sampler callback at each export
+        self.last_export_step = 0
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        targets_BS = batch["targets"]
+        logp_BS, ent_BS = self.model.token_logprobs(batch["input_ids"], targets_BS, position_ids=batch["position_ids"],
+                                                    document_ids=batch["document_ids"], with_entropy=True)
+        mask_BS = targets_BS != IGNORE_INDEX
+        loss, m = cispo_loss(logp_BS, batch["sampler_logprobs"], batch["advantages"], mask_BS, batch["num_tokens"],
+                             eps_low=self.cispo.eps_low, eps_high=self.cispo.eps_high, entropy_BS=ent_BS)
+        trainer = self._trainer
+        scale = (trainer.accumulate_grad_batches * trainer.world_size) if trainer is not None else 1
+        total = loss * scale
+        if self.hparams.moe_aux_loss:
+            total = total + self.model.moe_aux_loss()
+        B = batch["input_ids"].shape[0]
+        self.log("train/loss", loss.detach() * scale, prog_bar=True, batch_size=B)
+        for key in ("clip_frac_low", "clip_frac_high", "ratio_mean", "entropy", "logprob_diff_mean"):
+            if key in m:
+                self.log(f"rl/{key}", m[key], batch_size=B)
+        self.log("rl/logprob_diff_max", m["logprob_diff_max"], batch_size=B, reduce_fx="max")
+        self._log_mismatch(batch, logp_BS.detach(), mask_BS)
+        meta = batch.get("meta") or {}
+        for key, value in (meta.get("stats") or {}).items():
+            self.log(key, float(value), batch_size=B, reduce_fx="mean")
+        self.log("rl/policy_version", float(self.policy_version), batch_size=B)
+        return total
+
+    def _log_mismatch(self, batch: dict[str, Any], logp_BS: torch.Tensor, mask_BS: torch.Tensor) -> None:
+        if self._trainer is None or self.trainer.global_step != self.last_export_step:
+            return
+        fresh_BS = mask_BS & (batch["versions"] == self.policy_version)
+        if not bool(fresh_BS.any()):
+            return
+        diff = (logp_BS - batch["sampler_logprobs"]).abs()[fresh_BS]
+        self.log("rl/logprob_mismatch_mean", diff.mean(), batch_size=int(fresh_BS.sum()))
+        self.log("rl/logprob_mismatch_max", diff.max(), batch_size=int(fresh_BS.sum()), reduce_fx="max")
+
+    def on_train_batch_end(self, outputs: Any, batch: dict[str, Any], batch_idx: int) -> None:
+        """Tokens per second of the trainer (not the sampler; the sampler callback logs its own)."""
+        super().on_train_batch_end(outputs, batch, batch_idx)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)
+        checkpoint["rl_state"] = {"policy_version": self.policy_version, "last_export_step": self.last_export_step}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_load_checkpoint(checkpoint)
+        state = checkpoint.get("rl_state") or {}
+        self.policy_version = int(state.get("policy_version", 0))
+        self.last_export_step = int(state.get("last_export_step", 0))

@@ -1,0 +1,263 @@
+"""The sampling side of RL: task pool, rollout worker threads, and the batcher that feeds the spool.
+
+`RolloutService` owns the engine (any `Policy` with `load_weights`), the `WindowedFIFO` (+ ledger) and a
+seeded dispatcher over the task pool. Worker threads take a prompt (re-dispatch backlog first), run its G
+rollouts through the agent loop (`rl/rollout.py: run_episode`) and complete the group; the batcher thread takes
+batches from the queue and writes them to the `RolloutSpool` the datamodule reads.
+
+Two schedules share this code:
+- `async` (VLLMSidecar): workers sample continuously; the batcher writes at most `prefetch_batches` batches
+  beyond the one being trained (taking a batch early would only make it staler).
+- `sync` (SyncRollouts): exactly one batch of prompts is dispatched per optimizer step, after the previous
+  step's weights were exported, and the batch is the whole set in input order (on-policy baseline).
+
+Failures never lose a prompt: an environment error fails the group with a reason (`failed/env_error:<type>`),
+a dead engine re-queues it (`requeued/engine_died`) and is restarted, stale groups are dropped or resampled by
+the queue; `ledger_summary()` accounts for every dispatched prompt.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from north_lightning.datamodules.rl import RolloutSpool
+from north_lightning.rl.engines import EngineDied
+from north_lightning.rl.queue import WindowedFIFO
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class EnvSpec:
+    """One environment of a run: its tasks, the harness the policy talks through, its share of prompts.
+
+    `tasks`: a task directory / SWE .jsonl (see `envs.tasks.load_tasks`) or `toy:<split>:<n>[:<seed>]` for
+    generated toy tasks. `max_steps`: per-task step budget (None: the task's own, e.g. from the pass@k filter).
+    """
+
+    name: str
+    tasks: str
+    harness: str = "terminus2"
+    weight: float = 1.0
+    max_steps: int | None = None
+
+
+def load_env_tasks(spec: EnvSpec, work_dir: Path) -> list[Any]:
+    from north_lightning.envs.tasks import load_tasks
+
+    if spec.tasks.startswith("toy:"):
+        from north_lightning.envs.toy_tasks import materialize_toy_tasks
+
+        parts = spec.tasks.split(":")
+        if len(parts) not in (3, 4):
+            raise ValueError(f"env {spec.name!r}: tasks={spec.tasks!r}, expected toy:<split>:<n>[:<seed>]")
+        split, n, seed = parts[1], int(parts[2]), int(parts[3]) if len(parts) == 4 else 0
+        root = work_dir / f"toy_{split}_{n}_{seed}"
+        materialize_toy_tasks(root, n, seed=seed, split=split)
+        tasks = load_tasks(root)
+    else:
+        tasks = load_tasks(spec.tasks)
+    if not tasks:
+        raise ValueError(f"env {spec.name!r}: no tasks found in {spec.tasks!r}")
+    return tasks
+
+
+def episode_record(episode: Any) -> dict[str, Any]:
+    """An `Episode` as plain data for the spool (no class needed to read it back)."""
+    return {
+        "task_id": episode.task_id, "env": episode.env_name, "reward": float(episode.reward),
+        "end_reason": episode.end_reason, "steps": int(episode.steps), "versions": list(episode.policy_versions),
+        "segments": [{"token_ids": list(s.token_ids), "logprobs": None if s.logprobs is None else list(s.logprobs),
+                      "trainable": bool(s.trainable)} for s in episode.segments],
+    }
+
+
+class RolloutService:
+    """Engine + queue + workers + batcher (see the module docstring)."""
+
+    def __init__(self, *, engine: Any, tokenizer: Any, envs: list[EnvSpec], tasks: dict[str, list[Any]],
+                 spool: RolloutSpool, groups_per_step: int, group_size: int = 8, mode: str = "async",
+                 num_workers: int = 2, window: float = 0.1, max_staleness: int = 4, on_stale: str = "drop",
+                 prefetch_batches: int = 1, rollout_config: Any = None, seed: int = 0,
+                 run_episode: Callable[..., Any] | None = None, restart_engine: Callable[[], Any] | None = None) -> None:
+        if mode not in ("async", "sync"):
+            raise ValueError(f"mode must be 'async' or 'sync', got {mode!r}")
+        if group_size < 2:
+            raise ValueError(f"group_size must be >= 2 (RLOO baseline), got {group_size}")
+        from north_lightning.rl import rollout
+
+        self.engine, self.tokenizer, self.envs, self.tasks, self.spool = engine, tokenizer, envs, tasks, spool
+        self.groups_per_step, self.group_size, self.mode = groups_per_step, group_size, mode
+        self.num_workers, self.prefetch_batches = num_workers, prefetch_batches
+        self.rollout_config = rollout_config or rollout.RolloutConfig()
+        self.run_episode = run_episode or rollout.run_episode
+        self.restart_engine = restart_engine
+        self.queue = WindowedFIFO(window=window if mode == "async" else 0.0, max_staleness=max_staleness,
+                                  on_stale=on_stale)
+        self.rng = random.Random(seed)
+        self.seed = seed
+        self.trainer_step = 0  # optimizer steps done
+        self.next_batch = 0  # next spool index to write
+        self.batch_groups: dict[int, list[int]] = {}  # spool index -> group ids (not yet trained)
+        self._dispatch_allowance = 0  # sync mode: prompts that may still be dispatched for the current step
+        self._cond = threading.Condition()
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._started_at = time.monotonic()
+        self.errors: list[str] = []
+
+    # -- lifecycle ------------------------------------------------------------------------------------------
+    def start(self, trainer_step: int) -> None:
+        self.trainer_step = self.next_batch = trainer_step
+        self.spool.discard_from(trainer_step)
+        if self.mode == "sync":
+            self._dispatch_allowance = self.groups_per_step
+        for i in range(self.num_workers):
+            self._spawn(self._worker_loop, f"rollout-worker-{i}")
+        self._spawn(self._batcher_loop, "rollout-batcher")
+
+    def _spawn(self, fn: Callable[[], None], name: str) -> None:
+        t = threading.Thread(target=self._guard(fn), name=name, daemon=True)
+        t.start()
+        self._threads.append(t)
+
+    def _guard(self, fn: Callable[[], None]) -> Callable[[], None]:
+        def run() -> None:
+            try:
+                fn()
+            except Exception as err:  # a bug in the service: record it, the callback raises it on the trainer
+                log.exception("rollout service thread crashed")
+                self.errors.append(f"{threading.current_thread().name}: {type(err).__name__}: {err}")
+                self._stop.set()
+                self.queue.close()
+        return run
+
+    def stop(self, timeout: float = 120.0) -> None:
+        """Stop dispatching, let running episodes end (their containers are removed by the session), join."""
+        self._stop.set()
+        self.queue.close()
+        with self._cond:
+            self._cond.notify_all()
+        deadline = time.monotonic() + timeout
+        for t in self._threads:
+            t.join(timeout=max(0.0, deadline - time.monotonic()))
+        alive = [t.name for t in self._threads if t.is_alive()]
+        if alive:
+            log.warning("rollout threads still running after %.0f s: %s", timeout, alive)
+
+    # -- trainer side -----------------------------------------------------------------------------------------
+    def on_optimizer_step(self, step: int) -> None:
+        """Optimizer step `step` (1-based count) finished: its batch (index step-1) is trained."""
+        with self._cond:
+            for index in [i for i in self.batch_groups if i < step]:
+                self.queue.mark_trained(self.batch_groups.pop(index))
+            self.trainer_step = step
+            if self.mode == "sync":
+                self._dispatch_allowance = self.groups_per_step
+            self._cond.notify_all()
+
+    def stats(self) -> dict[str, float]:
+        depth = self.queue.depth()
+        counters = self.queue.counters
+        elapsed = max(time.monotonic() - self._started_at, 1e-9)
+        return {
+            "rl/queue_completed": depth["completed"], "rl/queue_running": depth["running"],
+            "rl/queue_backlog": depth["backlog"],
+            "rl/sampler_tokens_per_s": getattr(self.engine, "generated_tokens", 0) / elapsed,
+            "rl/dropped_stale_total": sum(v for k, v in counters.items() if k.startswith("dropped_stale")),
+            "rl/failed_total": sum(v for k, v in counters.items() if k.startswith("failed")),
+            "rl/requeued_total": sum(v for k, v in counters.items() if k.startswith("requeued")),
+        }
+
+    # -- workers ------------------------------------------------------------------------------------------------
+    def _next_prompt(self) -> tuple[int, int, dict[str, Any]] | None:
+        with self._cond:
+            while not self._stop.is_set():
+                version = int(self.engine.policy_version)
+                redo = self.queue.next_redispatch(version)
+                if redo is not None:
+                    return redo[0], redo[1], redo[2]
+                if self.mode == "sync" and self._dispatch_allowance <= 0:
+                    self._cond.wait(timeout=0.5)
+                    continue
+                if self.mode == "sync":
+                    self._dispatch_allowance -= 1
+                env = self.rng.choices(self.envs, weights=[e.weight for e in self.envs])[0]
+                task = self.rng.choice(self.tasks[env.name])
+                prompt = {"env": env.name, "task_id": task.task_id, "seed": self.rng.randrange(2**31)}
+                return self.queue.dispatch(prompt, env.name, version), 1, prompt
+        return None
+
+    def _task(self, prompt: dict[str, Any]) -> tuple[EnvSpec, Any]:
+        env = next(e for e in self.envs if e.name == prompt["env"])
+        task = next(t for t in self.tasks[env.name] if t.task_id == prompt["task_id"])
+        return env, task
+
+    def _worker_loop(self) -> None:
+        from dataclasses import replace
+
+        while not self._stop.is_set():
+            item = self._next_prompt()
+            if item is None:
+                return
+            gid, attempt, prompt = item
+            env, task = self._task(prompt)
+            config = replace(self.rollout_config, max_steps=env.max_steps) if env.max_steps else self.rollout_config
+            try:
+                episodes = [self.run_episode(self.engine, env.harness, self.tokenizer, task, config=config,
+                                             seed=prompt["seed"] + 7919 * j + 104729 * attempt, env_name=env.name)
+                            for j in range(self.group_size)]
+            except EngineDied as err:
+                log.warning("engine died during group %d (%s); re-queueing and restarting", gid, err)
+                self.queue.requeue(gid, "engine_died")
+                if self.restart_engine is None:
+                    raise
+                with self._cond:
+                    if not self.engine.is_alive():
+                        self.restart_engine()
+                continue
+            except Exception as err:  # environment could not run (image build, Docker): fail with the reason
+                log.warning("group %d (%s) failed: %s: %s", gid, prompt["task_id"], type(err).__name__, err)
+                self.queue.fail(gid, f"env_error:{type(err).__name__}")
+                continue
+            versions = sorted({v for ep in episodes for v in ep.policy_versions}) or [int(self.engine.policy_version)]
+            self.queue.complete(gid, [episode_record(ep) for ep in episodes], versions, attempt=attempt)
+
+    # -- batcher -------------------------------------------------------------------------------------------------
+    def _batcher_loop(self) -> None:
+        while not self._stop.is_set():
+            with self._cond:
+                ahead = self.prefetch_batches if self.mode == "async" else 0
+                while not self._stop.is_set() and self.next_batch > self.trainer_step + ahead:
+                    self._cond.wait(timeout=0.5)
+            if self._stop.is_set():
+                return
+            groups = self.queue.take(self.groups_per_step, int(self.engine.policy_version), timeout=0.5)
+            if groups is None:
+                continue
+            version = int(self.engine.policy_version)
+            index = self.next_batch
+            batch = {
+                "index": index, "policy_version": version,
+                "groups": [{"group_id": g.group_id, "task_id": g.prompt["task_id"], "env": g.env,
+                            "staleness": g.staleness(version), "rollouts": g.rollouts} for g in groups],
+                "sampler_stats": self.stats(),
+            }
+            with self._cond:
+                self.batch_groups[index] = [g.group_id for g in groups]
+                self.next_batch += 1
+            self.spool.put(index, batch)
+
+    # -- checkpoint -----------------------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {"queue": self.queue.state_dict(), "rng": self.rng.getstate(), "seed": self.seed}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.queue.load_state_dict(state["queue"])
+        self.rng.setstate(state["rng"])
