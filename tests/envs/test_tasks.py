@@ -82,3 +82,19 @@ def test_duplicate_instance_ids_are_rejected(tmp_path):
     path.write_text(json.dumps(_record()) + "\n" + json.dumps(_record()) + "\n")
     with pytest.raises(TaskError, match=r"tasks.jsonl:2: duplicate instance_id"):
         load_swe_jsonl(path)
+
+
+def test_response_message_extracts_native_calls_only_for_native_harnesses():
+    from north_lightning.envs.response import response_message
+
+    class Tok:
+        eos_token = "<|END_OF_TURN_TOKEN|>"
+
+    text = 'Fix it.<|START_ACTION|>[{"name": "bash", "arguments": {"command": "ls"}}]<|END_ACTION|><|END_OF_TURN_TOKEN|>'
+    msg = response_message(text, Tok())
+    assert msg["content"] == "Fix it." and msg["tool_calls"][0]["function"] == {"name": "bash",
+                                                                                "arguments": {"command": "ls"}}
+    assert response_message(text, Tok(), native_tools=False) == {"role": "assistant", "content": text[:-21]}
+    broken = response_message("<|START_ACTION|>[{oops<|END_ACTION|>", Tok())
+    assert broken["tool_calls"][0]["function"]["arguments"] == "[{oops"
+    assert response_message("plain<|END_OF_TURN_TOKEN|>", Tok()) == {"role": "assistant", "content": "plain"}
