@@ -48,34 +48,39 @@ def packed_batch(S: int = 1024) -> dict[str, torch.Tensor]:
     return {"input_ids": ids, "document_ids": doc, "targets": targets}
 
 
-@pytest.mark.parametrize("attn", ["flash", "flex"])
-def test_north_width_model_bf16_gpu_vs_fp32_cpu(attn: str) -> None:
+@pytest.fixture(scope="module")
+def cpu_reference() -> dict:
+    """fp32 CPU model, its per-token log-probabilities and gradients; computed once for both attention backends."""
     torch.manual_seed(0)
     ref = NorthForCausalLM(north_width())
     with torch.no_grad():
         for p in ref.parameters():
             p.copy_(p.to(torch.bfloat16).float())  # both sides start from bf16-representable weights
+    batch = packed_batch()
+    logp, _ = ref.token_logprobs(batch["input_ids"], batch["targets"], document_ids=batch["document_ids"])
+    (-logp.sum()).backward()
+    return {"state": {k: v.to(torch.bfloat16) for k, v in ref.state_dict().items()}, "batch": batch,
+            "logp": logp.detach(), "grads": {n: p.grad for n, p in ref.named_parameters()}}
+
+
+@pytest.mark.parametrize("attn", ["flash", "flex"])
+def test_north_width_model_bf16_gpu_vs_fp32_cpu(attn: str, cpu_reference: dict) -> None:
     try:
-        gpu_cfg = north_width(attn_backend=attn, experts_backend="grouped")
         with torch.device("meta"):
-            gpu = NorthForCausalLM(gpu_cfg)
+            gpu = NorthForCausalLM(north_width(attn_backend=attn, experts_backend="grouped"))
     except ImportError as exc:
         pytest.skip(str(exc))
     gpu = gpu.to_empty(device=DEVICE).to(torch.bfloat16)
-    gpu.load_state_dict({k: v.to(torch.bfloat16) for k, v in ref.state_dict().items()})
-    batch = packed_batch()
-
-    logp_ref, _ = ref.token_logprobs(batch["input_ids"], batch["targets"], document_ids=batch["document_ids"])
-    (-logp_ref.sum()).backward()
+    gpu.load_state_dict(cpu_reference["state"])
+    batch = cpu_reference["batch"]
     on_dev = {k: v.to(DEVICE) for k, v in batch.items()}
     logp_gpu, _ = gpu.token_logprobs(on_dev["input_ids"], on_dev["targets"], document_ids=on_dev["document_ids"])
     (-logp_gpu.sum()).backward()
 
-    diff = (logp_gpu.detach().float().cpu() - logp_ref.detach()).abs()[batch["targets"] != -100]
+    diff = (logp_gpu.detach().float().cpu() - cpu_reference["logp"]).abs()[batch["targets"] != -100]
     assert float(diff.median()) < 0.02 and float(diff.mean()) < 0.05, (float(diff.median()), float(diff.mean()))
-    ref_params = dict(ref.named_parameters())
     for name, p in gpu.named_parameters():
-        want = ref_params[name].grad
+        want = cpu_reference["grads"][name]
         err = float((p.grad.float().cpu() - want).norm() / want.norm().clamp_min(1e-12))
         tol = 0.5 if name.endswith("mlp.gate.weight") else 0.25
         assert err < tol, f"d{name}: relative error {err:.3f}"

@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# GPU checks for a lent GPU machine (CUDA torch, Lightning and transformers preinstalled, no internet):
+# the `gpu` tests and the three GPU benchmarks, in under 8 minutes. `make test-gpu` runs this.
+# Optional prebuilt wheels (flash-attn-4, megablocks + stanford-stk + grouped_gemm, ...) placed in wheels/ are
+# installed first, always with --no-deps so the machine's CUDA torch is never replaced.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+PY=${PY:-python}
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"  # bench scripts import the package from the checkout too
+
+# our package on top of the existing CUDA torch (no build isolation: there is no index to fetch setuptools from)
+"$PY" -m pip install --no-deps --no-build-isolation -q -e . || echo "!! editable install failed; using PYTHONPATH"
+if compgen -G "wheels/*.whl" > /dev/null; then
+  "$PY" -m pip install --no-deps --no-build-isolation -q wheels/*.whl || echo "!! some wheels in wheels/ failed"
+fi
+
+"$PY" - <<'PYEOF'
+import importlib.util, torch
+print(f"torch {torch.__version__} cuda {torch.version.cuda} device "
+      f"{torch.cuda.get_device_name() if torch.cuda.is_available() else 'NONE'}")
+for mod in ("flash_attn.cute", "flash_attn", "torch.nn.attention.varlen", "megablocks", "grouped_gemm",
+            "liger_kernel"):
+    try:
+        found = importlib.util.find_spec(mod) is not None
+    except ModuleNotFoundError:
+        found = False
+    print(f"  {mod:<28} {'present' if found else 'absent'}")
+PYEOF
+
+status=0
+run() {
+  local limit=$1; shift
+  echo "== $* (limit ${limit}s)"
+  local t0=$SECONDS
+  timeout "$limit" "$@"
+  local rc=$?
+  echo "== rc=$rc in $((SECONDS - t0))s: $*"
+  [ "$rc" -eq 0 ] || status=1
+}
+run 230 "$PY" -m pytest -m gpu tests/gpu -q -rs -p no:cacheprovider --timeout=220
+run 80 "$PY" bench/attention.py --device cuda
+run 90 "$PY" bench/train_mfu.py --device cuda
+run 50 "$PY" bench/moe_block.py --device cuda
+exit $status
