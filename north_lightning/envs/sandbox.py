@@ -18,6 +18,7 @@ import socket
 import tarfile
 import threading
 import time
+import uuid
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -29,6 +30,7 @@ import docker.errors
 SANDBOX_LABEL = "north_lightning.sandbox"
 OWNER_PID_LABEL = "north_lightning.owner_pid"
 OWNER_HOST_LABEL = "north_lightning.owner_host"
+BOX_ID_LABEL = "north_lightning.sandbox_id"
 TIMEOUT_EXIT_CODE = 124  # what GNU `timeout` returns; the host-side deadline reports the same
 KILL_GRACE_SEC = 2.0  # SIGTERM -> SIGKILL grace of the in-container `timeout`
 HOST_DEADLINE_SLACK_SEC = 10.0
@@ -234,8 +236,9 @@ class DockerSandbox:
     def start(self) -> "DockerSandbox":
         _install_cleanup_hooks()
         cfg = self.config
+        box_id = uuid.uuid4().hex
         labels = {SANDBOX_LABEL: "1", OWNER_PID_LABEL: str(os.getpid()), OWNER_HOST_LABEL: socket.gethostname(),
-                  **cfg.labels}
+                  BOX_ID_LABEL: box_id, **cfg.labels}
         started = time.monotonic()
         try:  # look first: `run` would try to pull a missing image from a registry
             self.client.images.get(cfg.image)
@@ -252,6 +255,9 @@ class DockerSandbox:
                 security_opt=["no-new-privileges"], cap_drop=["NET_RAW", "MKNOD", "AUDIT_WRITE", "SYS_CHROOT"],
             )
         except docker.errors.APIError as err:
+            # `run` = create + start: a container that was created but failed to start must not linger
+            for stray in self.client.containers.list(all=True, filters={"label": f"{BOX_ID_LABEL}={box_id}"}):
+                stray.remove(force=True)
             raise SandboxError(f"cannot start a container from {cfg.image!r}: {err}") from err
         with _LIVE_LOCK:
             _LIVE[self.container.id] = self
@@ -310,14 +316,14 @@ class DockerSandbox:
     # commands
     def exec(self, cmd: str | list[str], timeout: float | None = None, *, user: str | None = None,
              workdir: str | None = None, env: dict[str, str] | None = None,
-             max_output_bytes: int | None = None) -> ExecResult:
+             max_output_bytes: int | None = None, outside_episode_budget: bool = False) -> ExecResult:
         """Run `cmd` (a shell string for bash, or an argv) and return its exit code and merged stdout+stderr
         (head and tail kept when longer than `max_output_bytes`). A command that outlives `timeout` is killed
         with its process group and reported with exit code 124. Raises `EpisodeTimeout` once the episode's
-        wall-clock budget is spent."""
+        wall-clock budget is spent, unless `outside_episode_budget` (the verifier has its own timeout)."""
         if self.container is None or self._closed:
             raise SandboxError("exec on a sandbox that is not running (start() it / it was closed)")
-        remaining = self.remaining_sec()
+        remaining = float("inf") if outside_episode_budget else self.remaining_sec()
         if remaining <= 0:
             raise EpisodeTimeout(f"episode wall-clock budget of {self.config.episode_timeout_sec:.0f} s spent")
         limit = min(timeout if timeout is not None else self.config.command_timeout_sec, remaining)

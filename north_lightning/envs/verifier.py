@@ -15,7 +15,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from north_lightning.envs.sandbox import DockerSandbox, EpisodeTimeout, SandboxError
+from north_lightning.envs.sandbox import DockerSandbox, SandboxError
 from north_lightning.envs.tasks import HarborTask, SWETask, Task
 
 TESTS_DIR = "/tests"
@@ -53,8 +53,6 @@ def verify(box: DockerSandbox, task: Task) -> VerifierResult:
     started = time.monotonic()
     try:
         result = verify_swe(box, task) if isinstance(task, SWETask) else verify_harbor(box, task)
-    except EpisodeTimeout:
-        result = VerifierResult(0.0, "episode_timeout")
     except SandboxError as err:
         result = VerifierResult(0.0, "sandbox_error", output=str(err))
     result.duration_s = time.monotonic() - started
@@ -62,18 +60,15 @@ def verify(box: DockerSandbox, task: Task) -> VerifierResult:
 
 
 def _run_root(box: DockerSandbox, cmd: str, timeout: float, workdir: str) -> tuple[int, str]:
-    # The verifier may need more time than the agent left on the episode clock: it gets its own budget.
-    saved = box._deadline
-    box._deadline = time.monotonic() + timeout + 30
-    try:
-        return box.exec(cmd, timeout=timeout, user="root", workdir=workdir, max_output_bytes=200_000)
-    finally:
-        box._deadline = saved
+    # The verifier may need more time than the agent left on the episode clock: it has its own timeout.
+    return box.exec(cmd, timeout=timeout, user="root", workdir=workdir, max_output_bytes=200_000,
+                    outside_episode_budget=True)
 
 
 def verify_harbor(box: DockerSandbox, task: HarborTask) -> VerifierResult:
-    box.exec(f"rm -rf {TESTS_DIR} {REWARD_DIR}/reward.txt {REWARD_DIR}/reward.json; mkdir -p {REWARD_DIR}",
-             user="root", workdir="/")
+    # Fresh tests and no stale reward: an agent running as root could have planted either.
+    _run_root(box, f"rm -rf {TESTS_DIR} {REWARD_DIR}/reward.txt {REWARD_DIR}/reward.json; mkdir -p {REWARD_DIR}",
+              60, "/")
     box.put_dir(task.tests_dir, TESTS_DIR)
     code, output = _run_root(box, f"bash {TESTS_DIR}/test.sh", task.verifier_timeout_sec, task.workdir)
     tests = parse_pytest_outcomes(output)
