@@ -128,9 +128,11 @@ def check_messages(
             if any(tok in text for text in texts for tok in control_strings):
                 return "malformed_special_tokens"
     if "whitespace" in checks:
+        # the record's own text too: a harness may embed it escaped (Terminus-2's JSON) where runs hide
+        texts = [m.get("content") or "" for m in assistant] + [s.thought for s in trajectory.steps]
+        if any(_TRAILING_RUN.search(t) for t in texts + [trajectory.response or ""]):
+            return "erroneous_whitespace"
         for m in assistant:
-            if _TRAILING_RUN.search(m.get("content") or ""):
-                return "erroneous_whitespace"
             for call in _assistant_calls(m):
                 args = call.get("arguments") if isinstance(call.get("arguments"), dict) else {}
                 if any(_MIXED_INDENT.search(args.get(k) or "") for k in EDIT_TEXT_KEYS if isinstance(args.get(k), str)):

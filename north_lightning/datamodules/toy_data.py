@@ -6,7 +6,8 @@ commands) becomes a trajectory: look at the starting state, run the oracle, chec
 the observations a real shell would print (computed from the task's parameters). `python_fix` tasks also
 get harness-native variants (SWE-agent `str_replace_editor`, OpenCode `read`/`edit`) so those tools appear
 in the data. A small single-turn set (arithmetic with a worked answer, tiny Python functions, word
-transforms) stands in for the reasoning / competitive-programming / instruction-following sources.
+transforms) stands in for the reasoning / competitive-programming / instruction-following sources, and a
+few deliberately defective records (`toy_terminal_noisy.jsonl`) exercise the filters in the demo.
 
 Regenerate the bundled files with `python -m north_lightning.datamodules.toy_data --out
 north_lightning/assets/sft_data`.
@@ -15,6 +16,7 @@ north_lightning/assets/sft_data`.
 from __future__ import annotations
 
 import argparse
+import json
 import random
 import shlex
 from pathlib import Path
@@ -144,6 +146,35 @@ def single_turn_records(n: int, seed: int) -> list[Trajectory]:
     return out
 
 
+def noisy_records(tasks: list[ToyTask], rng: random.Random) -> list[Trajectory | str]:
+    """Defective copies of good trajectories, one defect each, the kinds real SFT dumps contain; plus raw
+    lines that are not records at all. They make the filters and the bad-record counters visible in the
+    demo's data report."""
+    out: list[Trajectory | str] = []
+    for i, task in enumerate(tasks):
+        good = agnostic_trajectory(task, rng)
+        steps = list(good.steps)
+        kind = i % 5
+        work = len(steps) - 3  # the oracle command's step
+        s = steps[work]
+        if kind == 0:  # a tool call without its required argument
+            steps[work] = Step(s.thought, (ToolCall("bash", {"cmd": s.calls[0].arguments["command"]}),), s.observations)
+        elif kind == 1:  # chat-template control tokens leaked into an observation
+            steps[work] = Step(s.thought, s.calls, (Observation("<|END_OF_TURN_TOKEN|><|START_OF_TURN_TOKEN|>", 0),))
+        elif kind == 2:  # the thought cites a file nothing ever showed
+            steps[work] = Step("As /etc/toy/expected.txt says, this is the fix.", s.calls, s.observations)
+        elif kind == 3:  # trailing whitespace runs in the assistant text
+            steps[work] = Step(s.thought + "    \n    ", s.calls, s.observations)
+        else:  # a tool the canonical vocabulary does not have
+            steps[work] = Step(s.thought, (ToolCall("python", {"code": "print(1)"}),), s.observations)
+        out.append(Trajectory(id=f"{good.id}-noisy{kind}", task=good.task, source="toy_terminal", steps=tuple(steps),
+                              domain="agentic", verified=False, meta={"defect": kind}))
+    out += ['{"id": "truncated-line", "task": "Create /app/x.txt", "steps": [{"thought": "ok"',
+            '{"id": "no-task", "source": "toy_terminal", "response": "done"}',
+            '{"id": "unknown-harness", "task": "t", "source": "toy_terminal", "response": "r", "harness": "aider"}']
+    return out
+
+
 def build(out_dir: str | Path, n_tasks: int = 400, n_chat: int = 900, seed: int = 0) -> dict[str, int]:
     """Write the bundled demo shards; returns records per file."""
     out = Path(out_dir)
@@ -152,10 +183,14 @@ def build(out_dir: str | Path, n_tasks: int = 400, n_chat: int = 900, seed: int 
     agnostic = [agnostic_trajectory(t, rng) for t in tasks]
     fixes = [native_fix_trajectory(t, h, rng) for t in tasks if t.family == "python_fix" for h in ("swe_agent", "opencode")]
     chat = single_turn_records(n_chat, seed)
+    noisy = noisy_records(tasks[:20], random.Random(f"toy-noisy:{seed}"))
     files = {"toy_terminal_train.jsonl": agnostic, "toy_swe_native_train.jsonl": fixes, "toy_chat_train.jsonl": chat}
     for name, records in files.items():
         write_jsonl(out / name, records)
-    return {name: len(records) for name, records in files.items()}
+    with (out / "toy_terminal_noisy.jsonl").open("w") as f:
+        for r in noisy:
+            f.write((r if isinstance(r, str) else json.dumps(r.to_dict(), ensure_ascii=False)) + "\n")
+    return {name: len(records) for name, records in {**files, "toy_terminal_noisy.jsonl": noisy}.items()}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -21,7 +21,7 @@ def test_bundled_files_are_what_the_generator_writes(tmp_path):
 
 def test_only_training_parameters_and_consistent_oracles():
     seen = 0
-    for record, _ in iter_records(sorted(BUNDLED.glob("*.jsonl")), on_error="fail"):
+    for record, _ in iter_records(sorted(BUNDLED.glob("*_train.jsonl")), on_error="fail"):
         if record.domain == "agentic":
             family, params = record.meta["family"], record.meta["params"]
             assert split_of(family, params) == "train", record.id
@@ -47,3 +47,28 @@ def test_native_edits_turn_the_bug_into_the_fix():
         old, new = (edit["old_str"], edit["new_str"]) if "old_str" in edit else (edit["oldString"], edit["newString"])
         assert old.strip() == buggy and new.strip() == fixed and old[:4] == new[:4] == "    "
     assert Path(path).stat().st_size < 1_000_000
+
+
+def test_noisy_demo_records_are_caught_by_the_filters(tmp_path):
+    from datamodules.sample_records import agnostic_record
+    from transformers import AutoTokenizer
+
+    from north_lightning.assets import tiny_tokenizer_path
+    from north_lightning.datamodules.mixture import MixtureSpec
+    from north_lightning.datamodules.records import write_jsonl
+    from north_lightning.datamodules.sft import build_pools
+
+    good = tmp_path / "good.jsonl"
+    write_jsonl(good, [agnostic_record(1)])
+    noisy = str(BUNDLED / "toy_terminal_noisy.jsonl")
+    spec = MixtureSpec.load({"components": [
+        {"name": "swe", "paths": [str(good), noisy], "harness": "swe_agent", "share": 1},
+        {"name": "t2", "paths": [str(good), noisy], "harness": "terminus2", "share": 1}]})
+    pools = build_pools(spec, AutoTokenizer.from_pretrained(tiny_tokenizer_path()), 4096)
+    assert [len(p) for p in pools.train] == [1, 1]
+    assert dict(pools.filters.dropped["swe"]) == {
+        "invalid_tool_call:missing_argument": 4, "malformed_special_tokens": 4, "hallucinated_citation": 4,
+        "erroneous_whitespace": 4, "invalid_tool_call:unknown_tool": 4}
+    assert dict(pools.filters.dropped["t2"]) == {"unrenderable": 8, "malformed_special_tokens": 4,
+                                                 "hallucinated_citation": 4, "erroneous_whitespace": 4}
+    assert pools.bad_records.counts == {"malformed_json": 2, "missing_field": 2, "unknown_harness": 2}
