@@ -87,6 +87,7 @@ class Strategy:
     seq_len: int = 65536
     micro_batch: int = 1  # packed sequences per GPU per step
     act_ckpt: bool = True
+    cpu_offload: bool = False  # FSDP2 CPUOffloadPolicy: sharded params, grads and AdamW state live in host RAM
     gpu_gib: float = 80.0
     head_chunk: int = 1024
 
@@ -101,6 +102,8 @@ def _check(cfg: NorthConfig, s: Strategy) -> int:
         raise ValueError(f"--fsdp {fsdp} must divide the world size {s.world}")
     if s.world % s.ep or cfg.num_experts % s.ep:
         raise ValueError(f"--ep {s.ep} must divide the world size {s.world} and num_experts {cfg.num_experts}")
+    if s.cpu_offload and s.ep > 1:
+        raise ValueError("--cpu-offload needs --ep 1: expert-parallel weights are not managed (nor offloaded) by FSDP")
     return fsdp
 
 
@@ -149,10 +152,11 @@ def memory_plan(cfg: NorthConfig, s: Strategy) -> dict[str, float]:
         activations = sum(block_activation_bytes(cfg, tokens, moe) for moe in layers)
     # chunked head: one chunk of fp32 logits, its softmax and its gradient, plus the final hidden states
     head = s.head_chunk * cfg.vocab_size * FP32 * 3 + tokens * cfg.hidden_size * (BF16 + FP32)
+    on_gpu = 0.0 if s.cpu_offload else 1.0
     plan = {
-        "params_fp32_sharded": sharded_params * FP32,
-        "grads_fp32_sharded": sharded_params * FP32,
-        "adamw_fp32_sharded": sharded_params * 2 * FP32,
+        "params_fp32_sharded": sharded_params * FP32 * on_gpu,
+        "grads_fp32_sharded": sharded_params * FP32 * on_gpu,
+        "adamw_fp32_sharded": sharded_params * 2 * FP32 * on_gpu,
         "gathered_bf16_working_set": gathered,
         "activations": activations,
         "head_chunk": head,
@@ -160,6 +164,7 @@ def memory_plan(cfg: NorthConfig, s: Strategy) -> dict[str, float]:
     }
     plan = {key: value / GIB for key, value in plan.items()}
     plan["total"] = sum(plan.values())
+    plan["host_ram_per_node_if_offloaded"] = sharded_params * 4 * FP32 * s.gpus_per_node / GIB if s.cpu_offload else 0.0
     return plan
 
 
@@ -179,10 +184,13 @@ def min_nodes(cfg: NorthConfig, s: Strategy, max_nodes: int = 64) -> int | None:
 
 
 def _find_model_config(node: Any) -> dict[str, Any] | None:
-    """A mapping with a known `preset` key anywhere in a (LightningCLI) YAML, e.g. model.init_args.config."""
+    """The mapping that names the model in a YAML: `preset: <name>` (+ NorthConfig fields), or SFTModule-style
+    `model: <preset>` (+ `config_overrides`), anywhere in the tree (e.g. model.init_args)."""
     if isinstance(node, dict):
         if isinstance(node.get("preset"), str) and node["preset"] in PRESETS:
             return node
+        if isinstance(node.get("model"), str) and node["model"] in PRESETS:
+            return {"preset": node["model"], **(node.get("config_overrides") or {})}
         for value in node.values():
             found = _find_model_config(value)
             if found is not None:
@@ -196,7 +204,7 @@ def _find_model_config(node: Any) -> dict[str, Any] | None:
 
 
 def load_model_config(path: str) -> NorthConfig:
-    """NorthConfig from a preset name, an HF config.json, or a YAML holding `preset: <name>` (+ field overrides)."""
+    """NorthConfig from a preset name, an HF config.json, or a (LightningCLI) YAML naming a preset."""
     if path in PRESETS:
         return NorthConfig.preset(path)
     file = Path(path)
@@ -206,10 +214,35 @@ def load_model_config(path: str) -> NorthConfig:
         return NorthConfig.from_hf_dict(json.loads(file.read_text()))
     node = _find_model_config(yaml.safe_load(file.read_text()))
     if node is None:
-        raise SystemExit(f"{path}: no mapping with `preset: <one of {sorted(PRESETS)}>` found")
+        raise SystemExit(f"{path}: no `preset: <name>` or `model: <name>` with a preset in {sorted(PRESETS)} found")
     fields = set(NorthConfig.__dataclass_fields__)
     overrides = {k: v for k, v in node.items() if k in fields}
     return NorthConfig.preset(node["preset"], **overrides)
+
+
+def strategy_defaults(path: str) -> dict[str, Any]:
+    """Defaults read from a LightningCLI YAML: nodes/devices, EP degree and activation checkpointing of
+    NorthParallelStrategy, the datamodule's seq_len. Command-line flags override them."""
+    file = Path(path)
+    if path in PRESETS or not file.is_file() or file.suffix == ".json":
+        return {}
+    data = yaml.safe_load(file.read_text()) or {}
+    trainer = data.get("trainer") or {}
+    found: dict[str, Any] = {}
+    if isinstance(trainer.get("num_nodes"), int):
+        found["nodes"] = trainer["num_nodes"]
+    if isinstance(trainer.get("devices"), int):
+        found["gpus_per_node"] = trainer["devices"]
+    strategy = trainer.get("strategy")
+    init = strategy.get("init_args", {}) if isinstance(strategy, dict) else {}
+    if "expert_parallel_size" in init:
+        found["ep"] = int(init["expert_parallel_size"])
+    if "activation_checkpointing" in init:
+        found["act_ckpt"] = bool(init["activation_checkpointing"])
+    data_args = (data.get("data") or {}).get("init_args") or {}
+    if isinstance(data_args.get("seq_len"), int):
+        found["seq_len"] = data_args["seq_len"]
+    return found
 
 
 def format_plan(cfg: NorthConfig, s: Strategy) -> str:
@@ -222,7 +255,9 @@ def format_plan(cfg: NorthConfig, s: Strategy) -> str:
         "per-GPU memory (GiB):",
     ]
     plan = memory_plan(cfg, s)
-    lines += [f"  {key:<27} {value:8.2f}" for key, value in plan.items()]
+    lines += [f"  {key:<31} {value:8.2f}" for key, value in plan.items() if key != "host_ram_per_node_if_offloaded"]
+    if s.cpu_offload:
+        lines.append(f"  host RAM per node (offloaded state): {plan['host_ram_per_node_if_offloaded']:.0f} GiB")
     verdict = "FITS" if plan["total"] <= s.gpu_gib else "DOES NOT FIT"
     lines.append(f"verdict: {verdict} ({plan['total']:.1f} of {s.gpu_gib:g} GiB)")
     for seq_len in (65536, 131072):
@@ -239,19 +274,26 @@ def format_plan(cfg: NorthConfig, s: Strategy) -> str:
 def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="python -m north_lightning plan", description=__doc__.splitlines()[0])
     ap.add_argument("--config", required=True, help="preset name, HF config.json, or YAML with `preset:`")
-    ap.add_argument("--nodes", type=int, default=1)
-    ap.add_argument("--gpus-per-node", type=int, default=8)
+    ap.add_argument("--nodes", type=int, help="default: trainer.num_nodes of the YAML, else 1")
+    ap.add_argument("--gpus-per-node", type=int, help="default: trainer.devices of the YAML, else 8")
     ap.add_argument("--fsdp", type=int, help="FSDP shard degree for non-expert weights (default: world)")
-    ap.add_argument("--ep", type=int, default=8, help="expert-parallel degree")
-    ap.add_argument("--seq-len", type=int, default=65536)
+    ap.add_argument("--ep", type=int, help="expert-parallel degree (default: the strategy's, else 8)")
+    ap.add_argument("--seq-len", type=int, help="default: data.init_args.seq_len of the YAML, else 65536")
     ap.add_argument("--micro-batch", type=int, default=1)
-    ap.add_argument("--act-ckpt", action=argparse.BooleanOptionalAction, default=True)
+    ap.add_argument("--act-ckpt", action=argparse.BooleanOptionalAction, default=None,
+                    help="default: the strategy's activation_checkpointing, else on")
+    ap.add_argument("--cpu-offload", action="store_true", help="FSDP2 CPU offload of params/grads/AdamW (ep 1)")
     ap.add_argument("--gpu-gib", type=float, default=80.0)
     args = ap.parse_args(argv)
+    defaults = {"nodes": 1, "gpus_per_node": 8, "ep": 8, "seq_len": 65536, "act_ckpt": True,
+                **strategy_defaults(args.config)}
+    for key, value in defaults.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
     cfg = load_model_config(args.config)
     strategy = Strategy(nodes=args.nodes, gpus_per_node=args.gpus_per_node, fsdp=args.fsdp, ep=args.ep,
                         seq_len=args.seq_len, micro_batch=args.micro_batch, act_ckpt=args.act_ckpt,
-                        gpu_gib=args.gpu_gib, head_chunk=cfg.head_chunk_size)
+                        gpu_gib=args.gpu_gib, head_chunk=cfg.head_chunk_size, cpu_offload=args.cpu_offload)
     try:
         print(format_plan(cfg, strategy))
     except ValueError as exc:

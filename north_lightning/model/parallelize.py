@@ -31,7 +31,8 @@ import torch.distributed as dist
 from lightning.pytorch.strategies import ModelParallelStrategy
 from torch import nn
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
-from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
+from torch.distributed.fsdp import (CPUOffloadPolicy, MixedPrecisionPolicy, OffloadPolicy, fully_shard,
+                                    register_fsdp_forward_method)
 from torch.utils.checkpoint import checkpoint
 
 from north_lightning.model.config import NorthConfig
@@ -80,22 +81,27 @@ def apply_activation_checkpointing(model: NorthForCausalLM) -> None:
 
 
 def apply_fsdp(model: NorthForCausalLM, mesh: DeviceMesh, param_dtype: torch.dtype | None,
-               reduce_dtype: torch.dtype | None, reshard_after_forward: bool = True) -> None:
+               reduce_dtype: torch.dtype | None, reshard_after_forward: bool = True, cpu_offload: bool = False) -> None:
     mp = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=reduce_dtype)
     ignored = {p for m in model.modules() if isinstance(m, ExpertParallelExperts) for p in m.parameters()}
+    if cpu_offload and ignored:
+        raise ValueError("cpu_offload needs expert_parallel_size=1: expert-parallel weights are not FSDP-managed")
+    offload = CPUOffloadPolicy(pin_memory=True) if cpu_offload else OffloadPolicy()
     for layer in model.model.layers:
         layer_ignored = {p for p in layer.parameters() if p in ignored}
         fully_shard(layer, mesh=mesh, mp_policy=mp, reshard_after_forward=reshard_after_forward,
-                    ignored_params=layer_ignored or None)
-    fully_shard(model, mesh=mesh, mp_policy=mp, ignored_params=ignored or None)
+                    offload_policy=offload, ignored_params=layer_ignored or None)
+    fully_shard(model, mesh=mesh, mp_policy=mp, offload_policy=offload, ignored_params=ignored or None)
     for method in ("hidden_states", "token_logprobs"):
         register_fsdp_forward_method(model, method)
 
 
 def parallelize_north(model: NorthForCausalLM, *, mesh: DeviceMesh | None = None, ep: int = 1,
                       activation_checkpointing: bool = True, param_dtype: str | torch.dtype | None = "bfloat16",
-                      reduce_dtype: str | torch.dtype | None = "float32") -> NorthForCausalLM:
-    """Shard `model` in place over `mesh` (default: 1-D over the whole world on the model's device type)."""
+                      reduce_dtype: str | torch.dtype | None = "float32", cpu_offload: bool = False) -> NorthForCausalLM:
+    """Shard `model` in place over `mesh` (default: 1-D over the whole world on the model's device type).
+    `cpu_offload` keeps sharded params, grads and optimizer state in (pinned) host memory (FSDP2
+    CPUOffloadPolicy; the optimizer step then runs on the CPU): 30B-A3B at 64K on one 8-GPU node, see `plan`."""
     if not dist.is_initialized():
         raise RuntimeError("parallelize_north needs torch.distributed initialised (Lightning, torchrun or spawn)")
     if mesh is None:
@@ -106,7 +112,7 @@ def parallelize_north(model: NorthForCausalLM, *, mesh: DeviceMesh | None = None
         apply_expert_parallel(model, ep, mesh.device_type)
     if activation_checkpointing:
         apply_activation_checkpointing(model)
-    apply_fsdp(model, mesh, _dtype(param_dtype), _dtype(reduce_dtype))
+    apply_fsdp(model, mesh, _dtype(param_dtype), _dtype(reduce_dtype), cpu_offload=cpu_offload)
     return model
 
 
@@ -120,8 +126,11 @@ class NorthParallelStrategy(ModelParallelStrategy):
 
     def __init__(self, expert_parallel_size: int = 1, activation_checkpointing: bool = True,
                  param_dtype: str | None = "bfloat16", reduce_dtype: str | None = "float32",
-                 save_distributed_checkpoint: bool = True, **kwargs: Any) -> None:
+                 cpu_offload: bool = False, save_distributed_checkpoint: bool = True, **kwargs: Any) -> None:
         super().__init__(save_distributed_checkpoint=save_distributed_checkpoint, **kwargs)
+        if cpu_offload and expert_parallel_size > 1:
+            raise ValueError("NorthParallelStrategy: cpu_offload needs expert_parallel_size=1 (EP weights stay on GPU)")
+        self.cpu_offload = cpu_offload
         self.expert_parallel_size = expert_parallel_size
         self.activation_checkpointing = activation_checkpointing
         self.param_dtype, self.reduce_dtype = _dtype(param_dtype), _dtype(reduce_dtype)
@@ -142,7 +151,8 @@ class NorthParallelStrategy(ModelParallelStrategy):
             model.to(self.root_device)
             parallelize_north(model, mesh=self.device_mesh["data_parallel"], ep=self.expert_parallel_size,
                               activation_checkpointing=self.activation_checkpointing,
-                              param_dtype=self.param_dtype, reduce_dtype=self.reduce_dtype)
+                              param_dtype=self.param_dtype, reduce_dtype=self.reduce_dtype,
+                              cpu_offload=self.cpu_offload)
             model._north_parallelized = True
         super().setup(trainer)
 

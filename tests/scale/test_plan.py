@@ -54,3 +54,37 @@ def test_plan_reads_yaml_preset(tmp_path) -> None:
     cfg_file.write_text("model:\n  init_args:\n    model_config:\n      preset: tiny\n      num_hidden_layers: 4\n")
     cfg = plan.load_model_config(str(cfg_file))
     assert cfg.num_hidden_layers == 4 and cfg.vocab_size == 4096
+
+
+def test_plan_reads_strategy_and_seq_len_from_a_training_yaml(tmp_path, capsys) -> None:
+    cfg_file = tmp_path / "sft.yaml"
+    cfg_file.write_text(
+        "trainer:\n  num_nodes: 2\n  devices: 8\n  strategy:\n"
+        "    class_path: north_lightning.model.parallelize.NorthParallelStrategy\n"
+        "    init_args: {expert_parallel_size: 4, activation_checkpointing: false}\n"
+        "model:\n  class_path: north_lightning.modules.SFTModule\n"
+        "  init_args: {model: north_mini_code_30b, config_overrides: {num_hidden_layers: 9}}\n"
+        "data:\n  init_args: {seq_len: 32768}\n")
+    assert plan.load_model_config(str(cfg_file)).num_hidden_layers == 9
+    assert plan.strategy_defaults(str(cfg_file)) == {"nodes": 2, "gpus_per_node": 8, "ep": 4, "act_ckpt": False,
+                                                     "seq_len": 32768}
+    assert plan.main(["--config", str(cfg_file), "--seq-len", "1024"]) == 0
+    out = capsys.readouterr().out
+    assert "2 node(s) x 8 GPU = 16, fsdp=16 ep=4, seq_len=1024" in out and "act_ckpt=False" in out
+
+
+def test_cpu_offload_moves_sharded_state_to_host() -> None:
+    cfg = NorthConfig.preset("north_mini_code_30b")
+    resident = plan.memory_plan(cfg, plan.Strategy(nodes=1, ep=1))
+    offloaded = plan.memory_plan(cfg, plan.Strategy(nodes=1, ep=1, cpu_offload=True))
+    assert offloaded["adamw_fp32_sharded"] == 0 and resident["adamw_fp32_sharded"] > 20
+    assert offloaded["host_ram_per_node_if_offloaded"] == (
+        resident["params_fp32_sharded"] + resident["grads_fp32_sharded"] + resident["adamw_fp32_sharded"]) * 8
+    import pytest
+
+    with pytest.raises(ValueError, match="ep 1"):
+        plan.memory_plan(cfg, plan.Strategy(nodes=1, ep=8, cpu_offload=True))
+    from north_lightning.model.parallelize import NorthParallelStrategy
+
+    with pytest.raises(ValueError, match="cpu_offload"):
+        NorthParallelStrategy(expert_parallel_size=8, cpu_offload=True)
