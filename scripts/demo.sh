@@ -2,7 +2,8 @@
 # `make demo`: the tiny North model trained end to end on the CPU, then its HF export answering a toy task.
 #   SFT  python -m north_lightning fit --config configs/tiny/sft.yaml  (bundled toy agent conversations)
 #   HF   the export (config.json + safetensors + tokenizer) loaded by transformers, greedy completion
-# RUN_DIR=... puts the run elsewhere (default runs/demo).
+# RUN_DIR=... puts the run elsewhere (default runs/demo); extra arguments go to the SFT `fit` command
+# (e.g. `bash scripts/demo.sh --trainer.max_steps 10`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=.venv/bin/python
@@ -11,7 +12,7 @@ export TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 start=$(date +%s)
 
 echo "== SFT: tiny North model (8.6M params, 16 experts) on the bundled toy agent conversations, CPU"
-"$PY" -m north_lightning fit --config configs/tiny/sft.yaml --trainer.default_root_dir "$RUN_DIR/sft"
+"$PY" -m north_lightning fit --config configs/tiny/sft.yaml --trainer.default_root_dir "$RUN_DIR/sft" "$@"
 
 echo "== HF export: transformers loads $RUN_DIR/sft/hf and completes a held-out task (greedy)"
 "$PY" - "$RUN_DIR/sft/hf" <<'PY'
@@ -19,7 +20,9 @@ import sys
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers.utils import logging
 
+logging.disable_progress_bar()
 hf_dir = sys.argv[1]
 tok = AutoTokenizer.from_pretrained(hf_dir)
 model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32).eval()
