@@ -19,6 +19,7 @@ workers (each episode's container is removed by its session) and close the engin
 from __future__ import annotations
 
 import atexit
+import json
 import time
 from dataclasses import fields
 from pathlib import Path
@@ -84,6 +85,7 @@ class _RolloutCallback(L.Callback):
         self._last_step = 0
         self._batch_end_at: float | None = None
         self._idle = self._busy = 0.0
+        self._work: Path | None = None
 
     # -- setup ------------------------------------------------------------------------------------------------
     def _work_dir(self, trainer: L.Trainer) -> Path:
@@ -101,7 +103,8 @@ class _RolloutCallback(L.Callback):
         from north_lightning.rl.rollout import RolloutConfig
 
         step = int(self._restored["global_step"]) if self._restored is not None else 0
-        work = self._work_dir(trainer)
+        work = self._work = self._work_dir(trainer)
+        work.mkdir(parents=True, exist_ok=True)
         model_dir = work / "engine_init"
         sd = full_state_dict(pl_module.model)
         if trainer.is_global_zero:
@@ -116,6 +119,9 @@ class _RolloutCallback(L.Callback):
 
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
         tasks = {spec.name: load_env_tasks(spec, work / "tasks") for spec in self.env_specs}
+        journal = work / "dispatch_journal.jsonl"
+        if self._restored is None:
+            journal.unlink(missing_ok=True)  # a fresh run: ids start at 0 again
         known = {f.name for f in fields(RolloutConfig)}
         unknown = set(self.rollout_kwargs) - known
         if unknown:
@@ -125,7 +131,8 @@ class _RolloutCallback(L.Callback):
             groups_per_step=self.groups_per_step, group_size=self.group_size, mode=self.mode,
             num_workers=self.num_workers, window=self.window, max_staleness=self.max_staleness,
             on_stale=self.on_stale, prefetch_batches=self.prefetch_batches,
-            rollout_config=RolloutConfig(**self.rollout_kwargs), seed=self.seed, restart_engine=self._restart_engine)
+            rollout_config=RolloutConfig(**self.rollout_kwargs), seed=self.seed, restart_engine=self._restart_engine,
+            journal=journal)
         if self._restored is not None:
             self.service.load_state_dict(self._restored["service"])
         self.service.start(step)
@@ -189,6 +196,10 @@ class _RolloutCallback(L.Callback):
         trainer.strategy.barrier("vllm_sidecar_export")
         seconds = time.perf_counter() - start
         self.export_seconds.append(seconds)
+        if trainer.is_global_zero and self._work is not None:
+            with (self._work / "exports.jsonl").open("a") as f:
+                f.write(json.dumps({"step": trainer.global_step, "version": self.policy_version,
+                                    "seconds": round(seconds, 4)}) + "\n")
         pl_module.policy_version, pl_module.last_export_step = self.policy_version, trainer.global_step
         pl_module.log("rl/export_seconds", seconds, batch_size=1)
 
@@ -197,18 +208,32 @@ class _RolloutCallback(L.Callback):
             raise RuntimeError(f"rollout service failed: {self.service.errors[0]}")
 
     # -- shutdown -------------------------------------------------------------------------------------------------
-    def _shutdown(self) -> None:
-        if self.service is not None:
-            self.service.stop(self.shutdown_timeout_s)
+    def _shutdown(self, reason: str = "run_end") -> None:
+        """Stop workers, close the engine, write the ledger. Idempotent (several hooks may call it)."""
+        service, self.service = self.service, None
+        if service is not None:
+            service.stop(self.shutdown_timeout_s)
+            service.queue.cancel_open(reason)
+            self._write_ledger(service)
         if self.engine is not None:
             self.engine.close()
             self.engine = None
+
+    def _write_ledger(self, service: RolloutService) -> None:
+        """`<work_dir>/ledger.json`: the end state of every dispatched prompt of this run (one entry each)."""
+        if self._work is None:
+            return
+        ledger = {str(gid): {"prompt": e.prompt, "state": e.state, "reason": e.reason, "attempts": e.attempts}
+                  for gid, e in service.queue.ledger().items()}
+        out = {"summary": dict(service.queue.ledger_summary()), "counters": dict(service.queue.counters),
+               "entries": ledger}
+        (self._work / "ledger.json").write_text(json.dumps(out, indent=1, default=str))
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._shutdown()
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
-        self._shutdown()
+        self._shutdown(f"run_error:{type(exception).__name__}")
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         self._shutdown()

@@ -20,16 +20,20 @@ already over the bound can never become usable, so it is expired at once instead
 The ledger gives each dispatched prompt one entry that ends in exactly one terminal state: `trained`,
 `dropped_stale` or `failed` (with a reason). `state_dict()` stores the ledger without the rollouts; on
 `load_state_dict()` every group that was not yet trained is put back in the dispatch backlog (`resume`
-counts them), so a resumed run loses no prompt and trains none twice.
+counts them), so a resumed run loses no prompt and trains none twice. With a `journal` file every dispatch is
+also appended there before it runs, so prompts dispatched after the last checkpoint (a SIGKILL) are found and
+re-dispatched on resume as well (`requeued/after_checkpoint`).
 """
 
 from __future__ import annotations
 
+import json
 import math
 import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 # Ledger states. Terminal: trained, dropped_stale, failed.
@@ -71,7 +75,7 @@ class WindowedFIFO:
     """Thread-safe windowed FIFO of groups plus the ledger (see the module docstring)."""
 
     def __init__(self, *, window: float = 0.1, max_staleness: int = 4, on_stale: str = "drop",
-                 clock: Any = time.monotonic) -> None:
+                 clock: Any = time.monotonic, journal: str | Path | None = None) -> None:
         if not 0.0 <= window <= 1.0:
             raise ValueError(f"queue window must be in [0, 1], got {window}")
         if max_staleness < 0:
@@ -87,6 +91,7 @@ class WindowedFIFO:
         self._next_id = 0
         self._closed = False
         self.counters: Counter[str] = Counter()
+        self.journal = Path(journal) if journal is not None else None
 
     # -- producer side ------------------------------------------------------------------------------
     def dispatch(self, prompt: Any, env: str, policy_version: int) -> int:
@@ -97,6 +102,10 @@ class WindowedFIFO:
             self._ledger[gid] = LedgerEntry(prompt, env, RUNNING)
             self._slots[gid] = Group(gid, prompt, env, policy_version, self._clock())
             self.counters["dispatched"] += 1
+            if self.journal is not None:  # write-ahead: a dispatch survives a SIGKILL before the next checkpoint
+                with self.journal.open("a") as f:
+                    f.write(json.dumps({"group_id": gid, "prompt": prompt, "env": env}) + "\n")
+                    f.flush()
             return gid
 
     def next_redispatch(self, policy_version: int) -> tuple[int, int, Any, str] | None:
@@ -214,6 +223,18 @@ class WindowedFIFO:
         entry.state, entry.reason = state, reason
         self.counters[state if not reason else f"{state}/{reason}"] += 1
 
+    def cancel_open(self, reason: str) -> int:
+        """End every group that is not terminal yet as `failed/<reason>` (run end: in-flight and queued groups
+        that will never be trained are accounted for, not forgotten). Returns how many."""
+        with self._cond:
+            open_ids = [gid for gid, e in self._ledger.items() if e.state not in TERMINAL]
+            for gid in open_ids:
+                self._finish(gid, FAILED, reason)
+            self._slots.clear()
+            self._backlog.clear()
+            self._cond.notify_all()
+            return len(open_ids)
+
     def close(self) -> None:
         with self._cond:
             self._closed = True
@@ -261,3 +282,16 @@ class WindowedFIFO:
                     self._ledger[gid].state = BACKLOG
                     self._backlog.append((gid, prompt, env))
                     self.counters["requeued/resume"] += 1
+            # Dispatches after the checkpoint (in the journal only, e.g. before a SIGKILL) are re-dispatched too.
+            if self.journal is not None and self.journal.exists():
+                for line in self.journal.read_text().splitlines():
+                    if not line.strip():
+                        continue
+                    rec = json.loads(line)
+                    gid = int(rec["group_id"])
+                    if gid in self._ledger:
+                        continue
+                    self._ledger[gid] = LedgerEntry(rec["prompt"], rec["env"], BACKLOG)
+                    self._backlog.append((gid, rec["prompt"], rec["env"]))
+                    self.counters["requeued/after_checkpoint"] += 1
+                    self._next_id = max(self._next_id, gid + 1)

@@ -85,7 +85,8 @@ class RolloutService:
                  spool: RolloutSpool, groups_per_step: int, group_size: int = 8, mode: str = "async",
                  num_workers: int = 2, window: float = 0.1, max_staleness: int = 4, on_stale: str = "drop",
                  prefetch_batches: int = 1, rollout_config: Any = None, seed: int = 0,
-                 run_episode: Callable[..., Any] | None = None, restart_engine: Callable[[], Any] | None = None) -> None:
+                 run_episode: Callable[..., Any] | None = None, restart_engine: Callable[[], Any] | None = None,
+                 journal: str | Path | None = None) -> None:
         if mode not in ("async", "sync"):
             raise ValueError(f"mode must be 'async' or 'sync', got {mode!r}")
         if group_size < 2:
@@ -99,7 +100,7 @@ class RolloutService:
         self.run_episode = run_episode or rollout.run_episode
         self.restart_engine = restart_engine
         self.queue = WindowedFIFO(window=window if mode == "async" else 0.0, max_staleness=max_staleness,
-                                  on_stale=on_stale)
+                                  on_stale=on_stale, journal=journal)
         self.rng = random.Random(seed)
         self.seed = seed
         self.trainer_step = 0  # optimizer steps done

@@ -135,3 +135,21 @@ def test_bad_config_is_rejected():
         WindowedFIFO(window=1.5)
     with pytest.raises(ValueError, match="on_stale"):
         WindowedFIFO(on_stale="keep")
+
+
+def test_journal_recovers_dispatches_made_after_the_checkpoint(tmp_path):
+    journal = tmp_path / "dispatch.jsonl"
+    q = WindowedFIFO(window=0.0, journal=journal)
+    _fill(q, 2)
+    state = q.state_dict()  # checkpoint knows groups 0, 1
+    _fill(q, 3)  # 2, 3, 4 dispatched afterwards, then the process is SIGKILLed
+    resumed = WindowedFIFO(window=0.0, journal=journal)
+    resumed.load_state_dict(state)
+    again = []
+    while (item := resumed.next_redispatch(0)) is not None:
+        again.append(item[0])
+    assert again == [0, 1, 2, 3, 4]
+    assert resumed.counters["requeued/after_checkpoint"] == 3
+    assert resumed.dispatch("new", "toy", 0) == 5
+    assert resumed.cancel_open("run_end") == 6
+    assert resumed.ledger_summary() == {"failed/run_end": 6}

@@ -1,0 +1,149 @@
+"""End to end with real vLLM-CPU and real Docker toy tasks, through `python -m north_lightning fit`:
+
+- async run under gradient accumulation, SIGKILLed after its step-2 checkpoint and resumed: exports happen on
+  optimizer steps only (every K=2), policy versions keep increasing across the resume, and the ledger accounts
+  for every dispatched prompt exactly once (trained, dropped stale, or failed with a reason);
+- the on-policy `SyncRollouts` swaps in by `class_path` alone: every batch is sampled by the current weights.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from helpers import require
+
+pytestmark = [pytest.mark.vllm, pytest.mark.docker, pytest.mark.slow]
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _docker_ok() -> bool:
+    try:
+        import docker
+
+        docker.from_env().ping()
+        return True
+    except Exception:
+        return False
+
+
+@pytest.fixture(scope="module")
+def init_dir(tmp_path_factory):
+    require(_docker_ok(), "Docker engine is not reachable")
+    from north_lightning.assets import tiny_tokenizer_path
+    from north_lightning.model import NorthConfig, NorthForCausalLM
+
+    torch.manual_seed(0)
+    out = tmp_path_factory.mktemp("init")
+    NorthForCausalLM(NorthConfig.preset("tiny")).save_pretrained(out, tokenizer_dir=tiny_tokenizer_path())
+    return out
+
+
+def _override(run: Path, init: Path, *, callback: str, max_steps: int, accumulate: int, export_every: int) -> Path:
+    cfg = {
+        "trainer": {
+            "max_steps": max_steps, "accumulate_grad_batches": accumulate, "default_root_dir": str(run),
+            "enable_progress_bar": False,
+            "callbacks": [
+                {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                 "init_args": {"dirpath": str(run / "checkpoints"), "every_n_train_steps": 1, "save_top_k": -1,
+                               "save_last": True}},
+                {"class_path": callback,
+                 "init_args": {"envs": [{"name": "terminal", "tasks": "toy:train:4:0", "harness": "swe_agent",
+                                         "max_steps": 1}],
+                               "groups_per_step": 2, "group_size": 2, "export_every_n_steps": export_every,
+                               "num_workers": 2, "window": 0.5,
+                               "engine_kwargs": {"max_model_len": 1024, "kv_cache_bytes": 64 * 2**20},
+                               "rollout": {"max_context": 1024, "max_tokens_per_turn": 24, "command_timeout_sec": 20}}},
+            ],
+        },
+        "model": {"init_args": {"init_from": str(init)}},
+        "data": {"init_args": {"row_tokens": 1024, "micro_batches": accumulate, "timeout_s": 600}},
+    }
+    path = run / "override.yaml"
+    run.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def _fit(override: Path, *extra: str) -> subprocess.Popen:
+    env = dict(os.environ, VLLM_ENABLE_V1_MULTIPROCESSING="0", PYTHONUNBUFFERED="1")
+    log = open(override.parent / f"fit{len(list(override.parent.glob('fit*.log')))}.log", "w")
+    return subprocess.Popen([sys.executable, "-m", "north_lightning", "fit", "--config", "configs/tiny/rl.yaml",
+                             "--config", str(override), *extra], cwd=REPO, env=env, stdout=log,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def _wait(proc: subprocess.Popen, timeout: float, run: Path) -> None:
+    try:
+        rc = proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        raise
+    if rc != 0:
+        logs = "\n".join(p.read_text()[-3000:] for p in sorted(run.glob("fit*.log")))
+        pytest.fail(f"fit exited with {rc}:\n{logs}")
+
+
+def test_async_sigkill_resume_ledger_and_exports_on_optimizer_steps(tmp_path, init_dir):
+    run = tmp_path / "run"
+    override = _override(run, init_dir, callback="north_lightning.callbacks.vllm_sidecar.VLLMSidecar",
+                         max_steps=4, accumulate=2, export_every=2)
+    proc = _fit(override)
+    ckpt = run / "checkpoints" / "epoch=0-step=2.ckpt"
+    deadline = time.monotonic() + 400
+    while not ckpt.exists():
+        if proc.poll() is not None:
+            _wait(proc, 1, run)
+            pytest.fail("the first run ended before its step-2 checkpoint")
+        assert time.monotonic() < deadline, "no step-2 checkpoint within 400 s"
+        time.sleep(0.5)
+    time.sleep(1.0)  # let the checkpoint file be complete (Lightning writes it atomically) and the run go on
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (run / "rl" / "ledger.json").exists()  # nothing ran at exit: it was a real SIGKILL
+
+    resumed = _fit(override, "--ckpt_path", str(ckpt))
+    _wait(resumed, 400, run)
+
+    exports = [json.loads(line) for line in (run / "rl" / "exports.jsonl").read_text().splitlines()]
+    assert all(e["step"] % 2 == 0 for e in exports), exports  # keyed on optimizer steps, not micro-batches
+    assert exports[-1] == {**exports[-1], "step": 4, "version": 2}
+    # the resumed run continued the version sequence of the checkpoint (export at step 2 -> version 1)
+    assert [e["version"] for e in exports if e["step"] == 2][0] == 1
+
+    ledger = json.loads((run / "rl" / "ledger.json").read_text())
+    dispatched = {json.loads(line)["group_id"] for line in (run / "rl" / "dispatch_journal.jsonl").read_text().splitlines()}
+    entries = ledger["entries"]
+    assert {int(g) for g in entries} == dispatched  # every dispatched prompt is in the ledger ...
+    states = [e["state"] for e in entries.values()]
+    assert set(states) <= {"trained", "dropped_stale", "failed"}  # ... in exactly one terminal state
+    assert states.count("trained") == 4 * 2  # 4 optimizer steps x 2 groups, none twice
+    assert all(e["reason"] for e in entries.values() if e["state"] != "trained")
+    assert ledger["counters"].get("requeued/resume", 0) + ledger["counters"].get("requeued/after_checkpoint", 0) > 0
+
+
+def test_sync_rollouts_swap_in_by_class_path_and_stay_on_policy(tmp_path, init_dir):
+    run = tmp_path / "sync"
+    override = _override(run, init_dir, callback="north_lightning.callbacks.vllm_sidecar.SyncRollouts",
+                         max_steps=2, accumulate=1, export_every=1)
+    _wait(_fit(override), 400, run)
+    exports = [json.loads(line) for line in (run / "rl" / "exports.jsonl").read_text().splitlines()]
+    assert [(e["step"], e["version"]) for e in exports] == [(1, 1), (2, 2)]
+    for i in range(2):
+        batch = torch.load(run / "rollouts" / f"batch_{i:08d}.pt", weights_only=False)
+        assert batch["policy_version"] == i
+        assert [g["staleness"] for g in batch["groups"]] == [0, 0]
+        assert all(r["versions"] and set(r["versions"]) == {i} for g in batch["groups"] for r in g["rollouts"])
+    metrics = (next((run / "logs").rglob("metrics.csv"))).read_text()
+    for name in ("rl/reward_mean", "rl/logprob_mismatch_max", "rl/clip_frac_high", "rl/entropy", "rl/queue_running",
+                 "rl/invalid_tool_call_rate", "rl/staleness_mean", "rl/sampler_tokens_per_s"):
+        assert name in metrics
