@@ -249,15 +249,15 @@ class ImageBuilder:
             dockerfile_text = dockerfile_path.read_text()
         text = rewrite_from_lines(dockerfile_text, alias_table(self.base_tag, self.aliases))
         context, digest = _context_tar(context_dir, text, extra_files)
-        safe = re.sub(r"[^a-z0-9_.-]", "-", name.lower())[:80].strip("-.") or "task"
-        tag = f"{TASK_REPOSITORY}-{safe}:{digest}"
+        # Tagged by content alone: tasks with identical environments (most toy tasks) share one image.
+        tag = f"{TASK_REPOSITORY}:{digest}"
         with _BuildLock(tag):
             if image_exists(self.client, tag):
                 return tag
             try:
                 self.client.images.build(
                     fileobj=io.BytesIO(context), custom_context=True, tag=tag, rm=True, forcerm=True,
-                    labels={IMAGE_LABEL: "task"}, network_mode=None if _build_network() else "none",
+                    labels={IMAGE_LABEL: "task", "north_lightning.first_task": name[:100]}, network_mode=None if _build_network() else "none",
                 )
             except docker.errors.BuildError as err:
                 log = "".join(str(chunk.get("stream", chunk.get("error", ""))) for chunk in err.build_log)
