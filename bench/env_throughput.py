@@ -35,7 +35,7 @@ def percentile(values: list[float], q: float) -> float:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--episodes", type=int, default=24, help="episodes per concurrency level")
+    parser.add_argument("--episodes", type=int, default=16, help="episodes per concurrency level")
     parser.add_argument("--harness", default="terminus2")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 8])
     args = parser.parse_args()
