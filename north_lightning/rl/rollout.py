@@ -252,7 +252,10 @@ def _act(session: TaskSession, harness: Harness, action: Action, awaiting_confir
     observations: list[dict[str, Any]] = []
     if harness.tools() is None and outputs:  # text harnesses answer a reply with one observation
         call, _, code = outputs[-1]
-        observations.append(harness.format_observation(call, "".join(o for _, o, _ in outputs), code))
+        combined = outputs[0][1]
+        for _, output, _ in outputs[1:]:
+            combined = merge_screens(combined, output)
+        observations.append(harness.format_observation(call, combined, code))
     else:
         observations += [harness.format_observation(c, o, code) for c, o, code in outputs]
     if action.submit:  # Terminus-2's first task_complete: show the screen and ask to confirm
@@ -288,3 +291,12 @@ def run_episodes(policy: Policy, tokenizer: Any, jobs: list[EpisodeJob], *, conf
 
     with ThreadPoolExecutor(max_workers=max(1, concurrency), thread_name_prefix="rollout") as pool:
         return list(pool.map(one, jobs))
+
+
+def merge_screens(first: str, second: str) -> str:
+    """Join the terminal output of two consecutive commands. Each output starts on the line its keys were
+    typed on, i.e. the prompt line the previous output ended with, so that line is kept once."""
+    last_line = first.rsplit("\n", 1)[-1]
+    if last_line.strip() and second.startswith(last_line.rstrip()):
+        return first[: len(first) - len(last_line)] + second
+    return first + ("" if not first or first.endswith("\n") else "\n") + second

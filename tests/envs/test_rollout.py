@@ -122,3 +122,24 @@ def test_turn_without_end_token_is_closed_untrainable(bundled_tasks, tokenizer):
                      config=RolloutConfig(max_steps=1))
     assert ep.segments[1].trainable and ep.segments[1].token_ids[-1] != tokenizer.eos_token_id
     assert ep.segments[2] == ([tokenizer.eos_token_id], None, False)
+
+
+def test_terminal_outputs_of_one_reply_are_merged_like_a_screen():
+    from north_lightning.rl.rollout import merge_screens
+
+    a = "agent@sandbox:/app# echo a\na\nagent@sandbox:/app# "
+    b = "agent@sandbox:/app# echo b\nb\nagent@sandbox:/app# "
+    assert merge_screens(a, b) == "agent@sandbox:/app# echo a\na\nagent@sandbox:/app# echo b\nb\nagent@sandbox:/app# "
+    assert merge_screens("x\n", "y") == "x\ny" and merge_screens("", "y") == "y"
+
+
+def test_terminus2_reply_with_two_commands_gets_one_screen(bundled_tasks, tokenizer):
+    import json
+
+    task = _task(bundled_tasks, "toy-arith-cbfa16cc")
+    reply = json.dumps({"analysis": "", "plan": "", "task_complete": False, "commands": [
+        {"keystrokes": "echo one\n", "duration": 5}, {"keystrokes": "echo two\n", "duration": 5}]})
+    ep = run_episode(ScriptedPolicy(tokenizer, [reply + tokenizer.eos_token]), "terminus2", tokenizer, task,
+                     config=RolloutConfig(max_steps=1))
+    assert ep.messages[-1]["content"] == ("New Terminal Output:\n\nagent@sandbox:/app# echo one\none\n"
+                                          "agent@sandbox:/app# echo two\ntwo\nagent@sandbox:/app# ")
