@@ -72,7 +72,7 @@ class ExpertParallelExperts(nn.Module):
     `down_proj`, so state-dict keys are unchanged."""
 
     def __init__(self, experts: nn.Module, mesh: DeviceMesh, backend: str, world_size: int,
-                 device: torch.device) -> None:
+                 device: torch.device, dtype: torch.dtype | None = None) -> None:
         super().__init__()
         self.mesh, self.backend, self.grad_scale = mesh, backend, 1.0 / world_size
         self.ep_group = mesh.get_group("ep")
@@ -87,7 +87,10 @@ class ExpertParallelExperts(nn.Module):
                 raise ValueError(f"expert parallelism: {name} dim 1 ({full.shape[1]}) must divide over "
                                  f"dp_mod_ep={mesh.size(0)} ranks")
             local = full.chunk(self.ep, dim=0)[mesh.get_local_rank(1)].chunk(mesh.size(0), dim=1)[mesh.get_local_rank(0)]
-            dtensor = DTensor.from_local(local.to(device).contiguous(), mesh, [Shard(1), Shard(0)],
+            if local.is_meta:  # built on the meta device: storage only; the model's reset_parameters() fills it
+                local = torch.empty(local.shape, dtype=dtype or local.dtype, device=device)
+            local = local.to(device=device, dtype=dtype or local.dtype)  # this rank's slice only, never the full tensor
+            dtensor = DTensor.from_local(local.contiguous(), mesh, [Shard(1), Shard(0)],
                                          run_check=False, shape=full.shape, stride=full.contiguous().stride())
             self.register_parameter(name, nn.Parameter(dtensor))
 

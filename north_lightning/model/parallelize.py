@@ -31,6 +31,7 @@ import torch.distributed as dist
 from lightning.pytorch.strategies import ModelParallelStrategy
 from torch import nn
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
+from torch.distributed.tensor import DTensor
 from torch.distributed.fsdp import (CPUOffloadPolicy, MixedPrecisionPolicy, OffloadPolicy, fully_shard,
                                     register_fsdp_forward_method)
 from torch.utils.checkpoint import checkpoint
@@ -58,7 +59,8 @@ def _device_of(mesh: DeviceMesh) -> torch.device:
     return torch.device(mesh.device_type)
 
 
-def apply_expert_parallel(model: NorthForCausalLM, ep: int, device_type: str) -> DeviceMesh:
+def apply_expert_parallel(model: NorthForCausalLM, ep: int, device_type: str,
+                          master_dtype: torch.dtype | None = torch.float32) -> DeviceMesh:
     """Replace every MoE block's experts by their expert-parallel shard over a ("dp_mod_ep", "ep") mesh."""
     world = dist.get_world_size()
     if world % ep:
@@ -67,7 +69,7 @@ def apply_expert_parallel(model: NorthForCausalLM, ep: int, device_type: str) ->
     for block in model.modules():
         if isinstance(block, MoEBlock):
             block.experts = ExpertParallelExperts(block.experts, mesh, model.config.experts_backend, world,
-                                                  _device_of(mesh))
+                                                  _device_of(mesh), dtype=master_dtype)
     return mesh
 
 
@@ -80,17 +82,30 @@ def apply_activation_checkpointing(model: NorthForCausalLM) -> None:
         layer._north_checkpointed = True
 
 
+def _upcast(module: nn.Module, dtype: torch.dtype | None) -> None:
+    """fp32 master weights for the optimizer whatever dtype the checkpoint was loaded in; called module by
+    module just before sharding, so at most one layer is ever up-cast whole. Sharded (DTensor) and meta
+    parameters are left alone."""
+    for p in module.parameters():
+        if dtype is not None and not isinstance(p, DTensor) and not p.is_meta and p.is_floating_point() \
+                and p.dtype != dtype:
+            p.data = p.data.to(dtype)
+
+
 def apply_fsdp(model: NorthForCausalLM, mesh: DeviceMesh, param_dtype: torch.dtype | None,
-               reduce_dtype: torch.dtype | None, reshard_after_forward: bool = True, cpu_offload: bool = False) -> None:
+               reduce_dtype: torch.dtype | None, reshard_after_forward: bool = True, cpu_offload: bool = False,
+               master_dtype: torch.dtype | None = torch.float32) -> None:
     mp = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=reduce_dtype)
     ignored = {p for m in model.modules() if isinstance(m, ExpertParallelExperts) for p in m.parameters()}
     if cpu_offload and ignored:
         raise ValueError("cpu_offload needs expert_parallel_size=1: expert-parallel weights are not FSDP-managed")
     offload = CPUOffloadPolicy(pin_memory=True) if cpu_offload else OffloadPolicy()
     for layer in model.model.layers:
+        _upcast(layer, master_dtype)
         layer_ignored = {p for p in layer.parameters() if p in ignored}
         fully_shard(layer, mesh=mesh, mp_policy=mp, reshard_after_forward=reshard_after_forward,
                     offload_policy=offload, ignored_params=layer_ignored or None)
+    _upcast(model, master_dtype)
     fully_shard(model, mesh=mesh, mp_policy=mp, offload_policy=offload, ignored_params=ignored or None)
     for method in ("hidden_states", "token_logprobs"):
         register_fsdp_forward_method(model, method)
@@ -98,7 +113,8 @@ def apply_fsdp(model: NorthForCausalLM, mesh: DeviceMesh, param_dtype: torch.dty
 
 def parallelize_north(model: NorthForCausalLM, *, mesh: DeviceMesh | None = None, ep: int = 1,
                       activation_checkpointing: bool = True, param_dtype: str | torch.dtype | None = "bfloat16",
-                      reduce_dtype: str | torch.dtype | None = "float32", cpu_offload: bool = False) -> NorthForCausalLM:
+                      reduce_dtype: str | torch.dtype | None = "float32", cpu_offload: bool = False,
+                      master_dtype: str | torch.dtype | None = "float32") -> NorthForCausalLM:
     """Shard `model` in place over `mesh` (default: 1-D over the whole world on the model's device type).
     `cpu_offload` keeps sharded params, grads and optimizer state in (pinned) host memory (FSDP2
     CPUOffloadPolicy; the optimizer step then runs on the CPU): 30B-A3B at 64K on one 8-GPU node, see `plan`."""
@@ -109,10 +125,11 @@ def parallelize_north(model: NorthForCausalLM, *, mesh: DeviceMesh | None = None
         device_type = "cuda" if device_type == "meta" and torch.cuda.is_available() else device_type
         mesh = init_device_mesh(device_type, (dist.get_world_size(),), mesh_dim_names=("dp",))
     if ep > 1:
-        apply_expert_parallel(model, ep, mesh.device_type)
+        apply_expert_parallel(model, ep, mesh.device_type, _dtype(master_dtype))
     if activation_checkpointing:
         apply_activation_checkpointing(model)
-    apply_fsdp(model, mesh, _dtype(param_dtype), _dtype(reduce_dtype), cpu_offload=cpu_offload)
+    apply_fsdp(model, mesh, _dtype(param_dtype), _dtype(reduce_dtype), cpu_offload=cpu_offload,
+               master_dtype=_dtype(master_dtype))
     return model
 
 
@@ -148,7 +165,7 @@ class NorthParallelStrategy(ModelParallelStrategy):
             raise TypeError("NorthParallelStrategy: the LightningModule must build a NorthForCausalLM as "
                             "`self.model` in configure_model()")
         if not getattr(model, "_north_parallelized", False):
-            model.to(self.root_device)
+            # no model.to(device) first: fully_shard moves one layer at a time (a 30B model never fits whole)
             parallelize_north(model, mesh=self.device_mesh["data_parallel"], ep=self.expert_parallel_size,
                               activation_checkpointing=self.activation_checkpointing,
                               param_dtype=self.param_dtype, reduce_dtype=self.reduce_dtype,

@@ -57,3 +57,29 @@ def test_expert_parallel_moe_block_equals_one_rank(tmp_path: Path, world: int) -
     torch.testing.assert_close(torch.tensor(got["out"]), ref["out"], atol=1e-6, rtol=1e-6)
     torch.testing.assert_close(torch.tensor(got["gate_up"]), ref["gate_up"], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(torch.tensor(got["down"]), ref["down"], atol=1e-5, rtol=1e-5)
+
+
+def test_bf16_loaded_model_gets_fp32_master_shards() -> None:
+    """A checkpoint loaded in bf16 must not train with bf16 master weights: parallelize_north up-casts each
+    layer just before sharding it (1-process gloo group, in this process)."""
+    import socket
+
+    import torch.distributed as dist
+
+    from north_lightning.model import NorthConfig
+    from north_lightning.model.parallelize import parallelize_north
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
+    try:
+        model = NorthForCausalLM(NorthConfig.preset("tiny", num_hidden_layers=2)).to(torch.bfloat16)
+        parallelize_north(model, ep=1, param_dtype="bfloat16")
+        assert {p.dtype for p in model.parameters()} == {torch.float32}
+        assert all(type(p).__name__ == "DTensor" for p in model.parameters())
+        logp, _ = model.token_logprobs(torch.randint(0, 4096, (1, 16)), torch.randint(0, 4096, (1, 16)))
+        logp.sum().backward()
+        assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in model.parameters())
+    finally:
+        dist.destroy_process_group()
