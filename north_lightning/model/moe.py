@@ -50,18 +50,23 @@ class TorchExperts(nn.Module):
         self.down_proj = nn.Parameter(torch.empty(E, D, F_))
 
     def forward(self, x_ND: torch.Tensor, routing: ExpertRouting) -> torch.Tensor:
+        # unbind once: indexing `w[e]` per expert would make autograd build a full-size zero gradient for
+        # every expert in the backward (E x the weight's size in memory traffic).
+        gate_up_w, down_w = self.gate_up_proj.unbind(0), self.down_proj.unbind(0)
         outs = []
         for e, x_nD in enumerate(x_ND.split(routing.counts_E.tolist())):
             if x_nD.shape[0] == 0:
                 continue
-            gate_nF, up_nF = F.linear(x_nD, self.gate_up_proj[e]).chunk(2, dim=-1)
-            outs.append(F.linear(F.silu(gate_nF) * up_nF, self.down_proj[e]))
+            gate_nF, up_nF = F.linear(x_nD, gate_up_w[e]).chunk(2, dim=-1)
+            outs.append(F.linear(F.silu(gate_nF) * up_nF, down_w[e]))
         return torch.cat(outs) if outs else x_ND.new_zeros(0, self.down_proj.shape[1])
 
 
 class GroupedExperts(TorchExperts):
     """One grouped GEMM per projection over all experts' segments (`grouped_mm` with cumulative offsets).
-    Runs on CPU (torch >= 2.10) and CUDA; same parameters as `TorchExperts`."""
+    Runs on CPU (torch >= 2.10) and CUDA; same parameters as `TorchExperts`. The weights are passed as
+    transposed views ([E, in, out], column-major), the layout CUDA grouped-GEMM kernels prefer; on the CPU
+    `grouped_mm` loops over BLAS `mm` calls, which take the transpose as a flag (a contiguous copy only costs)."""
 
     def forward(self, x_ND: torch.Tensor, routing: ExpertRouting) -> torch.Tensor:
         offs_E = routing.counts_E.cumsum(0).to(torch.int32)
@@ -70,9 +75,9 @@ class GroupedExperts(TorchExperts):
         return _grouped_mm(F.silu(gate_NF) * up_NF, self.down_proj.transpose(-2, -1), offs_E)
 
 
-def _grouped_mm(a_ND: torch.Tensor, b_EDF: torch.Tensor, offs_E: torch.Tensor) -> torch.Tensor:
+def _grouped_mm(a_ND: torch.Tensor, b_EIO: torch.Tensor, offs_E: torch.Tensor) -> torch.Tensor:
     grouped_mm = getattr(F, "grouped_mm", None) or torch._grouped_mm
-    return grouped_mm(a_ND, b_EDF, offs=offs_E)
+    return grouped_mm(a_ND, b_EIO, offs=offs_E)
 
 
 class TopKRouter(nn.Module):
