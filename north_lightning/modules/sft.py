@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from north_lightning.model import NorthConfig, NorthForCausalLM
+from north_lightning.model.head import chunked_token_logprobs
 
 IGNORE_INDEX = -100
 
@@ -46,6 +47,22 @@ def build_north_config(model: str | dict[str, Any], init_from: str | None = None
     fields = dict(model)
     preset = fields.pop("preset", None)
     return NorthConfig.preset(preset, **fields, **overrides) if preset else NorthConfig(**fields, **overrides)
+
+
+def masked_nll_sum(model: NorthForCausalLM, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sum of -log p(target) over the trainable positions of a packed batch, and their number.
+
+    The output head runs only on the trainable positions (assistant tokens are often a third of an agent
+    trajectory, the rest being prompts and tool outputs), in chunks, so neither full logits nor the logits of
+    untrained positions are ever computed."""
+    targets_BS = batch["targets"]
+    hidden_BSD = model.hidden_states(batch["input_ids"], position_ids=batch.get("position_ids"),
+                                     document_ids=batch.get("document_ids"))
+    trainable_BS = targets_BS != IGNORE_INDEX
+    hidden_1ND = hidden_BSD[trainable_BS][None]
+    logp_1N, _ = chunked_token_logprobs(hidden_1ND, model.output_weight(), targets_BS[trainable_BS][None],
+                                        scale=model.config.logit_scale, chunk_size=model.config.head_chunk_size)
+    return -logp_1N.sum(), trainable_BS.sum()
 
 
 def warmup_cosine(step: int, warmup_steps: int, total_steps: int, min_lr_ratio: float) -> float:
@@ -90,10 +107,7 @@ class SFTModule(L.LightningModule):
 
     # ---- loss ---------------------------------------------------------------------------------------------
     def _nll_sum(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        targets_BS = batch["targets"]
-        logp_BS, _ = self.model.token_logprobs(batch["input_ids"], targets_BS, position_ids=batch.get("position_ids"),
-                                               document_ids=batch.get("document_ids"))
-        return -logp_BS.sum(), (targets_BS != IGNORE_INDEX).sum()
+        return masked_nll_sum(self.model, batch)
 
     def _global_normaliser(self, batch: dict[str, torch.Tensor], n_local: torch.Tensor) -> torch.Tensor:
         accumulate = self.trainer.accumulate_grad_batches if self._trainer is not None else 1
