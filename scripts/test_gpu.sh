@@ -37,7 +37,7 @@ run() {
   echo "== rc=$rc in $((SECONDS - t0))s: $*"
   [ "$rc" -eq 0 ] || status=1
 }
-run 230 "$PY" -m pytest -m gpu tests/gpu -q -rs -p no:cacheprovider --timeout=220
+run 230 "$PY" -m pytest -m gpu tests/gpu -q -rs -p no:cacheprovider
 run 80 "$PY" bench/attention.py --device cuda
 run 90 "$PY" bench/train_mfu.py --device cuda
 run 50 "$PY" bench/moe_block.py --device cuda

@@ -19,6 +19,7 @@ None importable is an ImportError naming the extra; inputs must be bf16/fp16 (fl
 from __future__ import annotations
 
 import importlib
+import inspect
 import logging
 import os
 from collections.abc import Callable
@@ -64,6 +65,10 @@ def _load_fa2() -> VarlenFn:
 
 def _load_torch() -> VarlenFn:
     varlen = importlib.import_module("torch.nn.attention.varlen")
+    params = inspect.signature(varlen.varlen_attn).parameters
+    missing = [name for name in ("window_size", "enable_gqa") if name not in params]
+    if missing:  # older torch releases: varlen_attn without sliding windows / GQA
+        raise ImportError(f"torch {torch.__version__} varlen_attn lacks {missing}")
 
     def run(q, k, v, cu, max_len, scale, window):
         return varlen.varlen_attn(

@@ -86,7 +86,8 @@ class ExpertParallelExperts(nn.Module):
             if full.shape[1] % mesh.size(0):
                 raise ValueError(f"expert parallelism: {name} dim 1 ({full.shape[1]}) must divide over "
                                  f"dp_mod_ep={mesh.size(0)} ranks")
-            local = full.chunk(self.ep, dim=0)[mesh.get_local_rank(1)].chunk(mesh.size(0), dim=1)[mesh.get_local_rank(0)]
+            mine = full.chunk(self.ep, dim=0)[mesh.get_local_rank(1)]  # this ep rank's experts
+            local = mine.chunk(mesh.size(0), dim=1)[mesh.get_local_rank(0)]  # this dp_mod_ep rank's dim-1 slice
             if local.is_meta:  # built on the meta device: storage only; the model's reset_parameters() fills it
                 local = torch.empty(local.shape, dtype=dtype or local.dtype, device=device)
             local = local.to(device=device, dtype=dtype or local.dtype)  # this rank's slice only, never the full tensor

@@ -131,5 +131,5 @@ def test_grouped_experts_match_reference() -> None:
 
 def test_megablocks_experts_match_reference() -> None:
     if not _has_module("megablocks") or not _has_module("grouped_gemm"):
-        pytest.skip("megablocks/grouped_gemm not installed (pip install --no-deps megablocks stanford-stk grouped_gemm)")
+        pytest.skip("megablocks/grouped_gemm absent (pip install --no-deps megablocks stanford-stk grouped_gemm)")
     moe_case("megablocks")

@@ -4,7 +4,8 @@ per extra device with LOCAL_RANK set).
     python lightning_worker.py RUN_DIR MAX_STEPS [RESUME_CKPT]
 
 Trains the tiny SFTModule with NorthParallelStrategy (FSDP2 + EP=2 + activation checkpointing, bf16 params) on
-2 CPU processes, saving a sharded `last.ckpt` folder; rank 0 writes the logged losses to RUN_DIR/losses_<MAX_STEPS>[_resumed].json.
+2 CPU processes, saving a sharded checkpoint folder every step; rank 0 writes the logged losses to
+RUN_DIR/losses_<MAX_STEPS>[_resumed].json.
 """
 
 from __future__ import annotations
@@ -64,15 +65,15 @@ def main() -> None:
                                        param_dtype="bfloat16"),
         default_root_dir=run_dir, logger=False, enable_progress_bar=False, enable_model_summary=False,
         use_distributed_sampler=False, num_sanity_val_steps=0,
-        callbacks=[recorder, L.pytorch.callbacks.ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True, save_top_k=-1,
-                                                                 every_n_train_steps=1)],
+        callbacks=[recorder, L.pytorch.callbacks.ModelCheckpoint(
+            dirpath=run_dir / "checkpoints", save_last=True, save_top_k=-1, every_n_train_steps=1)],
     )
     rank = int(os.environ.get("LOCAL_RANK", 0))
     loader = DataLoader(RankBatches(rank, 16), batch_size=None, shuffle=False)
     trainer.fit(module, loader, ckpt_path=resume)
     if trainer.global_rank == 0:
-        (run_dir / f"losses_{max_steps}{'_resumed' if resume else ''}.json").write_text(json.dumps({"losses": recorder.losses,
-                                                          "global_step": trainer.global_step}))
+        name = f"losses_{max_steps}{'_resumed' if resume else ''}.json"
+        (run_dir / name).write_text(json.dumps({"losses": recorder.losses, "global_step": trainer.global_step}))
 
 
 if __name__ == "__main__":

@@ -33,7 +33,8 @@ def test_sharded_checkpoint_resume_and_hf_conversion(tmp_path: Path) -> None:
     assert straight["global_step"] == 3 and len(straight["losses"]) == 3
     assert straight["losses"][-1] < straight["losses"][0]
     step1 = tmp_path / "a" / "checkpoints" / "epoch=0-step=1.ckpt"
-    assert sorted(p.name for p in step1.iterdir()) == [".metadata", "__0_0.distcp", "__1_0.distcp", "meta.pt"]  # one shard per rank
+    # one shard per rank
+    assert sorted(p.name for p in step1.iterdir()) == [".metadata", "__0_0.distcp", "__1_0.distcp", "meta.pt"]
 
     resumed = _fit(tmp_path / "b", 3, resume=step1)
     assert resumed["global_step"] == 3
@@ -41,7 +42,8 @@ def test_sharded_checkpoint_resume_and_hf_conversion(tmp_path: Path) -> None:
 
     cfg = NorthConfig.preset("tiny", num_hidden_layers=3, experts_backend="grouped")
     for run in ("a", "b"):
-        distributed_checkpoint_to_hf(tmp_path / run / "checkpoints" / "epoch=0-step=3.ckpt", tmp_path / f"hf_{run}", cfg)
+        ckpt = tmp_path / run / "checkpoints" / "epoch=0-step=3.ckpt"
+        distributed_checkpoint_to_hf(ckpt, tmp_path / f"hf_{run}", cfg)
     weights_a = NorthForCausalLM.from_pretrained(tmp_path / "hf_a").state_dict()
     weights_b = NorthForCausalLM.from_pretrained(tmp_path / "hf_b").state_dict()
     initial = NorthForCausalLM(cfg).state_dict()
