@@ -144,9 +144,28 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def memory_check(args: argparse.Namespace) -> str:
+    """One line from `plan` for this job's trainer nodes, so a job that cannot fit is caught before `sbatch`."""
+    from north_lightning.cli import plan
+
+    try:
+        cfg = plan.load_model_config(args.config)
+        found = plan.strategy_defaults(args.config)
+        strategy = plan.Strategy(nodes=args.nodes, gpus_per_node=args.gpus_per_node, ep=found.get("ep", 1),
+                                 seq_len=found.get("seq_len", 65536), act_ckpt=found.get("act_ckpt", True),
+                                 head_chunk=cfg.head_chunk_size)
+        total = plan.memory_plan(cfg, strategy)["total"]
+    except (SystemExit, ValueError, TypeError) as exc:
+        return f"memory plan: skipped ({exc})"
+    verdict = "fits" if total <= strategy.gpu_gib else "DOES NOT FIT"
+    return (f"memory plan: ~{total:.0f} GiB per GPU of {strategy.gpu_gib:g} ({verdict}; seq_len={strategy.seq_len}, "
+            f"ep={strategy.ep}); details: python -m north_lightning plan --config {args.config} --nodes {args.nodes}")
+
+
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     text = render(args)
+    print(memory_check(args), file=sys.stderr)
     # SLURM opens --output before the script runs, so its directory must already exist.
     Path(args.run_dir or _run_dir_from_config(Path(args.config))).mkdir(parents=True, exist_ok=True)
     if args.out:

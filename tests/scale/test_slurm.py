@@ -118,3 +118,14 @@ def test_rl_job_exports_sampler_urls(tmp_path: Path) -> None:
     assert "samplers: http://s0:8000/v1,http://s1:8000/v1" in result.stdout
     calls = log.read_text()
     assert "--het-group=1" in calls and "serve /ckpt/sft_hf" in calls and "--het-group=0" in calls
+
+
+def test_render_reports_the_memory_plan(tmp_path: Path, capsys) -> None:
+    config = tmp_path / "big.yaml"
+    config.write_text("trainer:\n  strategy:\n    init_args: {expert_parallel_size: 8}\n"
+                      "model:\n  init_args: {model: north_mini_code_30b}\ndata:\n  init_args: {seq_len: 65536}\n")
+    run = ["--config", str(config), "--run-dir", str(tmp_path / "run"), "--out", str(tmp_path / "job.sh")]
+    slurm.main([*run, "--nodes", "1"])
+    assert "DOES NOT FIT" in capsys.readouterr().err
+    slurm.main([*run, "--nodes", "2"])
+    assert "(fits; seq_len=65536, ep=8)" in capsys.readouterr().err
