@@ -54,9 +54,11 @@ def block_mask_for(layout: SequenceLayout, window: int | None, device: torch.dev
     if key not in layout._cache:
         doc_BS = layout.document_ids_BS.to(device) if layout.document_ids_BS is not None else None
         batch = layout.batch_size if doc_BS is not None else None
+        # compiled mask construction on CUDA: the eager path materialises the full S x S boolean mask first
+        # (16 GiB at 128K tokens); the compiled one works block by block
         layout._cache[key] = create_block_mask(
             document_window_mask_mod(doc_BS, window), B=batch, H=None,
-            Q_LEN=layout.seq_len, KV_LEN=layout.seq_len, device=device,
+            Q_LEN=layout.seq_len, KV_LEN=layout.seq_len, device=device, _compile=_use_compiled(device),
         )
     return layout._cache[key]
 
