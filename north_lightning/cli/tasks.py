@@ -17,6 +17,7 @@ import json
 import math
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -32,14 +33,15 @@ def _verify(args: argparse.Namespace) -> int:
         if not tasks:
             raise TaskError(f"{args.path}: no tasks found")
         rewards = []
-        for task in tasks:
-            result = verify_task(task, oracle=args.oracle)
-            rewards.append(result.reward)
-            tests = " ".join(f"{name}={outcome}" for name, outcome in sorted(result.tests.items()))
-            print(f"{task.task_id}: reward={result.reward:g} reason={result.reason} time={result.duration_s:.1f}s "
-                  f"{tests}", flush=True)
-            if args.verbose:
-                print(result.output)
+        with ThreadPoolExecutor(max(1, args.jobs)) as pool:  # results print in task order
+            results = pool.map(lambda task: verify_task(task, oracle=args.oracle), tasks)
+            for task, result in zip(tasks, results):
+                rewards.append(result.reward)
+                tests = " ".join(f"{name}={outcome}" for name, outcome in sorted(result.tests.items()))
+                print(f"{task.task_id}: reward={result.reward:g} reason={result.reason} "
+                      f"time={result.duration_s:.1f}s {tests}", flush=True)
+                if args.verbose:
+                    print(result.output)
     except (TaskError, SandboxError, FileNotFoundError, RuntimeError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
@@ -144,6 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("path", nargs="?", default=str(BUNDLED_DIR), help="task dir, folder of tasks, or .jsonl")
     p.add_argument("--oracle", action="store_true", help="apply solution/solve.sh (or the SWE patch) first")
     p.add_argument("--verbose", "-v", action="store_true", help="print the verifier output")
+    p.add_argument("--jobs", "-j", type=int, default=1, help="tasks verified concurrently")
     p.set_defaults(fn=_verify)
     p = sub.add_parser("build-base", help="build the base image (cached)")
     p.add_argument("--force", action="store_true")

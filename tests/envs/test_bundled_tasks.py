@@ -30,7 +30,7 @@ def test_oracle_solves_every_bundled_task_and_untouched_fails(bundled_tasks):
 
 def test_cli_verify_prints_reward_last_and_exits_zero_on_reward_zero(bundled_tasks, capsys):
     task_dir = next(t.path for t in bundled_tasks if t.task_id == "csv-revenue")
-    assert tasks_main(["verify", str(task_dir), "--oracle"]) == 0
+    assert tasks_main(["verify", str(task_dir), "--oracle", "--jobs", "2"]) == 0
     assert capsys.readouterr().out.strip().splitlines()[-1] == "reward=1"
     assert tasks_main(["verify", str(task_dir)]) == 0
     assert capsys.readouterr().out.strip().splitlines()[-1] == "reward=0"
