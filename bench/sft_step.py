@@ -51,8 +51,8 @@ def main() -> None:
     parser.add_argument("--iters", type=int, default=6)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--experts-backend", default="grouped", choices=["torch", "grouped"])
-    parser.add_argument("--attn-backend", default="sdpa", choices=["sdpa", "flex"],
-                        help="flex: block-sparse packed/window attention (NORTH_FLEX_COMPILE=1 compiles it on CPU)")
+    parser.add_argument("--attn-backend", default="sdpa", choices=["sdpa"],
+                        help="CPU training needs sdpa (FlexAttention has no CPU backward in torch 2.13)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
