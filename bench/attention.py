@@ -17,6 +17,7 @@ and `<backend>_speedup_vs_sdpa_<largest>=...`.
 from __future__ import annotations
 
 import argparse
+import signal
 import statistics
 import time
 
@@ -108,57 +109,91 @@ def main() -> None:
     dtype = torch.bfloat16 if cuda else torch.float32
     backward = cuda  # FlexAttention has no CPU backward in torch 2.13
     gen = torch.Generator().manual_seed(0)
-    scale = d**-0.5
     results: dict[str, float] = {}
-    impl = ""
-    for S in sizes:
-        doc_BS = documents(S, mean_len=args.doc_len or (8192 if cuda else 256), gen=gen).to(args.device)
-        results[f"pairs_{S}"] = allowed_pairs(doc_BS, window)
-        q, k, v = (torch.randn(1, S, n, d, generator=gen).to(args.device, dtype).requires_grad_(backward)
-                   for n in (H, G, G))
+    notes: dict[str, str] = {"window": str(window)}
+    signal.signal(signal.SIGTERM, _interrupt)  # `timeout` in scripts/test_gpu.sh: still print what was measured
+    failed = False
+    try:
+        for S in sizes:
+            failed |= measure_size(S, backends, args, results, notes, window, (H, G, d), dtype, backward, gen)
+    except KeyboardInterrupt:
+        notes["interrupted"] = "1"
+    print(summary(results, sizes, backends, notes))
+    if failed:
+        raise SystemExit("a backend disagreed with SDPA (see above)")
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
+def measure_size(S: int, backends: list[str], args, results: dict[str, float], notes: dict[str, str], window: int,
+                 shape: tuple[int, int, int], dtype: torch.dtype, backward: bool, gen: torch.Generator) -> bool:
+    """Time every backend at S tokens; returns True if one of them computed a wrong result."""
+    H, G, d = shape
+    scale, failed = d**-0.5, False
+    doc_BS = documents(S, mean_len=args.doc_len or (8192 if args.device == "cuda" else 256), gen=gen).to(args.device)
+    results[f"pairs_{S}"] = allowed_pairs(doc_BS, window)
+    q, k, v = (torch.randn(1, S, n, d, generator=gen).to(args.device, dtype).requires_grad_(backward)
+               for n in (H, G, G))
+    try:
+        reference = run_once(DenseMaskSDPA(scale), q, k, v, SequenceLayout(1, S, doc_BS), window, backward=False)
+    except torch.OutOfMemoryError:
+        reference = None  # then the kernels are checked against each other below
+        torch.cuda.empty_cache()
+    for name in backends:
         try:
-            reference = run_once(DenseMaskSDPA(scale), q, k, v, SequenceLayout(1, S, doc_BS), window, backward=False)
-        except torch.OutOfMemoryError:
-            reference = None  # then the kernels are checked against each other below
-            torch.cuda.empty_cache()
-        for name in backends:
             backend = make_backend(name, scale)
-            impl = getattr(backend, "impl", impl)
-            # one layout per size, as in the model: the dense mask / cu_seqlens / BlockMask are built once per
-            # forward and shared by every layer, so the timed cost is one layer's attention
-            layout = SequenceLayout(1, S, doc_BS)
+        except ImportError as exc:  # reported, never replaced by another backend
+            print(f"{name:>5}: unavailable ({exc})", flush=True)
+            notes[f"{name}_available"] = "0"
+            continue
+        if getattr(backend, "impl", None):
+            notes["flash_impl"] = backend.impl
+        # one layout per size, as in the model: the dense mask / cu_seqlens / BlockMask are built once per
+        # forward and shared by every layer, so the timed cost is one layer's attention
+        layout = SequenceLayout(1, S, doc_BS)
+        try:
             out = run_once(backend, q, k, v, layout, window, backward=False)
             reference = out if reference is None else reference
             err = float((out.float() - reference.float()).abs().max())
             tol = 5e-2 if dtype == torch.bfloat16 else 1e-4
             if err > tol:
-                raise SystemExit(f"{name} at S={S}: max |out - sdpa| = {err:.3g} > {tol} (wrong kernel)")
-            try:
-                ms = timed(lambda: run_once(backend, q, k, v, layout, window, backward), args.device, args.iters)
-            except torch.OutOfMemoryError:
-                print(f"{name:>5} S={S:>6}: out of memory", flush=True)
-                results[f"{name}_ms_{S}"] = float("nan")
-                del layout
-                torch.cuda.empty_cache()
+                print(f"{name:>5} S={S:>6}: WRONG, max |out - sdpa| = {err:.3g} > {tol}", flush=True)
+                notes[f"{name}_wrong"] = "1"
+                failed = True
                 continue
-            results[f"{name}_ms_{S}"] = ms
-            print(f"{name:>5} S={S:>6} W={window} {'fwd+bwd' if backward else 'fwd'}: {ms:9.2f} ms", flush=True)
-            q.grad = k.grad = v.grad = None
-        if cuda:
+            ms = timed(lambda: run_once(backend, q, k, v, layout, window, backward), args.device, args.iters)
+        except torch.OutOfMemoryError:
+            print(f"{name:>5} S={S:>6}: out of memory", flush=True)
+            notes[f"{name}_oom_{S}"] = "1"
+            del layout
             torch.cuda.empty_cache()
+            continue
+        results[f"{name}_ms_{S}"] = ms
+        print(f"{name:>5} S={S:>6} W={window} {'fwd+bwd' if backward else 'fwd'}: {ms:9.2f} ms", flush=True)
+        q.grad = k.grad = v.grad = None
+    if args.device == "cuda":
+        torch.cuda.empty_cache()
+    return failed
+
+
+def summary(results: dict[str, float], sizes: list[int], backends: list[str], notes: dict[str, str]) -> str:
+    """The last line: every measured time, growths and speed-ups where both ends were measured, and notes."""
     pairs = [f"{key}={value:.3f}" for key, value in results.items() if not key.startswith("pairs_")]
     for a, b in zip(sizes, sizes[1:]):  # what a kernel doing only the allowed work would show
-        pairs.append(f"ideal_growth_{a}_{b}={results[f'pairs_{b}'] / results[f'pairs_{a}']:.2f}")
+        if f"pairs_{b}" in results and f"pairs_{a}" in results:
+            pairs.append(f"ideal_growth_{a}_{b}={results[f'pairs_{b}'] / results[f'pairs_{a}']:.2f}")
     for name in backends:
         for a, b in zip(sizes, sizes[1:]):
-            pairs.append(f"{name}_growth_{a}_{b}={results[f'{name}_ms_{b}'] / results[f'{name}_ms_{a}']:.2f}")
-        if name != "sdpa" and "sdpa" in backends:
-            pairs.append(f"{name}_speedup_vs_sdpa_{sizes[-1]}="
-                         f"{results[f'sdpa_ms_{sizes[-1]}'] / results[f'{name}_ms_{sizes[-1]}']:.2f}")
-    if impl:
-        pairs.append(f"flash_impl={impl}")
-    pairs.append(f"window={window}")
-    print(" ".join(pairs))
+            if f"{name}_ms_{a}" in results and f"{name}_ms_{b}" in results:
+                pairs.append(f"{name}_growth_{a}_{b}={results[f'{name}_ms_{b}'] / results[f'{name}_ms_{a}']:.2f}")
+        last = max((S for S in sizes if f"{name}_ms_{S}" in results and f"sdpa_ms_{S}" in results), default=None)
+        if name != "sdpa" and last is not None:
+            speedup = results[f"sdpa_ms_{last}"] / results[f"{name}_ms_{last}"]
+            pairs.append(f"{name}_speedup_vs_sdpa_{last}={speedup:.2f}")
+    pairs += [f"{key}={value}" for key, value in notes.items()]
+    return " ".join(pairs)
 
 
 if __name__ == "__main__":

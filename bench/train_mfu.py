@@ -20,6 +20,7 @@ Last line: `mfu=... tflops=... tokens_per_s=... mfu_torch_experts=... speedup_vs
 from __future__ import annotations
 
 import argparse
+import signal
 import statistics
 import time
 
@@ -141,28 +142,38 @@ def main() -> None:
     attn = args.attn or ("flash" if cuda else "sdpa")
 
     results: dict[str, float] = {}
-    for label, experts in (("", args.experts), ("_" + (args.baseline_experts or "none") + "_experts",
-                                                 args.baseline_experts)):
-        if not experts:
-            continue
-        cfg = base.replace(attn_backend=attn, experts_backend=experts)
-        model = build(cfg, args.device, dtype)
-        seconds = measure(model, batch, args.iters, args.device)
-        tflops = flops_per_token(cfg, doc_S) * seq / seconds / 1e12
-        results[f"mfu{label}"] = tflops / peak
-        results[f"tflops{label}"] = tflops
-        results[f"tokens_per_s{label}"] = seq / seconds
-        print(f"experts={experts:<10} attn={attn}: {seconds * 1e3:8.1f} ms/step  {seq / seconds:9.0f} tok/s  "
-              f"{tflops:7.1f} TFLOP/s  MFU {tflops / peak:.1%} of {peak:g} ({card})", flush=True)
-        del model
-        if cuda:
-            torch.cuda.empty_cache()
+    interrupted = ""
+    signal.signal(signal.SIGTERM, _interrupt)  # `timeout` in scripts/test_gpu.sh: still print what was measured
+    try:
+        for label, experts in (("", args.experts), ("_" + (args.baseline_experts or "none") + "_experts",
+                                                     args.baseline_experts)):
+            if not experts:
+                continue
+            cfg = base.replace(attn_backend=attn, experts_backend=experts)
+            model = build(cfg, args.device, dtype)
+            seconds = measure(model, batch, args.iters, args.device)
+            tflops = flops_per_token(cfg, doc_S) * seq / seconds / 1e12
+            results[f"mfu{label}"] = tflops / peak
+            results[f"tflops{label}"] = tflops
+            results[f"tokens_per_s{label}"] = seq / seconds
+            print(f"experts={experts:<10} attn={attn}: {seconds * 1e3:8.1f} ms/step  {seq / seconds:9.0f} tok/s  "
+                  f"{tflops:7.1f} TFLOP/s  MFU {tflops / peak:.1%} of {peak:g} ({card})", flush=True)
+            del model
+            if cuda:
+                torch.cuda.empty_cache()
+    except KeyboardInterrupt:
+        interrupted = " interrupted=1"
     if len(results) > 3:
         base_label = "_" + args.baseline_experts + "_experts"
         results[f"speedup_vs{base_label}"] = results["tokens_per_s"] / results[f"tokens_per_s{base_label}"]
-    print(" ".join(f"{k}={v:.4g}" for k, v in results.items())
-          + f" seq={seq} layers={base.num_hidden_layers} flops_per_token={flops_per_token(base, doc_S):.4g}"
-          + f" peak_tflops={peak:g}")
+    pairs = [f"{k}={v:.4g}" for k, v in results.items()]
+    pairs += [f"seq={seq}", f"layers={base.num_hidden_layers}", f"flops_per_token={flops_per_token(base, doc_S):.4g}",
+              f"peak_tflops={peak:g}"] + ([interrupted.strip()] if interrupted else [])
+    print(" ".join(pairs))
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
 
 
 if __name__ == "__main__":
