@@ -14,6 +14,7 @@ from typing import Any, Callable
 
 from north_lightning.datamodules.harnesses.base import Harness, ToolCall
 from north_lightning.datamodules.records import Observation, Step, Trajectory
+from north_lightning.envs.session import task_image
 from north_lightning.envs.tasks import HarborTask, SWETask, Task
 from north_lightning.envs.toy_tasks import make_toy_task
 from north_lightning.rl.rollout import Completion, make_harness
@@ -99,6 +100,9 @@ class OraclePolicy(ScriptedPolicy):
         def harness_for(task: Task) -> Harness:  # one harness, or one per task kind ("terminal", "swe")
             return make_harness(harness[task.kind] if isinstance(harness, dict) else harness, task)
 
+        for task in tasks:  # resolve work dirs that come from the image (the harness prompt names them)
+            if task.workdir is None:
+                task_image(task)
         scripts = {task.instruction: oracle_responses(harness_for(task), tokenizer, task) for task in tasks}
         # longest instruction first, so an instruction that contains another one wins
         ordered = sorted(scripts.items(), key=lambda kv: -len(kv[0]))

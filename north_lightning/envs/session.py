@@ -48,6 +48,8 @@ def task_image(task: Task, builder: ImageBuilder | None = None) -> str:
                                 extra_files={".dockerignore": "Dockerfile\n.dockerignore\n"})
     else:
         tag = builder.build(task.environment_dir, name=task.task_id)
+        if task.workdir is None:  # the Dockerfile's WORKDIR, as Harbor runs the agent there
+            task.workdir = builder.client.images.get(tag).attrs["Config"].get("WorkingDir") or "/"
     with _IMAGES_LOCK:
         _IMAGES[key] = tag
     return tag

@@ -52,7 +52,8 @@ class HarborTask:
     allow_internet: bool = False
     max_steps: int = DEFAULT_MAX_STEPS
     user: str = "root"
-    workdir: str = "/app"
+    # None: the image's WORKDIR (filled in when the image is built, see `session.task_image`)
+    workdir: str | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
     kind: str = "terminal"
 
@@ -174,7 +175,7 @@ def load_harbor_task(path: str | Path) -> HarborTask:
         allow_internet=bool(_get(env, "allow_internet", bool, False, f"{where}: [environment]")),
         max_steps=max_steps,
         user=str(_get(env, "user", str, "root", f"{where}: [environment]")),
-        workdir=str(_get(env, "workdir", str, "/app", f"{where}: [environment]")),
+        workdir=_get(env, "workdir", str, None, f"{where}: [environment]"),
         metadata=metadata,
     )
 

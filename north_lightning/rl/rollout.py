@@ -162,10 +162,7 @@ def run_episode(policy: Policy, harness: str | Harness, tokenizer: Any, task: Ta
     errors of the machinery do (the environment cannot start: Docker / image errors; the policy's
     `generate` failing), so the caller can retry or re-queue the prompt."""
     config = config or RolloutConfig()
-    harness = make_harness(harness, task)
     started = time.monotonic()
-    initial = harness.render(Trajectory(id=task.task_id, task=task.instruction, source="rollout"))
-    convo = _Conversation(tokenizer, initial, harness.tools())
     max_steps = config.max_steps or task.max_steps
     overrides: dict[str, Any] = {"command_timeout_sec": config.command_timeout_sec}
     if config.episode_timeout_sec is not None:
@@ -176,6 +173,9 @@ def run_episode(policy: Policy, harness: str | Harness, tokenizer: Any, task: Ta
     awaiting_confirmation = False
     with session_factory(task, **overrides) as session:
         timings["start_s"] = time.monotonic() - started
+        harness = make_harness(harness, task)  # after the image: a task's work dir may come from it
+        initial = harness.render(Trajectory(id=task.task_id, task=task.instruction, source="rollout"))
+        convo = _Conversation(tokenizer, initial, harness.tools())
         while steps < max_steps:
             room = config.max_context - convo.length
             if room < config.min_turn_tokens:

@@ -70,3 +70,21 @@ def test_failed_build_names_the_dockerfile(base_image, tmp_path):
     (tmp_path / "Dockerfile").write_text("FROM debian:bookworm\nRUN exit 3\n")
     with pytest.raises(ImageBuildError, match=str(tmp_path / "Dockerfile")):
         ImageBuilder().build(tmp_path, name="broken")
+
+
+def test_third_party_task_runs_in_its_dockerfile_workdir(base_image, tmp_path):
+    from north_lightning.envs.session import TaskSession
+    from north_lightning.envs.tasks import load_harbor_task
+
+    (tmp_path / "environment").mkdir()
+    (tmp_path / "tests").mkdir()
+    (tmp_path / "environment" / "Dockerfile").write_text("FROM ubuntu:24.04\nWORKDIR /workspace\n")
+    (tmp_path / "instruction.md").write_text("Do nothing.\n")
+    (tmp_path / "task.toml").write_text('version = "1.0"\n[environment]\nmemory = "1G"\n')
+    (tmp_path / "tests" / "test.sh").write_text("echo 1 > /logs/verifier/reward.txt\n")
+    task = load_harbor_task(tmp_path)
+    assert task.workdir is None and task.memory_mb == 1024 and task.user == "root"
+    with TaskSession(task) as session:
+        assert task.workdir == "/workspace"
+        assert session.box.exec("pwd; id -un") == (0, "/workspace\nroot\n")
+        assert session.verify().reward == 1.0
