@@ -37,8 +37,8 @@ log = logging.getLogger(__name__)
 class EnvSpec:
     """One environment of a run: its tasks, the harness the policy talks through, its share of prompts.
 
-    `tasks`: a task directory / SWE .jsonl (see `envs.tasks.load_tasks`) or `toy:<split>:<n>[:<seed>]` for
-    generated toy tasks. `max_steps`: per-task step budget (None: the task's own, e.g. from the pass@k filter).
+    `tasks`: a task directory / SWE .jsonl (see `envs.tasks.load_tasks`), the JSON written by `tasks filter`
+    (pass@k band, per-task step budgets), or `toy:<split>:<n>[:<seed>]` for generated toy tasks. `max_steps`: per-task step budget (None: the task's own, e.g. from the pass@k filter).
     """
 
     name: str
@@ -61,10 +61,35 @@ def load_env_tasks(spec: EnvSpec, work_dir: Path) -> list[Any]:
         root = work_dir / f"toy_{split}_{n}_{seed}"
         materialize_toy_tasks(root, n, seed=seed, split=split)
         tasks = load_tasks(root)
+    elif spec.tasks.endswith(".json"):
+        tasks = _filtered_tasks(Path(spec.tasks))
     else:
         tasks = load_tasks(spec.tasks)
     if not tasks:
         raise ValueError(f"env {spec.name!r}: no tasks found in {spec.tasks!r}")
+    return tasks
+
+
+def _filtered_tasks(report: Path) -> list[Any]:
+    """Tasks kept by `tasks filter` (pass@k band), each with its step budget from the successful trajectories."""
+    import json
+
+    from north_lightning.envs.tasks import load_tasks
+
+    data = json.loads(report.read_text())
+    if not isinstance(data, dict) or "kept" not in data:
+        raise ValueError(f"{report}: expected the output of `python -m north_lightning tasks filter` (a 'kept' list)")
+    budgets: dict[str, dict[str, int]] = {}
+    for i, item in enumerate(data["kept"]):
+        if not item.get("path") or "max_steps" not in item:
+            raise ValueError(f"{report}: kept[{i}] needs 'path' and 'max_steps', got {sorted(item)}")
+        budgets.setdefault(item["path"], {})[item["task_id"]] = int(item["max_steps"])
+    tasks = []
+    for path, by_id in budgets.items():
+        for task in load_tasks(path):
+            if task.task_id in by_id:
+                task.max_steps = by_id[task.task_id]
+                tasks.append(task)
     return tasks
 
 

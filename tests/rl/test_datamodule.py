@@ -111,3 +111,16 @@ def test_advantages_are_rloo_of_the_group(tmp_path):
     assert item["meta"]["stats"]["rl/reward_mean"] == 0.5
     assert item["meta"]["stats"]["rl/pass@1/toy"] == 0.5
     assert torch.isfinite(item["sampler_logprobs"]).all()
+
+
+def test_lazy_stream_yields_descriptors_resolved_before_the_step(tmp_path):
+    """Lightning fetches batch k+1 before training batch k; lazy items must not wait for the spool."""
+    make_spool(tmp_path, steps=1)
+    stream = RolloutBatchStream(tmp_path / "rollouts", micro_batches=2, row_tokens=64, pad_id=0, rank=0, world_size=1,
+                                lazy=True, timeout_s=0.1)
+    it = iter(stream)
+    items = [next(it) for _ in range(4)]  # batch 1 does not exist yet: descriptors are still produced
+    assert [i["rl_batch"] for i in items] == [(0, 0), (0, 1), (1, 0), (1, 1)]
+    assert stream.resolve(0, 1)["meta"]["micro"] == 1
+    with pytest.raises(TimeoutError):
+        stream.resolve(1, 0)

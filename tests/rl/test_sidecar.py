@@ -147,3 +147,10 @@ def test_sync_rollouts_swap_in_by_class_path_and_stay_on_policy(tmp_path, init_d
     for name in ("rl/reward_mean", "rl/logprob_mismatch_max", "rl/clip_frac_high", "rl/entropy", "rl/queue_running",
                  "rl/invalid_tool_call_rate", "rl/staleness_mean", "rl/sampler_tokens_per_s"):
         assert name in metrics
+
+    # the run's logs turn into plots
+    from north_lightning.cli.report import main as report
+
+    assert report([str(run)]) == 0
+    pngs = {p.name for p in (run / "report").glob("*.png")}
+    assert {"loss.png", "reward.png", "staleness.png", "queue.png", "trainer_idle.png", "logprob_mismatch.png"} <= pngs

