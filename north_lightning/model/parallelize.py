@@ -122,7 +122,8 @@ def parallelize_north(model: NorthForCausalLM, *, mesh: DeviceMesh | None = None
         raise RuntimeError("parallelize_north needs torch.distributed initialised (Lightning, torchrun or spawn)")
     if mesh is None:
         device_type = next(model.parameters()).device.type
-        device_type = "cuda" if device_type == "meta" and torch.cuda.is_available() else device_type
+        if device_type == "meta":  # built on meta (then `to_empty` + `load_hf_sharded`): shard for the real device
+            device_type = "cuda" if torch.cuda.is_available() else "cpu"
         mesh = init_device_mesh(device_type, (dist.get_world_size(),), mesh_dim_names=("dp",))
     if ep > 1:
         apply_expert_parallel(model, ep, mesh.device_type, _dtype(master_dtype))
@@ -181,7 +182,7 @@ class NorthParallelStrategy(ModelParallelStrategy):
 
 # ---- HF export of sharded models and checkpoints ---------------------------------------------------------
 def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The unsharded fp32 state dict on CPU (on every rank; collective: call it on all ranks)."""
+    """The unsharded fp32 state dict on CPU, on rank 0 (other ranks get {}); a collective: call it on all ranks."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
     state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))

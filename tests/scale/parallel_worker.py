@@ -6,6 +6,8 @@ Scenarios (gloo, CPU):
   train   : the tiny model, FSDP2 (+ EP when EP > 1) + activation checkpointing, 3 AdamW steps; each rank trains
             on its slice of the global batch; writes the global losses per step and exports the trained model
             to HF (OUT_JSON's folder / hf).
+  load    : a meta-built model, sharded, then filled from an HF directory with each rank reading only its
+            slices (north_lightning.model.sharded_load); writes the deviation from the checkpoint.
   moe     : one MoE block, experts split over EP ranks (the rest FSDP-style over dp_mod_ep); writes every
             rank's output rows and the expert gradients gathered to full tensors.
 `reference(...)` computes the same numbers in one process, without any parallelism.
@@ -99,7 +101,9 @@ def run_rank(rank: int, world: int, scenario: str, out: str, ep: int, param_dtyp
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
-        result = train(rank, world, ep, param_dtype, Path(out)) if scenario == "train" else moe(rank, world, ep)
+        runners = {"train": lambda: train(rank, world, ep, param_dtype, Path(out)),
+                   "moe": lambda: moe(rank, world, ep), "load": lambda: sharded_load(ep, Path(out))}
+        result = runners[scenario]()
         if rank == 0:
             Path(out).write_text(json.dumps(result))
     finally:
@@ -126,6 +130,26 @@ def train(rank: int, world: int, ep: int, param_dtype: str, out: Path) -> dict:
         losses.append(float(nll) / n)
     export_hf(model, out.parent / "hf")
     return {"losses": losses}
+
+
+def sharded_load(ep: int, out: Path) -> dict:
+    """Meta-built model, sharded (FSDP2 + EP), materialised empty, filled rank by rank from the HF directory
+    OUT's folder / hf_src; returns the max deviation of the gathered weights from the checkpoint."""
+    from north_lightning.model import NorthForCausalLM
+    from north_lightning.model.parallelize import full_state_dict, parallelize_north
+    from north_lightning.model.sharded_load import load_hf_sharded
+
+    with torch.device("meta"):
+        model = NorthForCausalLM(tiny_config())
+    parallelize_north(model, ep=ep, param_dtype=None)
+    model.to_empty(device="cpu")
+    load_hf_sharded(model, out.parent / "hf_src")
+    loaded = full_state_dict(model)  # gathered on rank 0 only
+    if dist.get_rank() != 0:
+        return {}
+    reference = NorthForCausalLM.from_pretrained(out.parent / "hf_src").state_dict()
+    assert loaded.keys() == reference.keys(), sorted(set(loaded) ^ set(reference))
+    return {"max_abs_diff": max(float((loaded[k] - reference[k]).abs().max()) for k in reference)}
 
 
 def moe(rank: int, world: int, ep: int) -> dict:
