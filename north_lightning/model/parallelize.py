@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import functools
 import tempfile
+from collections.abc import Generator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -140,12 +142,19 @@ class NorthParallelStrategy(ModelParallelStrategy):
     YAML: `trainer.strategy: {class_path: north_lightning.model.parallelize.NorthParallelStrategy,
     init_args: {expert_parallel_size: 8}}` with `trainer.precision: 32-true` (the mixed-precision policy here
     already computes in bf16 and keeps fp32 master weights).
+
+    `init_from_hf`: an HF directory to start from *without* any process reading the whole checkpoint: the
+    LightningModule's `configure_model()` then runs on the meta device (give it the matching preset, no
+    `init_from`), the model is sharded, materialised empty on the GPU, and each rank reads only its slices
+    (`sharded_load.load_hf_sharded`). A resumed run restores its checkpoint over these weights as usual.
     """
 
     def __init__(self, expert_parallel_size: int = 1, activation_checkpointing: bool = True,
                  param_dtype: str | None = "bfloat16", reduce_dtype: str | None = "float32",
-                 cpu_offload: bool = False, save_distributed_checkpoint: bool = True, **kwargs: Any) -> None:
+                 cpu_offload: bool = False, init_from_hf: str | None = None,
+                 save_distributed_checkpoint: bool = True, **kwargs: Any) -> None:
         super().__init__(save_distributed_checkpoint=save_distributed_checkpoint, **kwargs)
+        self.init_from_hf = init_from_hf
         if cpu_offload and expert_parallel_size > 1:
             raise ValueError("NorthParallelStrategy: cpu_offload needs expert_parallel_size=1 (EP weights stay on GPU)")
         self.cpu_offload = cpu_offload
@@ -166,13 +175,27 @@ class NorthParallelStrategy(ModelParallelStrategy):
             raise TypeError("NorthParallelStrategy: the LightningModule must build a NorthForCausalLM as "
                             "`self.model` in configure_model()")
         if not getattr(model, "_north_parallelized", False):
+            if self.init_from_hf and not any(p.is_meta for p in model.parameters()):
+                raise ValueError("NorthParallelStrategy(init_from_hf=...): configure_model() built real weights; "
+                                 "drop the module's init_from so it builds on the meta device")
             # no model.to(device) first: fully_shard moves one layer at a time (a 30B model never fits whole)
             parallelize_north(model, mesh=self.device_mesh["data_parallel"], ep=self.expert_parallel_size,
                               activation_checkpointing=self.activation_checkpointing,
                               param_dtype=self.param_dtype, reduce_dtype=self.reduce_dtype,
                               cpu_offload=self.cpu_offload)
+            if self.init_from_hf:
+                from north_lightning.model.sharded_load import load_hf_sharded
+
+                model.to_empty(device="cpu" if self.cpu_offload else self.root_device)
+                load_hf_sharded(model, self.init_from_hf)
             model._north_parallelized = True
         super().setup(trainer)
+
+    @contextmanager
+    def tensor_init_context(self, empty_init: bool | None = None) -> Generator[None, None, None]:
+        # with init_from_hf the weights come from the checkpoint after sharding: build on meta (no memory)
+        with super().tensor_init_context(empty_init=True if self.init_from_hf else empty_init):
+            yield
 
     def load_checkpoint(self, checkpoint_path: Any, weights_only: bool | None = None) -> dict[str, Any]:
         # Our checkpoints carry numpy/python RNG states (bit-identical resume), which torch.load's weights_only

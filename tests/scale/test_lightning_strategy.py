@@ -1,5 +1,6 @@
 """NorthParallelStrategy under a real Lightning Trainer: 2 CPU processes (gloo), SFTModule, FSDP2 + EP=2 +
-activation checkpointing with bf16 parameters; sharded checkpoints every step; a run resumed from the step-1
+activation checkpointing with bf16 parameters, weights loaded shard by shard from an HF directory
+(`init_from_hf`, the model built on meta); sharded checkpoints every step; a run resumed from the step-1
 checkpoint reproduces the uninterrupted run's later losses and final weights exactly (CPU is deterministic),
 and the sharded checkpoint converts to an HF directory that `NorthForCausalLM.from_pretrained` loads."""
 
@@ -19,8 +20,8 @@ from north_lightning.model.parallelize import distributed_checkpoint_to_hf
 WORKER = Path(__file__).with_name("lightning_worker.py")
 
 
-def _fit(run_dir: Path, max_steps: int, resume: Path | None = None) -> dict:
-    argv = [sys.executable, str(WORKER), str(run_dir), str(max_steps)] + ([str(resume)] if resume else [])
+def _fit(run_dir: Path, max_steps: int, init_hf: Path, resume: Path | None = None) -> dict:
+    argv = [sys.executable, str(WORKER), str(run_dir), str(max_steps), str(init_hf)] + ([str(resume)] if resume else [])
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=500)
     assert proc.returncode == 0, proc.stderr[-4000:]
     name = f"losses_{max_steps}{'_resumed' if resume else ''}.json"
@@ -29,18 +30,21 @@ def _fit(run_dir: Path, max_steps: int, resume: Path | None = None) -> dict:
 
 @pytest.mark.slow
 def test_sharded_checkpoint_resume_and_hf_conversion(tmp_path: Path) -> None:
-    straight = _fit(tmp_path / "a", 3)
+    cfg = NorthConfig.preset("tiny", num_hidden_layers=3, experts_backend="grouped")
+    torch.manual_seed(123)
+    NorthForCausalLM(cfg).save_pretrained(tmp_path / "init_hf")  # the run starts from these weights
+    straight = _fit(tmp_path / "a", 3, tmp_path / "init_hf")
+    assert straight["init_max_abs_diff"] == 0.0  # read shard by shard into the meta-built, sharded model
     assert straight["global_step"] == 3 and len(straight["losses"]) == 3
     assert straight["losses"][-1] < straight["losses"][0]
     step1 = tmp_path / "a" / "checkpoints" / "epoch=0-step=1.ckpt"
     # one shard per rank
     assert sorted(p.name for p in step1.iterdir()) == [".metadata", "__0_0.distcp", "__1_0.distcp", "meta.pt"]
 
-    resumed = _fit(tmp_path / "b", 3, resume=step1)
+    resumed = _fit(tmp_path / "b", 3, tmp_path / "init_hf", resume=step1)
     assert resumed["global_step"] == 3
     assert resumed["losses"] == straight["losses"][1:]
 
-    cfg = NorthConfig.preset("tiny", num_hidden_layers=3, experts_backend="grouped")
     for run in ("a", "b"):
         ckpt = tmp_path / run / "checkpoints" / "epoch=0-step=3.ckpt"
         distributed_checkpoint_to_hf(ckpt, tmp_path / f"hf_{run}", cfg)
