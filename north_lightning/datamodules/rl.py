@@ -259,13 +259,15 @@ class RLDataModule(L.LightningDataModule):
         rloo_std: divide RLOO advantages by the group's reward std.
         invalid_reasons: prefixes of episode end reasons counted in `rl/invalid_tool_call_rate`.
         pad_id: padding token id.
+        tokenizer_path: the policy's tokenizer directory (usually the init checkpoint), copied into exports.
     """
 
     def __init__(self, spool_dir: str | None = None, row_tokens: int = 4096, micro_batches: int = 1,
                  num_workers: int = 0, lazy: bool = True, rloo_std: bool = False, timeout_s: float = 3600.0,
                  invalid_reasons: tuple[str, ...] = ("format_error",),
-                 pad_id: int = 0) -> None:
+                 pad_id: int = 0, tokenizer_path: str | None = None) -> None:
         super().__init__()
+        self.tokenizer_path = tokenizer_path  # copied next to HF exports (HFExport, the engine's start dir)
         self.spool_dir = spool_dir
         self.row_tokens, self.micro_batches, self.num_workers = row_tokens, micro_batches, num_workers
         self.rloo_std, self.timeout_s, self.invalid_reasons, self.pad_id = rloo_std, timeout_s, tuple(invalid_reasons), pad_id
