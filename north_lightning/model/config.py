@@ -55,7 +55,7 @@ class NorthConfig:
     initializer_range: float = 0.02
     pad_token_id: int | None = 0
     bos_token_id: int | None = 1
-    eos_token_id: int | None = 2
+    eos_token_id: int | tuple[int, ...] | None = 2  # several stop ids allowed, as in HF
     # Explicit per-layer patterns (HF `layer_types` / `mlp_layer_types`); derived from the rules above when None.
     layer_types: tuple[str, ...] | None = None
     mlp_layer_types: tuple[str, ...] | None = None
@@ -76,6 +76,8 @@ class NorthConfig:
         if self.mlp_layer_types is None:
             self.mlp_layer_types = tuple(DENSE if i < self.first_k_dense else SPARSE for i in range(self.num_hidden_layers))
         self.layer_types, self.mlp_layer_types = tuple(self.layer_types), tuple(self.mlp_layer_types)
+        if isinstance(self.eos_token_id, list):
+            self.eos_token_id = tuple(self.eos_token_id)
         for key, values, allowed in (("layer_types", self.layer_types, (SLIDING, FULL)),
                                      ("mlp_layer_types", self.mlp_layer_types, (DENSE, SPARSE))):
             if len(values) != self.num_hidden_layers:
@@ -183,8 +185,7 @@ class NorthConfig:
             if key in src:
                 fields[key] = src.pop(key)
         if isinstance(fields.get("eos_token_id"), list):
-            eos = fields["eos_token_id"]
-            fields["eos_token_id"] = eos[0] if len(eos) == 1 else _fail("config.json: eos_token_id list of >1 ids unsupported")
+            fields["eos_token_id"] = tuple(fields["eos_token_id"])
         for key in ("expert_selection_fn", "num_shared_experts", "attention_bias", "prefix_dense_sliding_window_pattern"):
             src.pop(key, None)
         unknown = sorted(k for k in src if k not in _HF_IGNORED_KEYS)
@@ -226,12 +227,8 @@ class NorthConfig:
             "attention_bias": False,
             "pad_token_id": self.pad_token_id,
             "bos_token_id": self.bos_token_id,
-            "eos_token_id": self.eos_token_id,
+            "eos_token_id": list(self.eos_token_id) if isinstance(self.eos_token_id, tuple) else self.eos_token_id,
         }
-
-
-def _fail(msg: str) -> Any:
-    raise ValueError(msg)
 
 
 def _check_types(cfg: NorthConfig) -> None:
@@ -245,7 +242,9 @@ def _check_types(cfg: NorthConfig) -> None:
             if t is type(None):
                 ok = ok or value is None
             elif typing.get_origin(t) is tuple:
-                ok = ok or (isinstance(value, (tuple, list)) and all(isinstance(v, str) for v in value))
+                item = typing.get_args(t)[0]
+                ok = ok or (isinstance(value, (tuple, list)) and all(isinstance(v, item) and not isinstance(v, bool)
+                                                                     for v in value))
             elif t is float:
                 ok = ok or (isinstance(value, (int, float)) and not isinstance(value, bool))
             elif t is int:

@@ -81,3 +81,12 @@ def test_bad_hf_config_names_the_key(edit: dict, message: str) -> None:
             d[key] = value
     with pytest.raises(ValueError, match=message):
         NorthConfig.from_hf_dict(d)
+
+
+def test_several_eos_ids_round_trip() -> None:
+    d = NorthConfig.preset("tiny").to_hf_dict()
+    d["eos_token_id"] = [2, 7]
+    cfg = NorthConfig.from_hf_dict(d)
+    assert cfg.eos_token_id == (2, 7) and cfg.to_hf_dict()["eos_token_id"] == [2, 7]
+    with pytest.raises(TypeError, match="eos_token_id"):
+        NorthConfig(eos_token_id=["2"])  # type: ignore[list-item]
