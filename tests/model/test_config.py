@@ -90,3 +90,16 @@ def test_several_eos_ids_round_trip() -> None:
     assert cfg.eos_token_id == (2, 7) and cfg.to_hf_dict()["eos_token_id"] == [2, 7]
     with pytest.raises(TypeError, match="eos_token_id"):
         NorthConfig(eos_token_id=["2"])  # type: ignore[list-item]
+
+
+def test_north_preset_builds_on_meta_with_30b_total_3b_active_parameters() -> None:
+    import torch
+
+    from north_lightning.model import NorthForCausalLM
+
+    with torch.device("meta"):
+        model = NorthForCausalLM(NorthConfig.preset("north_mini_code_30b"))
+    total = sum(p.numel() for p in model.parameters())
+    experts = sum(p.numel() for name, p in model.named_parameters() if ".experts." in name)
+    active = total - experts + experts * 8 // 128
+    assert 30.0e9 < total < 31.0e9 and 3.0e9 < active < 3.6e9
