@@ -156,13 +156,31 @@ def _install_cleanup_hooks() -> None:
         signal.signal(signum, _signal_handler)
 
 
+def _labelled(client: docker.DockerClient, *labels: str) -> list[dict[str, Any]]:
+    """Containers carrying all `labels` (`key` or `key=value`), as the engine's summaries. The low-level
+    listing does not inspect each container, so one removed meanwhile cannot make it fail."""
+    return client.api.containers(all=True, filters={"label": list(labels)})
+
+
+def _remove_by_id(client: docker.DockerClient, container_id: str) -> bool:
+    try:
+        client.api.remove_container(container_id, force=True)
+        return True
+    except docker.errors.NotFound:
+        return False
+    except docker.errors.APIError as err:
+        if "already in progress" in str(err):
+            return False
+        raise
+
+
 def sweep_orphans(*, all_owners: bool = False, client: docker.DockerClient | None = None) -> list[str]:
     """Remove labelled containers whose owner process is gone (or every labelled one with `all_owners`).
     Returns the removed container names."""
     client = client or docker_client()
     removed = []
-    for container in client.containers.list(all=True, filters={"label": SANDBOX_LABEL}):
-        labels = container.labels
+    for summary in _labelled(client, SANDBOX_LABEL):
+        labels = summary.get("Labels") or {}
         owner_alive = False
         if labels.get(OWNER_HOST_LABEL) == socket.gethostname():
             try:
@@ -170,19 +188,16 @@ def sweep_orphans(*, all_owners: bool = False, client: docker.DockerClient | Non
                 owner_alive = True
             except (OSError, ValueError):
                 owner_alive = False
-        if all_owners or not owner_alive:
-            try:
-                container.remove(force=True)
-                removed.append(container.name)
-            except docker.errors.NotFound:
-                pass
+        if (all_owners or not owner_alive) and _remove_by_id(client, summary["Id"]):
+            removed.append((summary.get("Names") or [summary["Id"][:12]])[0].lstrip("/"))
     return removed
 
 
-def labelled_containers(client: docker.DockerClient | None = None) -> list[str]:
-    """Names of every container (running or not) that carries our sandbox label."""
+def labelled_containers(client: docker.DockerClient | None = None, owner_pid: int | None = None) -> list[str]:
+    """Names of the containers (running or not) that carry our sandbox label (of one owner process)."""
     client = client or docker_client()
-    return [c.name for c in client.containers.list(all=True, filters={"label": SANDBOX_LABEL})]
+    labels = [SANDBOX_LABEL] + ([f"{OWNER_PID_LABEL}={owner_pid}"] if owner_pid is not None else [])
+    return [(c.get("Names") or [c["Id"][:12]])[0].lstrip("/") for c in _labelled(client, *labels)]
 
 
 # ---- the sandbox --------------------------------------------------------------------------------------------
@@ -256,8 +271,8 @@ class DockerSandbox:
             )
         except docker.errors.APIError as err:
             # `run` = create + start: a container that was created but failed to start must not linger
-            for stray in self.client.containers.list(all=True, filters={"label": f"{BOX_ID_LABEL}={box_id}"}):
-                stray.remove(force=True)
+            for stray in _labelled(self.client, f"{BOX_ID_LABEL}={box_id}"):
+                _remove_by_id(self.client, stray["Id"])
             raise SandboxError(f"cannot start a container from {cfg.image!r}: {err}") from err
         with _LIVE_LOCK:
             _LIVE[self.container.id] = self

@@ -55,13 +55,18 @@ def bundled_tasks(base_image: str):
 
 @pytest.fixture(scope="session", autouse=True)
 def no_leaked_containers():
-    """After the whole session: no container labelled by this process may remain (running or not)."""
+    """After the whole session: no sandbox container may remain, neither one of this process nor one whose
+    owner died. Containers of processes killed with SIGKILL (which no hook survives) are removed by the
+    orphan sweep first, as a rollout service does at start; anything left after that is a leak."""
     yield
     if not _docker_ok():
         return
-    from north_lightning.envs.sandbox import OWNER_PID_LABEL, SANDBOX_LABEL, docker_client, wait_for_removals
+    from north_lightning.envs.sandbox import labelled_containers, sweep_orphans, wait_for_removals
 
     wait_for_removals()  # episodes hand their containers to background removal
-    leaked = [c.name for c in docker_client().containers.list(
-        all=True, filters={"label": [SANDBOX_LABEL, f"{OWNER_PID_LABEL}={os.getpid()}"]})]
+    swept = sweep_orphans()
+    if swept:
+        print(f"\norphan sweep removed {len(swept)} container(s) of killed processes: {swept}")
+    leaked = labelled_containers(owner_pid=os.getpid())
     assert not leaked, f"sandbox containers left behind by the test session: {leaked}"
+    assert not sweep_orphans(), "orphaned sandbox containers remain after the sweep"

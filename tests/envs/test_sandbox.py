@@ -32,7 +32,7 @@ def box(base_image):
 
 
 def _exists(container_id: str) -> bool:
-    return bool(docker_client().containers.list(all=True, filters={"id": container_id}))
+    return bool(docker_client().api.containers(all=True, filters={"id": container_id}))
 
 
 def test_exec_returns_exit_code_and_merged_output(box):
