@@ -82,10 +82,6 @@ class RLModule(SFTModule):
         self.log("rl/logprob_mismatch_mean", diff.mean(), batch_size=int(fresh_BS.sum()))
         self.log("rl/logprob_mismatch_max", diff.max(), batch_size=int(fresh_BS.sum()), reduce_fx="max")
 
-    def on_train_batch_end(self, outputs: Any, batch: dict[str, Any], batch_idx: int) -> None:
-        """Tokens per second of the trainer (not the sampler; the sampler callback logs its own)."""
-        super().on_train_batch_end(outputs, batch, batch_idx)
-
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_save_checkpoint(checkpoint)
         checkpoint["rl_state"] = {"policy_version": self.policy_version, "last_export_step": self.last_export_step}

@@ -28,9 +28,6 @@ from dataclasses import dataclass
 
 import torch
 
-IGNORE_INDEX = -100
-
-
 def rloo_advantages(rewards_PG: torch.Tensor, *, normalize_std: bool = False, eps: float = 1e-6) -> torch.Tensor:
     """Leave-one-out advantages for P prompts x G rollouts: `A_i = R_i - mean_{j != i} R_j`.
 
