@@ -379,9 +379,9 @@ class DockerSandbox:
                 break
             time.sleep(0.05)
             info = self.client.api.exec_inspect(exec_id)
-        if info.get("ExitCode") is None and not self.is_running():
-            raise SandboxError(f"container {self.name} stopped while running a command")
         exit_code = -1 if info.get("ExitCode") is None else int(info["ExitCode"])
+        if exit_code in (-1, 128 + 9) and not self.is_running():  # killed because the container went down
+            raise SandboxError(f"container {self.name} stopped while running a command")
         output = capture.text()
         if exit_code == TIMEOUT_EXIT_CODE:
             output += f"\n[command timed out after {limit:.0f} s]"

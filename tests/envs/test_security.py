@@ -126,7 +126,7 @@ def test_eight_parallel_episodes_do_not_interfere(tokenizer, base_image, tmp_pat
 def test_killing_every_process_as_root_ends_the_episode(tokenizer, bundled_tasks):
     root_task = next(t for t in bundled_tasks if t.task_id == "json-port")  # a task whose agent is root
     assert root_task.user == "root"
-    ep, _ = _run(tokenizer, root_task, "mini_swe_agent", ["kill -9 -1", "sleep 2; echo unreachable"])
+    ep, _ = _run(tokenizer, root_task, "mini_swe_agent", ["kill -9 -1", "sleep 2; echo unreachable", "sleep 5"])
     assert ep.end_reason == "sandbox_error" and ep.reward == 0.0
     assert ep.verifier["reason"] == "sandbox_gone"
     _host_ok()
