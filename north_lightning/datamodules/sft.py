@@ -14,6 +14,7 @@ accumulation window, for token-normalised loss) like `jsonl.JsonlChatDataModule`
 
 from __future__ import annotations
 
+import json
 import logging
 import zlib
 from collections.abc import Iterator
@@ -252,10 +253,10 @@ class SFTDataModule(L.LightningDataModule):
         if dropped or self.pools.bad_records.counts:
             log.warning("SFT data: dropped by filters %s, bad records %s", dict(dropped), self.pools.bad_records.counts)
         if self.report_path:
-            report = self.pools.filters
-            report.examples["bad_records"] = list(self.pools.bad_records.examples)
-            report.kept.update({f"bad_record:{k}": v for k, v in self.pools.bad_records.counts.items()})
-            report.write(self.report_path)
+            bad = self.pools.bad_records
+            report = self.pools.filters.to_dict() | {"bad_records": dict(bad.counts), "bad_record_examples": bad.examples}
+            Path(self.report_path).parent.mkdir(parents=True, exist_ok=True)
+            Path(self.report_path).write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
 
     @property
     def pad_id(self) -> int:

@@ -94,3 +94,14 @@ def test_render_variants_are_distinct_documents():
     assert len({d.record_id for d in pool}) == 4
     with pytest.raises(ValueError, match="render_variants"):
         SFTDataModule(STAGE1, render_variants=0)
+
+
+def test_filter_report_written_at_setup(tmp_path):
+    import json
+
+    out = tmp_path / "report.json"
+    module = SFTDataModule(STAGE1, max_records_per_component=2, report_path=str(out))
+    module.setup("fit")
+    report = json.loads(out.read_text())
+    assert report["kept"]["code_single_turn"] == 2 and report["bad_records"] == {}
+    assert set(report) >= {"dropped_total", "dropped_by_component", "bad_record_examples"}
