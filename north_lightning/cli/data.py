@@ -101,6 +101,7 @@ def main(argv: list[str]) -> int:
     rep.add_argument("--config", action="append", default=[], help="stage YAML (repeatable; later files win)")
     rep.add_argument("--mixture", help="a mixture spec YAML instead of a stage config")
     rep.add_argument("--seq-len", type=int, help="override the stage's seq_len")
+    rep.add_argument("--tokenizer", help="override the stage's tokenizer directory")
     rep.add_argument("--rows", type=int, help="rows to sample (default: one epoch of trainable tokens)")
     rep.add_argument("--max-records", type=int, help="read at most this many records per component (quick look)")
     rep.add_argument("--json", help="also write the report as JSON here")
@@ -112,6 +113,8 @@ def main(argv: list[str]) -> int:
         init_args["mixture"] = args.mixture
     if args.seq_len:
         init_args["seq_len"] = args.seq_len
+    if args.tokenizer:
+        init_args["tokenizer"] = args.tokenizer
     if args.max_records:
         init_args["max_records_per_component"] = args.max_records
     init_args["allow_missing_init"] = True  # a report reads data only; it needs no previous-stage weights

@@ -243,6 +243,9 @@ class SFTDataModule(L.LightningDataModule):
             return
         from transformers import AutoTokenizer
 
+        if not Path(self.tokenizer_path).is_dir():
+            raise FileNotFoundError(f"tokenizer directory not found: {self.tokenizer_path} (data.init_args.tokenizer: "
+                                    "the base model's or the previous stage's HF directory)")
         self.tokenizer = AutoTokenizer.from_pretrained(self.tokenizer_path)
         if self.chat_template is not None:
             self.tokenizer.chat_template = Path(self.chat_template).read_text()
