@@ -86,3 +86,11 @@ def test_terminus2_commands_and_completion_in_one_step():
     record = replace(record, steps=(*record.steps[:2], last))
     harness = get_harness("terminus2")
     assert _recovered(harness, harness.render(record, seed=2)) == _expected("terminus2", record)
+
+
+def test_every_registered_harness_implements_the_protocol():
+    from north_lightning.datamodules.harnesses import HARNESSES, Harness
+
+    for name in HARNESSES:
+        harness = get_harness(name)
+        assert isinstance(harness, Harness) and harness.name == name
