@@ -18,6 +18,7 @@ install: $(STAMP)
 # Docker engine (installed from Debian and started when absent) and the locally built base image.
 docker: $(STAMP)
 	bash scripts/ensure_docker.sh
+	$(VPY) -m north_lightning tasks build-base
 
 demo: install docker
 	bash scripts/demo.sh
