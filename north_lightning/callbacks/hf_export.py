@@ -40,7 +40,16 @@ class HFExport(L.Callback):
         model = getattr(pl_module, "model", None)
         if model is None or not hasattr(model, "save_pretrained"):
             raise TypeError(f"HFExport: {type(pl_module).__name__}.model has no save_pretrained (need NorthForCausalLM)")
-        if trainer.is_global_zero:
+        from torch.distributed.tensor import DTensor
+
+        if any(isinstance(p, DTensor) for p in model.parameters()):
+            # Sharded (FSDP2 / EP): gathering the full weights is collective, so every rank takes part.
+            from north_lightning.model.parallelize import export_hf
+
+            export_hf(model, out, tokenizer_dir=self._tokenizer_dir(trainer))
+            if trainer.is_global_zero:
+                print(f"HF export written to {out.resolve()}")  # noqa: T201
+        elif trainer.is_global_zero:
             model.save_pretrained(out, tokenizer_dir=self._tokenizer_dir(trainer))
             print(f"HF export written to {out.resolve()}")  # noqa: T201 - the one line a user looks for
         trainer.strategy.barrier("hf_export")
