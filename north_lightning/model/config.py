@@ -273,5 +273,6 @@ PRESETS: dict[str, dict[str, Any]] = {
         head_dim=64, num_experts=16, num_experts_per_tok=4, expert_intermediate_size=64,
         dense_intermediate_size=512, first_k_dense=1, global_every=4, sliding_window=64, rope_theta=50000.0,
         rms_norm_eps=1e-6, tie_word_embeddings=True, norm_topk_prob=False, max_position_embeddings=8192,
+        eos_token_id=5,  # the shipped tiny tokenizer's <|END_OF_TURN_TOKEN|>, so HF/vLLM generation stops at turn end
     ),
 }
