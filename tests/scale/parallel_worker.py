@@ -106,6 +106,7 @@ def run_rank(rank: int, world: int, scenario: str, out: str, ep: int, param_dtyp
         result = runners[scenario]()
         if rank == 0:
             Path(out).write_text(json.dumps(result))
+        dist.barrier()  # leave together: a rank tearing gloo down while its peer is mid-collective aborts
     finally:
         dist.destroy_process_group()
 
