@@ -32,6 +32,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset
 
 from north_lightning.assets import tiny_tokenizer_path
+from north_lightning.datamodules.position import record_batch_position
 
 log = logging.getLogger(__name__)
 
@@ -264,13 +265,7 @@ class JsonlChatDataModule(L.LightningDataModule):
         return [stream.batch(k) for k in range(self.val_batches)]
 
     def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        """Record the position of the batch the trainer is about to train on (prefetch-proof resume)."""
-        if isinstance(batch, dict) and "batch_index" in batch:
-            batch = dict(batch)
-            index = int(batch.pop("batch_index"))
-            if self.trainer is not None and self.trainer.training:
-                self.consumed_batches = index + 1
-        return batch
+        return record_batch_position(self, batch)
 
     def state_dict(self) -> dict[str, Any]:
         return {"consumed_batches": self.consumed_batches, "seed": self.seed,

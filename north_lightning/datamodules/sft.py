@@ -31,6 +31,7 @@ from north_lightning.datamodules.filters import COMMON_CONTROL_STRINGS, FilterCo
 from north_lightning.datamodules.harnesses import get_harness
 from north_lightning.datamodules.mixture import MixtureSampler, MixtureSpec
 from north_lightning.datamodules.packing import BestFitPacker, pack_rows
+from north_lightning.datamodules.position import record_batch_position
 from north_lightning.datamodules.records import BadRecordCounter, iter_records
 from north_lightning.datamodules.tokenize import Document, chat_tokens, control_strings, shifted_targets
 
@@ -287,12 +288,7 @@ class SFTDataModule(L.LightningDataModule):
         return [{k: v for k, v in stream.batch(i).items() if k != "batch_index"} for i in range(self.val_batches)]
 
     def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        if isinstance(batch, dict) and "batch_index" in batch:
-            batch = dict(batch)
-            index = int(batch.pop("batch_index"))
-            if self.trainer is not None and self.trainer.training:
-                self.consumed_batches = index + 1
-        return batch
+        return record_batch_position(self, batch)
 
     def state_dict(self) -> dict[str, Any]:
         sizes = [len(p) for p in self.pools.train] if self.pools is not None else None
