@@ -65,6 +65,9 @@ class NorthConfig:
     window_convention: str = "vllm"  # "vllm": a token sees itself + W previous; "transformers": one fewer
     router_aux_loss_coef: float = 1e-3
     head_chunk_size: int = 1024  # tokens per chunk of the output head (logprobs / loss never see full logits)
+    # SFT loss of the output head: "chunked" (ours, fp32, runs anywhere) or "liger" (Liger-Kernel's fused linear
+    # cross-entropy, CUDA). RL log-probabilities and entropies always use the chunked head (see model/head.py).
+    loss_impl: str = "chunked"
 
     def __post_init__(self) -> None:
         _check_types(self)
@@ -93,6 +96,8 @@ class NorthConfig:
             raise ValueError("NorthConfig.num_experts_per_tok must be in [1, num_experts]")
         if self.window_convention not in ("vllm", "transformers"):
             raise ValueError(f"NorthConfig.window_convention: {self.window_convention!r} not in ['vllm', 'transformers']")
+        if self.loss_impl not in ("chunked", "liger"):
+            raise ValueError(f"NorthConfig.loss_impl: {self.loss_impl!r} not in ['chunked', 'liger']")
 
     # ---- derived facts every module asks for ------------------------------------------------------------
     def is_sliding(self, layer: int) -> bool:

@@ -4,15 +4,27 @@ With a 262,144-token vocabulary a 128K-token sequence would need 128 GiB of fp32
 chunks; each chunk's logits live only inside a `torch.utils.checkpoint` region, so the forward keeps just the
 per-token results and the backward recomputes one chunk's logits at a time. Logits are computed in float32 (the
 softmax over 262K entries in bf16 is not accurate enough for RL importance ratios).
+
+The SFT loss (a sum or mean of -log p(target), nothing per token) can instead use Liger-Kernel's fused linear
+cross-entropy (`NorthConfig.loss_impl = "liger"`, CUDA only): its Triton kernel computes the loss and both
+gradients in one pass over vocabulary chunks, with logits in the input dtype (bf16). `cross_entropy()` picks the
+implementation. The RL path (per-token log-probabilities and entropy, `chunked_token_logprobs`) always stays on
+the chunked fp32 head: Liger returns neither per-token log-probabilities nor entropies, and bf16 logits would be
+too coarse for importance ratios anyway.
 """
 
 from __future__ import annotations
+
+import inspect
 
 import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 IGNORE_INDEX = -100
+LOSS_IMPLS = ("chunked", "liger")
+LIGER_INSTALL_HINT = ("loss_impl='liger' needs Liger-Kernel (CUDA + Triton): pip install liger-kernel "
+                      "(or pip install 'north_lightning[liger]'), or use loss_impl='chunked'")
 
 
 def _chunk_logprobs(hidden_CD: torch.Tensor, weight_VD: torch.Tensor, targets_C: torch.Tensor, scale: float,
@@ -61,3 +73,52 @@ def chunked_cross_entropy(hidden_BSD: torch.Tensor, weight_VD: torch.Tensor, tar
     if reduction == "mean":
         return total / (targets_BS != IGNORE_INDEX).sum().clamp(min=1)
     raise ValueError(f"chunked_cross_entropy: reduction {reduction!r} not in ['mean', 'sum']")
+
+
+def load_liger_loss_class() -> type:
+    """Liger's `LigerFusedLinearCrossEntropyLoss`, imported only when asked for (the CPU package never needs it).
+    Missing = an ImportError naming the install, never a fallback to the chunked head."""
+    try:
+        from liger_kernel.transformers.fused_linear_cross_entropy import LigerFusedLinearCrossEntropyLoss
+    except ImportError as exc:
+        raise ImportError(f"{LIGER_INSTALL_HINT} ({exc})") from exc
+    return LigerFusedLinearCrossEntropyLoss
+
+
+def liger_cross_entropy(hidden_BSD: torch.Tensor, weight_VD: torch.Tensor, targets_BS: torch.Tensor, *,
+                        scale: float = 1.0, reduction: str = "mean") -> torch.Tensor:
+    """Same value as `chunked_cross_entropy` (targets -100 ignored, "mean" over the non-ignored ones or "sum"),
+    computed by Liger's fused linear cross-entropy on CUDA. float32 scalar.
+
+    `logit_scale`: our logits are `scale * (h @ W^T)` with W the (tied) embedding; that equals `(scale * h) @ W^T`,
+    so the hidden states are scaled (an [N, D] product, not a copy of the [V, D] weight) and autograd carries the
+    factor into both gradients. Hidden states are cast to the weight's dtype (Liger multiplies them as they are).
+    Where the installed Liger offers `accum_dtype`, the weight gradient accumulates in float32 over its chunks
+    (with a 262K vocabulary and D=2048 Liger walks the tokens 16 at a time; bf16 accumulation would drift)."""
+    if reduction not in ("mean", "sum"):
+        raise ValueError(f"liger_cross_entropy: reduction {reduction!r} not in ['mean', 'sum']")
+    loss_cls = load_liger_loss_class()
+    if not hidden_BSD.is_cuda:
+        raise RuntimeError(f"loss_impl='liger' needs CUDA tensors, got {hidden_BSD.device} "
+                           f"(use loss_impl='chunked' elsewhere)")
+    kwargs = {"ignore_index": IGNORE_INDEX, "reduction": reduction}
+    if "accum_dtype" in inspect.signature(loss_cls.__init__).parameters:
+        kwargs["accum_dtype"] = torch.float32
+    h_ND = hidden_BSD.reshape(-1, hidden_BSD.shape[-1])
+    if scale != 1.0:
+        h_ND = h_ND * scale
+    out = loss_cls(**kwargs)(weight_VD, h_ND.to(weight_VD.dtype).contiguous(), targets_BS.reshape(-1).contiguous())
+    loss = out if isinstance(out, torch.Tensor) else out.loss  # newer Liger may return a named tuple
+    return loss.float()
+
+
+def cross_entropy(hidden_BSD: torch.Tensor, weight_VD: torch.Tensor, targets_BS: torch.Tensor, *,
+                  scale: float = 1.0, chunk_size: int = 1024, reduction: str = "mean",
+                  impl: str = "chunked") -> torch.Tensor:
+    """Token-level cross-entropy of the output head by the implementation `NorthConfig.loss_impl` names."""
+    if impl == "chunked":
+        return chunked_cross_entropy(hidden_BSD, weight_VD, targets_BS, scale=scale, chunk_size=chunk_size,
+                                     reduction=reduction)
+    if impl == "liger":
+        return liger_cross_entropy(hidden_BSD, weight_VD, targets_BS, scale=scale, reduction=reduction)
+    raise ValueError(f"unknown loss_impl {impl!r}; available: {list(LOSS_IMPLS)}")

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from north_lightning.model import NorthConfig, NorthForCausalLM
-from north_lightning.model.head import chunked_token_logprobs
+from north_lightning.model.head import cross_entropy, load_liger_loss_class
 
 IGNORE_INDEX = -100
 
@@ -54,15 +54,17 @@ def masked_nll_sum(model: NorthForCausalLM, batch: dict[str, torch.Tensor]) -> t
 
     The output head runs only on the trainable positions (assistant tokens are often a third of an agent
     trajectory, the rest being prompts and tool outputs), in chunks, so neither full logits nor the logits of
-    untrained positions are ever computed."""
+    untrained positions are ever computed. `NorthConfig.loss_impl` picks the head: our chunked fp32 one or
+    Liger's fused linear cross-entropy (CUDA)."""
     targets_BS = batch["targets"]
     hidden_BSD = model.hidden_states(batch["input_ids"], position_ids=batch.get("position_ids"),
                                      document_ids=batch.get("document_ids"))
     trainable_BS = targets_BS != IGNORE_INDEX
     hidden_1ND = hidden_BSD[trainable_BS][None]
-    logp_1N, _ = chunked_token_logprobs(hidden_1ND, model.output_weight(), targets_BS[trainable_BS][None],
-                                        scale=model.config.logit_scale, chunk_size=model.config.head_chunk_size)
-    return -logp_1N.sum(), trainable_BS.sum()
+    nll_sum = cross_entropy(hidden_1ND, model.output_weight(), targets_BS[trainable_BS][None],
+                            scale=model.config.logit_scale, chunk_size=model.config.head_chunk_size,
+                            reduction="sum", impl=model.config.loss_impl)
+    return nll_sum, trainable_BS.sum()
 
 
 def warmup_cosine(step: int, warmup_steps: int, total_steps: int, min_lr_ratio: float) -> float:
@@ -80,7 +82,7 @@ class SFTModule(L.LightningModule):
     Args:
         model: preset name (`tiny`, `north_mini_code_30b`) or a dict of `NorthConfig` fields (+ `preset`).
         init_from: HF directory (config.json + safetensors) to start from; overrides `model`.
-        config_overrides: `NorthConfig` fields applied on top (backends, router aux-loss coefficient, ...).
+        config_overrides: `NorthConfig` fields applied on top (backends, `loss_impl`, router aux-loss coefficient, ...).
         lr, weight_decay, betas, eps: AdamW. Weight decay applies to matrices only (not norms).
         warmup_steps, min_lr_ratio: linear warmup then cosine decay to `lr * min_lr_ratio` at the trainer's
             last step (`trainer.estimated_stepping_batches`).
@@ -93,6 +95,8 @@ class SFTModule(L.LightningModule):
         super().__init__()
         self.save_hyperparameters()
         self.config = build_north_config(model, init_from, config_overrides)
+        if self.config.loss_impl == "liger":
+            load_liger_loss_class()  # a run asking for Liger without it fails here, before any data or model
         self.model: NorthForCausalLM | None = None
         self._step_started_at: float | None = None
 

@@ -5,6 +5,7 @@ backend (bf16) and the CPU reference (fp32), so the comparison measures the kern
 Tolerances (relative Frobenius error ||gpu - ref|| / ||ref||): attention outputs and q/k/v gradients < 2e-2,
 expert outputs and gradients < 2e-2 (bf16 has an 8-bit mantissa: ~4e-3 per rounding, accumulated over
 d=128 / D=2048 reductions in fp32). The max-abs error is also bounded by 10% of the reference's max.
+The Liger fused linear cross-entropy is checked against our chunked head (fp32 logits) on the GPU.
 """
 
 from __future__ import annotations
@@ -133,3 +134,50 @@ def test_megablocks_experts_match_reference() -> None:
     if not _has_module("megablocks") or not _has_module("grouped_gemm"):
         pytest.skip("megablocks/grouped_gemm absent (pip install --no-deps megablocks stanford-stk grouped_gemm)")
     moe_case("megablocks")
+
+
+def test_liger_loss_and_grads_match_chunked_head() -> None:
+    """`loss_impl="liger"` against our chunked head on the same bf16 inputs at North's head shape (D=2048, the
+    262,144-token vocabulary, logit_scale 0.7 so the hidden-state scaling is exercised, ~10% ignored targets),
+    for both reductions SFTModule may use. The chunked head computes logits in fp32, Liger in bf16, so: loss
+    relative error < 1e-3; d(hidden) and d(weight) within the bf16 tolerances above (relative Frobenius < 2e-2).
+    Then the SFT loss (`masked_nll_sum`) of a tiny fp32 model is the same whichever head computes it (< 1e-4)."""
+    if not _has_module("liger_kernel"):
+        pytest.skip("liger_kernel not installed on this GPU machine (pip install liger-kernel)")
+    from north_lightning.model import NorthForCausalLM
+    from north_lightning.model.head import chunked_cross_entropy, liger_cross_entropy
+    from north_lightning.modules.sft import masked_nll_sum
+
+    N, D, V, scale = 2048, 2048, 262144, 0.7
+    hidden = torch.randn(1, N, D).to(DEVICE, torch.bfloat16)
+    weight = (torch.randn(V, D) * 0.02).to(DEVICE, torch.bfloat16)
+    targets = torch.randint(0, V, (1, N))
+    targets[torch.rand(1, N) < 0.1] = -100
+    targets = targets.to(DEVICE)
+    for reduction in ("sum", "mean"):
+        results = {}
+        for name, fn in (("chunked", lambda h, w: chunked_cross_entropy(h, w, targets, scale=scale,
+                                                                        reduction=reduction)),
+                         ("liger", lambda h, w: liger_cross_entropy(h, w, targets, scale=scale, reduction=reduction))):
+            h, w = hidden.clone().requires_grad_(), weight.clone().requires_grad_()
+            loss = fn(h, w)
+            loss.backward()
+            results[name] = (loss.detach().float().cpu(), h.grad.float().cpu(), w.grad.float().cpu())
+            del h, w, loss
+            torch.cuda.empty_cache()
+        (ref_loss, ref_dh, ref_dw), (loss, dh, dw) = results["chunked"], results["liger"]
+        assert abs(float(loss - ref_loss)) < 1e-3 * abs(float(ref_loss)), f"{reduction}: {loss} vs {ref_loss}"
+        assert_close_bf16(dh, ref_dh, f"{reduction} d(hidden)")
+        assert_close_bf16(dw, ref_dw, f"{reduction} d(weight)")
+
+    model = NorthForCausalLM(NorthConfig.preset("tiny", num_hidden_layers=2, logit_scale=0.7)).to(DEVICE)
+    ids = torch.randint(3, 4096, (2, 64), device=DEVICE)
+    tgt = ids.roll(-1, dims=1)
+    tgt[:, :10] = -100
+    batch = {"input_ids": ids, "targets": tgt}
+    sums = {}
+    for impl in ("chunked", "liger"):
+        model.config = model.config.replace(loss_impl=impl)
+        sums[impl], n = masked_nll_sum(model, batch)
+    assert int(n) == 2 * 54
+    assert abs(float(sums["liger"] - sums["chunked"])) < 1e-4 * abs(float(sums["chunked"]))

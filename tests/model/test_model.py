@@ -132,6 +132,32 @@ def test_chunked_head_equals_naive_loss_logprobs_entropy_and_gradients() -> None
         assert torch.allclose(g, ng, atol=1e-6, rtol=1e-5)
 
 
+def test_cross_entropy_dispatch_and_missing_liger_names_the_install() -> None:
+    """`loss_impl` picks the head; asking for Liger where it is not installed (CI: it never is) is the real
+    import failing, reported with the install line, on the function and on a whole SFT module alike."""
+    import importlib.util
+
+    from north_lightning.model.head import chunked_cross_entropy, cross_entropy
+    from north_lightning.modules import SFTModule
+
+    torch.manual_seed(0)
+    hidden, weight = torch.randn(1, 12, 16), torch.randn(50, 16)
+    targets = torch.randint(0, 50, (1, 12))
+    targets[0, :3] = -100
+    for reduction in ("sum", "mean"):
+        assert torch.equal(cross_entropy(hidden, weight, targets, scale=0.5, chunk_size=5, reduction=reduction),
+                           chunked_cross_entropy(hidden, weight, targets, scale=0.5, chunk_size=5, reduction=reduction))
+    with pytest.raises(ValueError, match="unknown loss_impl 'fused'"):
+        cross_entropy(hidden, weight, targets, impl="fused")
+    with pytest.raises(ValueError, match="NorthConfig.loss_impl: 'fused'"):
+        NorthConfig.preset("tiny", loss_impl="fused")
+    if importlib.util.find_spec("liger_kernel") is not None:
+        pytest.skip("liger_kernel is installed here; tests/gpu covers the Liger path")
+    with pytest.raises(ImportError, match=r"pip install liger-kernel.*north_lightning\[liger\].*No module named"):
+        cross_entropy(hidden, weight, targets, impl="liger")
+    with pytest.raises(ImportError, match=r"loss_impl='liger' needs Liger-Kernel.*pip install liger-kernel"):
+        SFTModule(model="tiny", config_overrides={"loss_impl": "liger"})
+
 def test_token_logprobs_match_full_logits() -> None:
     torch.manual_seed(0)
     model = NorthForCausalLM(NorthConfig.preset("tiny", head_chunk_size=16, logit_scale=0.5)).eval()
