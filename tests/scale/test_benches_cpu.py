@@ -31,6 +31,18 @@ def test_train_mfu_bench_cpu_dry_run() -> None:
     assert 0 < float(pairs["mfu"]) < 1 and float(pairs["speedup_vs_torch_experts"]) > 0
 
 
+def test_moe_block_bench_cpu_dry_run_reports_megablocks_unavailable() -> None:
+    """Small shapes; megablocks asked for on the CPU (where it cannot run, and in CI is not installed) must be
+    reported on the last line, not crash the comparison of the other backends."""
+    absent = importlib.util.find_spec("megablocks") is None  # installed, it would fail (CUDA only): exit 1
+    pairs = _last_line_pairs("moe_block.py", "--device", "cpu", "--tokens", "64", "--hidden", "128", "--ffn", "32",
+                             "--experts", "8", "--top-k", "2",
+                             "--backends", "torch,grouped,megablocks" if absent else "torch,grouped")
+    assert float(pairs["torch_vs_hf"]) > 0 and float(pairs["grouped_vs_hf"]) > 0
+    if absent:
+        assert pairs["megablocks"].startswith("unavailable(ModuleNotFoundError:No_module_named_'megablocks'")
+    assert pairs["device"] == "cpu" and "interrupted" not in pairs
+
 def test_attended_keys_counts_document_window_pairs() -> None:
     spec = importlib.util.spec_from_file_location("train_mfu", ROOT / "bench" / "train_mfu.py")
     mfu = importlib.util.module_from_spec(spec)
