@@ -31,7 +31,7 @@ from __future__ import annotations
 import os
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -59,10 +59,18 @@ class RolloutSpool:
         torch.save(batch, tmp)
         os.replace(tmp, self.path(index))  # atomic: a reader never sees a half-written batch
 
-    def get(self, index: int, timeout: float, poll: float = 0.05) -> dict[str, Any]:
+    def get(self, index: int, timeout: float, poll: float = 0.05,
+            stop: Callable[[], bool] | None = None) -> dict[str, Any]:
+        """Wait for batch `index`. `stop()` true while waiting raises Lightning's `SIGTERMException`: Lightning only
+        acts on SIGTERM between batches, so a trainer waiting for a stalled sampler would otherwise ignore it
+        until `timeout` (and be SIGKILLed by SLURM meanwhile, leaving containers behind)."""
         deadline = time.monotonic() + timeout
         path = self.path(index)
         while not path.exists():
+            if stop is not None and stop():
+                from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+                raise SIGTERMException(f"SIGTERM received while waiting for rollout batch {index}")
             if time.monotonic() > deadline:
                 raise TimeoutError(f"no rollout batch {index} in {self.dir} after {timeout:.0f} s: is the sampler "
                                    "callback (VLLMSidecar / SyncRollouts) configured and alive?")
@@ -182,7 +190,7 @@ class RolloutBatchStream(IterableDataset):
     def __init__(self, spool_dir: str | Path, *, micro_batches: int, row_tokens: int, pad_id: int,
                  rloo_std: bool = False, start_step: int = 0, timeout_s: float = 3600.0,
                  invalid_reasons: tuple[str, ...] = (), rank: int | None = None, world_size: int | None = None,
-                 lazy: bool = False) -> None:
+                 lazy: bool = False, stop: Callable[[], bool] | None = None) -> None:
         if micro_batches < 1:
             raise ValueError(f"micro_batches must be >= 1, got {micro_batches}")
         self.spool = RolloutSpool(spool_dir)
@@ -190,7 +198,7 @@ class RolloutBatchStream(IterableDataset):
         self.rloo_std, self.start_step, self.timeout_s = rloo_std, start_step, timeout_s
         self.invalid_reasons = tuple(invalid_reasons)
         self._rank, self._world = rank, world_size
-        self.lazy = lazy
+        self.lazy, self.stop = lazy, stop
         self._cached: tuple[int, dict[str, Any]] | None = None
 
     def _rank_world(self) -> tuple[int, int]:
@@ -243,7 +251,7 @@ class RolloutBatchStream(IterableDataset):
         """Read (waiting for it) global batch `index` and build this rank's micro-batch `micro`."""
         rank, world = self._rank_world()
         if self._cached is None or self._cached[0] != index:
-            self._cached = (index, self.spool.get(index, self.timeout_s))
+            self._cached = (index, self.spool.get(index, self.timeout_s, stop=self.stop))
         return self.micro_batch(self._cached[1], micro, rank, world)
 
 
@@ -292,9 +300,12 @@ class RLDataModule(L.LightningDataModule):
         stream = RolloutBatchStream(self.resolved_spool_dir(), micro_batches=self.micro_batches,
                                     row_tokens=self.row_tokens, pad_id=self.pad_id, rloo_std=self.rloo_std,
                                     start_step=start, timeout_s=self.timeout_s, invalid_reasons=self.invalid_reasons,
-                                    lazy=self.lazy)
+                                    lazy=self.lazy, stop=self._sigterm_received if self.num_workers == 0 else None)
         self._stream = stream
         return DataLoader(stream, batch_size=None, num_workers=self.num_workers, persistent_workers=False)
+
+    def _sigterm_received(self) -> bool:
+        return bool(getattr(self.trainer, "received_sigterm", False))
 
     def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         if isinstance(batch, dict) and "rl_batch" in batch:

@@ -124,3 +124,23 @@ def test_lazy_stream_yields_descriptors_resolved_before_the_step(tmp_path):
     assert stream.resolve(0, 1)["meta"]["micro"] == 1
     with pytest.raises(TimeoutError):
         stream.resolve(1, 0)
+
+
+def test_waiting_for_a_batch_gives_way_to_sigterm(tmp_path):
+    """Lightning acts on SIGTERM only between batches: a trainer waiting for a stalled sampler must not sit out
+    its whole timeout (SLURM would SIGKILL it first)."""
+    import time
+
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    spool = RolloutSpool(tmp_path)
+    flag = {"sigterm": False}
+    start = time.monotonic()
+    with pytest.raises(TimeoutError):
+        spool.get(0, timeout=0.3, stop=lambda: flag["sigterm"])
+    flag["sigterm"] = True
+    stream = RolloutBatchStream(tmp_path, micro_batches=1, row_tokens=64, pad_id=0, timeout_s=600, lazy=True,
+                                stop=lambda: flag["sigterm"])
+    with pytest.raises(SIGTERMException, match="batch 0"):
+        stream.resolve(0, 0)
+    assert time.monotonic() - start < 5

@@ -154,3 +154,88 @@ def test_sync_rollouts_swap_in_by_class_path_and_stay_on_policy(tmp_path, init_d
     assert report([str(run)]) == 0
     pngs = {p.name for p in (run / "report").glob("*.png")}
     assert {"loss.png", "reward.png", "staleness.png", "queue.png", "trainer_idle.png", "logprob_mismatch.png"} <= pngs
+
+
+def _descendants(pid: int) -> set[int]:
+    import psutil
+
+    try:
+        return {p.pid for p in psutil.Process(pid).children(recursive=True)}
+    except psutil.NoSuchProcess:
+        return set()
+
+
+def _alive(pid: int) -> bool:
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def test_sigterm_mid_run_leaves_no_container_no_process_and_a_complete_ledger(tmp_path, init_dir):
+    """SIGTERM (what SLURM and `kill` send) while rollouts are running: the run stops in bounded time through
+    Lightning's graceful path, the sidecar removes every container and child it started, and the ledger accounts
+    for every dispatched prompt. An orphan left by an earlier SIGKILLed run is swept when the sidecar starts."""
+    import socket
+
+    from north_lightning.envs.images import BASE_ALIAS
+    from north_lightning.envs.sandbox import (OWNER_HOST_LABEL, OWNER_PID_LABEL, SANDBOX_LABEL, docker_client,
+                                              labelled_containers)
+
+    client = docker_client()
+    gone = subprocess.Popen(["true"])
+    gone.wait()  # a pid that is no longer alive: the "SIGKILLed earlier run"
+    images = [BASE_ALIAS] if client.images.list(name=BASE_ALIAS) else [t for i in client.images.list() for t in i.tags]
+    require(bool(images), "no Docker image to create a stand-in orphan container from")
+    orphan = client.api.create_container(images[0], command=["true"], name=f"north_orphan_{gone.pid}_{os.getpid()}",
+                                         labels={SANDBOX_LABEL: "1", OWNER_PID_LABEL: str(gone.pid),
+                                                 OWNER_HOST_LABEL: socket.gethostname()})
+
+    run = tmp_path / "sigterm"
+    override = _override(run, init_dir, callback="north_lightning.callbacks.vllm_sidecar.VLLMSidecar",
+                         max_steps=50, accumulate=1, export_every=1)
+    proc = _fit(override)
+    exports = run / "rl" / "exports.jsonl"
+    seen: set[int] = set()
+    deadline = time.monotonic() + 400
+    while not (exports.exists() and exports.read_text().strip()):  # an export follows each trained step
+        if proc.poll() is not None:
+            _wait(proc, 1, run)
+            pytest.fail("the run ended before its first optimizer step")
+        assert time.monotonic() < deadline, "no optimizer step within 400 s"
+        seen |= _descendants(proc.pid)
+        time.sleep(0.5)
+    while not labelled_containers(owner_pid=proc.pid):  # SIGTERM while episodes run in containers
+        assert proc.poll() is None and time.monotonic() < deadline, "no episode running after the first step"
+        seen |= _descendants(proc.pid)
+        time.sleep(0.2)
+    seen |= _descendants(proc.pid)
+
+    sent = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    try:
+        rc = proc.wait(timeout=180)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        pytest.fail("the run did not exit within 180 s of SIGTERM")
+    log = "\n".join(p.read_text() for p in sorted(run.glob("fit*.log")))
+    print(f"exited with {rc} {time.monotonic() - sent:.1f} s after SIGTERM")
+    assert rc != -signal.SIGTERM, "killed by the signal itself: no graceful shutdown ran\n" + log[-3000:]
+
+    time.sleep(1.0)
+    assert labelled_containers(owner_pid=proc.pid) == []
+    assert not [c for c in client.api.containers(all=True) if c["Id"] == orphan["Id"]], "the orphan was not swept"
+    assert f"north_orphan_{gone.pid}_{os.getpid()}" in log  # ... and the sweep said so
+    assert not [pid for pid in seen if _alive(pid)], "child processes outlived the run"
+    with pytest.raises(ProcessLookupError):
+        os.killpg(proc.pid, 0)  # nothing left in the run's process group either
+
+    ledger = json.loads((run / "rl" / "ledger.json").read_text())
+    journal = [json.loads(line) for line in (run / "rl" / "dispatch_journal.jsonl").read_text().splitlines()]
+    entries = ledger["entries"]
+    assert {int(g) for g in entries} == {j["group_id"] for j in journal} and entries
+    assert {e["state"] for e in entries.values()} <= {"trained", "dropped_stale", "failed"}
+    assert all(e["reason"] for e in entries.values() if e["state"] != "trained")
+    assert any(e["state"] == "trained" for e in entries.values())
