@@ -39,6 +39,7 @@ from north_lightning.rl.sampler import EnvSpec, RolloutService, load_env_tasks
 log = logging.getLogger(__name__)
 ENGINES = ("inprocess", "subprocess", "servers")
 SAMPLER_URLS_ENV = "NORTH_SAMPLER_URLS"
+SERVER_KWARGS = {"urls", "timeout", "model"}
 
 
 def sampler_urls(urls: list[str] | str | None) -> list[str]:
@@ -90,6 +91,10 @@ class _RolloutCallback(L.Callback):
             raise ValueError(f"export_every_n_steps must be >= 1, got {export_every_n_steps}")
         if engine not in ENGINES:
             raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
+        unknown = sorted(set(engine_kwargs or {}) - SERVER_KWARGS) if engine == "servers" else []
+        if unknown:
+            raise ValueError(f"engine_kwargs {unknown} do not apply to engine: servers (known: {sorted(SERVER_KWARGS)}); "
+                             "the servers' own settings are `vllm serve` flags (slurm --sampler-args)")
         self.env_specs = [EnvSpec(**e) for e in envs]
         if not self.env_specs:
             raise ValueError("at least one environment is needed in `envs`")

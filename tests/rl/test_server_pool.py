@@ -17,11 +17,14 @@ def test_sampler_urls_from_kwargs_or_environment(monkeypatch):
     assert sampler_urls(["http://c:1"]) == ["http://c:1"]  # the config wins over the environment
 
 
-def test_sidecar_rejects_an_unknown_engine():
+def test_sidecar_rejects_an_unknown_engine_and_kwargs_that_do_not_apply():
     from north_lightning.callbacks.vllm_sidecar import VLLMSidecar
 
     with pytest.raises(ValueError, match="servers"):
         VLLMSidecar(envs=[{"name": "t", "tasks": "toy:train:1"}], engine="remote")
+    with pytest.raises(ValueError, match=r"\['max_model_len'\] do not apply to engine: servers"):
+        VLLMSidecar(envs=[{"name": "t", "tasks": "toy:train:1"}], engine="servers",
+                    engine_kwargs={"urls": ["http://a:1"], "max_model_len": 1024})
 
 
 def test_pool_with_no_live_server_names_every_dead_one(tmp_path):

@@ -47,7 +47,8 @@ def init_dir(tmp_path_factory):
     return out
 
 
-def _override(run: Path, init: Path, *, callback: str, max_steps: int, accumulate: int, export_every: int) -> Path:
+def _override(run: Path, init: Path, *, callback: str, max_steps: int, accumulate: int, export_every: int,
+              sidecar: dict | None = None, model: dict | None = None) -> Path:
     cfg = {
         "trainer": {
             "max_steps": max_steps, "accumulate_grad_batches": accumulate, "default_root_dir": str(run),
@@ -62,10 +63,11 @@ def _override(run: Path, init: Path, *, callback: str, max_steps: int, accumulat
                                "groups_per_step": 2, "group_size": 2, "export_every_n_steps": export_every,
                                "num_workers": 2, "window": 0.5,
                                "engine_kwargs": {"max_model_len": 1024, "kv_cache_bytes": 64 * 2**20},
-                               "rollout": {"max_context": 1024, "max_tokens_per_turn": 24, "command_timeout_sec": 20}}},
+                               "rollout": {"max_context": 1024, "max_tokens_per_turn": 24, "command_timeout_sec": 20},
+                               **(sidecar or {})}},
             ],
         },
-        "model": {"init_args": {"init_from": str(init)}},
+        "model": {"init_args": {"init_from": str(init), **(model or {})}},
         "data": {"init_args": {"row_tokens": 1024, "micro_batches": accumulate, "timeout_s": 600}},
     }
     path = run / "override.yaml"
@@ -239,3 +241,56 @@ def test_sigterm_mid_run_leaves_no_container_no_process_and_a_complete_ledger(tm
     assert {e["state"] for e in entries.values()} <= {"trained", "dropped_stale", "failed"}
     assert all(e["reason"] for e in entries.values() if e["state"] != "trained")
     assert any(e["state"] == "trained" for e in entries.values())
+
+
+def test_sync_rollouts_through_sampler_servers(tmp_path, init_dir):
+    """`engine: servers`: the sidecar samples from a real `vllm serve` (two URLs of one server: 2 cores) and
+    exports every step into it through the shared run directory: on-policy rollouts of every step match the
+    trainer's logprobs, and after the run the server holds the last export, far from its start weights."""
+    import csv
+    import socket
+
+    from north_lightning.rl.engine_server import launch_vllm_server, stop_vllm_server
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = launch_vllm_server(init_dir, port=port, max_model_len=1024, start_timeout=400,
+                                extra_args=["--kv-cache-memory-bytes", str(64 * 2**20), "--enforce-eager"],
+                                log_path=tmp_path / "server.log")
+    try:
+        run = tmp_path / "servers"
+        url = f"http://127.0.0.1:{port}"
+        override = _override(run, init_dir, callback="north_lightning.callbacks.vllm_sidecar.SyncRollouts",
+                             max_steps=3, accumulate=1, export_every=1, model={"lr": 1.0e-3},
+                             sidecar={"engine": "servers", "engine_kwargs": {"urls": [url, url + "/v1"], "timeout": 300}})
+        _wait(_fit(override), 400, run)
+        # the server now holds the last export (step 3 = the last checkpoint), not its start weights
+        from north_lightning.model import NorthForCausalLM
+        from north_lightning.rl.engine_server import OpenAIServerPolicy
+
+        final = NorthForCausalLM.from_pretrained(init_dir).eval()
+        sd = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False, map_location="cpu")["state_dict"]
+        final.load_state_dict({k.removeprefix("model."): v for k, v in sd.items() if k.startswith("model.")})
+        prompt = [1, 10, 20, 30]
+        comp = OpenAIServerPolicy(url).generate([prompt], max_tokens=16, seed=0)[0]
+        errors = {}
+        for name, model in (("final", final), ("init", NorthForCausalLM.from_pretrained(init_dir).eval())):
+            seq = torch.tensor([prompt + comp.token_ids])
+            targets = seq[:, 1:].clone()
+            targets[:, : len(prompt) - 1] = -100
+            with torch.no_grad():
+                logp, _ = model.token_logprobs(seq[:, :-1], targets)
+            errors[name] = (logp[0, len(prompt) - 1 :] - torch.tensor(comp.logprobs)).abs().max().item()
+        assert errors["final"] < 1e-4 < 1e-3 < errors["init"], errors
+    finally:
+        stop_vllm_server(server)
+    exports = [json.loads(line) for line in (run / "rl" / "exports.jsonl").read_text().splitlines()]
+    assert [(e["step"], e["version"]) for e in exports] == [(1, 1), (2, 2), (3, 3)]
+    assert (run / "rl" / "sampler_weights").is_dir() and not any((run / "rl" / "sampler_weights").iterdir())
+    for i in range(3):
+        batch = torch.load(run / "rollouts" / f"batch_{i:08d}.pt", weights_only=False)
+        assert all(set(r["versions"]) == {i} for g in batch["groups"] for r in g["rollouts"])
+    rows = list(csv.DictReader(open(next((run / "logs").rglob("metrics.csv")))))
+    mismatch = [float(r["rl/logprob_mismatch_max"]) for r in rows if r.get("rl/logprob_mismatch_max")]
+    assert len(mismatch) == 3 and max(mismatch) < 1e-3, mismatch
