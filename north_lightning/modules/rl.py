@@ -10,9 +10,13 @@ Loss scaling: `cispo_loss` returns this micro-batch's share of the global-batch 
 trainable-token count `batch["num_tokens"]`). Lightning divides the returned loss by `accumulate_grad_batches`
 and DDP averages gradients over ranks, so the module multiplies by both to keep the exact global objective.
 
-Logprob mismatch: on the first optimizer step after an export, the trainer's weights are exactly the
-sampler's, so for rollouts produced entirely by that version |log pi_train - log pi_sampler| measures the pure
-numerical train/sampler mismatch (kernels, dtype); it is logged as `rl/logprob_mismatch_mean|max`.
+Logprob mismatch after each export: on the first batch that holds rollouts sampled entirely by the newest
+policy version, |log pi_train - log pi_sampler| over those rollouts' tokens is logged as
+`rl/logprob_mismatch_mean|max`, with `rl/logprob_mismatch_lag_steps` = optimizer steps since that export. At
+lag 0 (always under `SyncRollouts`) the trainer's weights are exactly the sampler's, so the value is the pure
+numerical train/sampler mismatch (kernels, dtype); at lag > 0 (the asynchronous sampler's new rollouts reach the
+trainer a few steps later) it also holds the policy's drift over those steps, which CISPO's importance weight
+corrects anyway. Logged once per version (a version whose rollouts were all dropped as stale logs nothing).
 """
 
 from __future__ import annotations
@@ -46,6 +50,7 @@ class RLModule(SFTModule):
         self.cispo = CISPOConfig(eps_low, eps_high)
         self.policy_version = 0  # set by the sampler callback at each export
         self.last_export_step = 0
+        self.mismatch_logged_version = -1  # newest policy version whose mismatch was logged
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         targets_BS = batch["targets"]
@@ -67,27 +72,50 @@ class RLModule(SFTModule):
         self.log("rl/logprob_diff_max", m["logprob_diff_max"], batch_size=B, reduce_fx="max")
         self._log_mismatch(batch, logp_BS.detach(), mask_BS)
         meta = batch.get("meta") or {}
-        for key, value in (meta.get("stats") or {}).items():
-            self.log(key, float(value), batch_size=B, reduce_fx="mean")
+        self.log_sparse({key: float(value) for key, value in (meta.get("stats") or {}).items()})
         self.log("rl/policy_version", float(self.policy_version), batch_size=B)
         return total
 
     def _log_mismatch(self, batch: dict[str, Any], logp_BS: torch.Tensor, mask_BS: torch.Tensor) -> None:
-        if self._trainer is None or self.trainer.global_step != self.last_export_step:
+        if self._trainer is None or self.mismatch_logged_version >= self.policy_version:
             return
         fresh_BS = mask_BS & (batch["versions"] == self.policy_version)
-        if not bool(fresh_BS.any()):
-            return
         diff = (logp_BS - batch["sampler_logprobs"]).abs()[fresh_BS]
-        self.log("rl/logprob_mismatch_mean", diff.mean(), batch_size=int(fresh_BS.sum()))
-        self.log("rl/logprob_mismatch_max", diff.max(), batch_size=int(fresh_BS.sum()), reduce_fx="max")
+        # [sum, count, max] over all ranks, so every rank decides alike and the mean is token-weighted
+        stats = torch.stack([diff.sum(), torch.tensor(float(diff.numel()), device=diff.device),
+                             diff.max() if diff.numel() else torch.zeros((), device=diff.device)])
+        if self.trainer.world_size > 1 and torch.distributed.is_initialized():
+            total = stats[:2].clone()
+            torch.distributed.all_reduce(total)
+            top = stats[2:].clone()
+            torch.distributed.all_reduce(top, op=torch.distributed.ReduceOp.MAX)
+            stats = torch.cat([total, top])
+        if float(stats[1]) == 0:
+            return
+        self.mismatch_logged_version = self.policy_version
+        self.log_sparse({"rl/logprob_mismatch_mean": float(stats[0] / stats[1]),
+                         "rl/logprob_mismatch_max": float(stats[2]),
+                         "rl/logprob_mismatch_lag_steps": float(self.trainer.global_step - self.last_export_step)})
+
+    def log_sparse(self, metrics: dict[str, float]) -> None:
+        """Log metrics that exist only on some steps (per-version mismatch, per-batch statistics whose keys vary:
+        pass@1 per environment, end reasons, staleness buckets, export time) straight to the loggers at the
+        current optimizer step. Why not `self.log`: once a key was logged there, Lightning keeps emitting it on
+        every later step (as 0 after its reset), which reads as a real measurement (a 0 pass@1 of an
+        environment that had no rollout in the batch). Loggers write on rank 0 only."""
+        if self._trainer is None or not metrics:
+            return
+        for logger in self.trainer.loggers:
+            logger.log_metrics(metrics, step=self.trainer.global_step)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_save_checkpoint(checkpoint)
-        checkpoint["rl_state"] = {"policy_version": self.policy_version, "last_export_step": self.last_export_step}
+        checkpoint["rl_state"] = {"policy_version": self.policy_version, "last_export_step": self.last_export_step,
+                                  "mismatch_logged_version": self.mismatch_logged_version}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_load_checkpoint(checkpoint)
         state = checkpoint.get("rl_state") or {}
         self.policy_version = int(state.get("policy_version", 0))
         self.last_export_step = int(state.get("last_export_step", 0))
+        self.mismatch_logged_version = int(state.get("mismatch_logged_version", -1))
