@@ -49,7 +49,7 @@ class EvalConfig:
     max_context: int = 4096
     max_tokens_per_turn: int = 512
     command_timeout_sec: float = 60.0
-    concurrency: int = 4
+    concurrency: int = 4  # episodes (containers) run at once; `num_workers` of the RL sidecar
     out: str = "runs/eval/report"
 
 
