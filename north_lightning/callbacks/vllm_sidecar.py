@@ -178,11 +178,11 @@ class _RolloutCallback(L.Callback):
         pl_module.model.save_pretrained(out, tokenizer_dir=tokenizer_dir)
 
     def _sweep_orphans(self) -> None:
-        """Remove the sandbox containers an earlier SIGKILLed run left behind (owner process gone), before ours
-        start; live runs' containers are kept."""
+        """Remove the sandbox containers an earlier SIGKILLed run on this host left behind (owner process gone),
+        before ours start; live runs' containers, and other hosts' on a shared Docker engine, are kept."""
         from north_lightning.envs.sandbox import sweep_orphans
 
-        self.orphans_removed = sweep_orphans()
+        self.orphans_removed = sweep_orphans(this_host_only=True)
         if self.orphans_removed:
             log.warning("removed %d orphaned sandbox containers of dead runs: %s", len(self.orphans_removed),
                         ", ".join(self.orphans_removed))

@@ -174,14 +174,19 @@ def _remove_by_id(client: docker.DockerClient, container_id: str) -> bool:
         raise
 
 
-def sweep_orphans(*, all_owners: bool = False, client: docker.DockerClient | None = None) -> list[str]:
+def sweep_orphans(*, all_owners: bool = False, this_host_only: bool = False,
+                  client: docker.DockerClient | None = None) -> list[str]:
     """Remove labelled containers whose owner process is gone (or every labelled one with `all_owners`).
-    Returns the removed container names."""
+    A container of another host counts as orphaned unless `this_host_only` (what automatic sweeps use: a Docker
+    engine shared by several hosts or containers must not lose a live run's sandboxes, whose owner pid cannot be
+    checked from here). Returns the removed container names."""
     client = client or docker_client()
     removed = []
     for summary in _labelled(client, SANDBOX_LABEL):
         labels = summary.get("Labels") or {}
         owner_alive = False
+        if this_host_only and not all_owners and labels.get(OWNER_HOST_LABEL) != socket.gethostname():
+            continue
         if labels.get(OWNER_HOST_LABEL) == socket.gethostname():
             try:
                 os.kill(int(labels.get(OWNER_PID_LABEL, "0")), 0)
