@@ -63,10 +63,11 @@ def _build_base(args: argparse.Namespace) -> int:
 
 
 def _toy(args: argparse.Namespace) -> int:
-    from north_lightning.envs.toy_tasks import materialize_toy_tasks
+    from north_lightning.envs.toy_tasks import FAMILIES, materialize_toy_tasks
 
-    paths = materialize_toy_tasks(args.out, args.n, seed=args.seed, split=args.split)
-    print(f"wrote {len(paths)} {args.split} toy tasks to {args.out}")
+    families = tuple(f for f in args.families.split(",") if f) if args.families else FAMILIES
+    paths = materialize_toy_tasks(args.out, args.n, seed=args.seed, split=args.split, families=families)
+    print(f"wrote {len(paths)} {args.split} toy tasks ({', '.join(families)}) to {args.out}")
     return 0
 
 
@@ -156,6 +157,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n", type=int, default=16)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--split", choices=("train", "heldout"), default="train")
+    p.add_argument("--families", default=None, help="comma-separated families (default: all of "
+                   "write_file,arith,text_transform,python_fix)")
     p.set_defaults(fn=_toy)
     p = sub.add_parser("list", help="list tasks")
     p.add_argument("path", nargs="?", default=str(BUNDLED_DIR))

@@ -38,7 +38,8 @@ class EnvSpec:
     """One environment of a run: its tasks, the harness the policy talks through, its share of prompts.
 
     `tasks`: a task directory / SWE .jsonl (see `envs.tasks.load_tasks`), the JSON written by `tasks filter`
-    (pass@k band, per-task step budgets), or `toy:<split>:<n>[:<seed>]` for generated toy tasks. `max_steps`: per-task step budget (None: the task's own, e.g. from the pass@k filter).
+    (pass@k band, per-task step budgets), or `toy:<split>:<n>[:<seed>[:<families>]]` for generated toy tasks (families comma-separated,
+    default all). `max_steps`: per-task step budget (None: the task's own, e.g. from the pass@k filter).
     """
 
     name: str
@@ -52,14 +53,16 @@ def load_env_tasks(spec: EnvSpec, work_dir: Path) -> list[Any]:
     from north_lightning.envs.tasks import load_tasks
 
     if spec.tasks.startswith("toy:"):
-        from north_lightning.envs.toy_tasks import materialize_toy_tasks
+        from north_lightning.envs.toy_tasks import FAMILIES, materialize_toy_tasks
 
         parts = spec.tasks.split(":")
-        if len(parts) not in (3, 4):
-            raise ValueError(f"env {spec.name!r}: tasks={spec.tasks!r}, expected toy:<split>:<n>[:<seed>]")
-        split, n, seed = parts[1], int(parts[2]), int(parts[3]) if len(parts) == 4 else 0
-        root = work_dir / f"toy_{split}_{n}_{seed}"
-        materialize_toy_tasks(root, n, seed=seed, split=split)
+        if len(parts) not in (3, 4, 5):
+            raise ValueError(f"env {spec.name!r}: tasks={spec.tasks!r}, expected toy:<split>:<n>[:<seed>[:<families>]] "
+                             "(families comma-separated)")
+        split, n, seed = parts[1], int(parts[2]), int(parts[3]) if len(parts) >= 4 else 0
+        families = tuple(parts[4].split(",")) if len(parts) == 5 else FAMILIES
+        root = work_dir / (f"toy_{split}_{n}_{seed}" + ("" if len(parts) < 5 else "_" + "-".join(families)))
+        materialize_toy_tasks(root, n, seed=seed, split=split, families=families)
         tasks = load_tasks(root)
     elif spec.tasks.endswith(".json"):
         tasks = _filtered_tasks(Path(spec.tasks))

@@ -60,3 +60,21 @@ def test_tasks_toy_and_list_cli(tmp_path, capsys):
     assert main(["list", str(tmp_path)]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 5 and all(line.startswith("toy-") and "\tterminal\t" in line for line in lines)
+
+
+def test_family_subsets_in_the_rl_env_spec_and_the_cli(tmp_path, capsys):
+    from north_lightning.cli.tasks import main
+    from north_lightning.rl.sampler import EnvSpec, load_env_tasks
+
+    tasks = load_env_tasks(EnvSpec("t", "toy:train:6:0:arith,text_transform"), tmp_path / "w")
+    assert len(tasks) == 6 and {t.task_id.split("-")[1] for t in tasks} == {"arith", "text"}
+    # all families when none are named; a different root, so the two sets never mix
+    assert {t.task_id.split("-")[1] for t in load_env_tasks(EnvSpec("t", "toy:train:8:0"), tmp_path / "w")} == \
+        {"write", "arith", "text", "python"}
+    with pytest.raises(ValueError, match="unknown toy task family 'nope'"):
+        load_env_tasks(EnvSpec("t", "toy:train:2:0:nope"), tmp_path / "w")
+    with pytest.raises(ValueError, match=r"toy:<split>:<n>\[:<seed>\[:<families>\]\]"):
+        load_env_tasks(EnvSpec("t", "toy:train:2:0:arith:extra"), tmp_path / "w")
+    assert main(["toy", str(tmp_path / "cli"), "--n", "3", "--split", "heldout", "--families", "write_file"]) == 0
+    assert "wrote 3 heldout toy tasks (write_file)" in capsys.readouterr().out
+    assert {p.name.split("-")[1] for p in (tmp_path / "cli").iterdir()} == {"write"}
