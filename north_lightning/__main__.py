@@ -11,6 +11,7 @@ import importlib
 import sys
 
 LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test", "predict")
+SIGTERM_EXIT_CODE = 143  # 128 + SIGTERM, what a shell reports for a process ended by SIGTERM
 
 # subcommand -> (module, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
@@ -38,9 +39,17 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     name, rest = argv[0], argv[1:]
     if name in LIGHTNING_SUBCOMMANDS:
+        from lightning.pytorch.utilities.exceptions import SIGTERMException
+
         from north_lightning.cli.lightning_cli import run_lightning_cli
 
-        return run_lightning_cli([name, *rest])
+        try:
+            return run_lightning_cli([name, *rest])
+        except SIGTERMException:
+            # Lightning already ran the graceful path (callbacks' on_exception: ledger, engine and containers
+            # closed). Its SystemExit carries no code, i.e. 0, which SLURM would record as COMPLETED.
+            print("north_lightning: stopped by SIGTERM (graceful shutdown done); exit 143", file=sys.stderr)
+            return SIGTERM_EXIT_CODE
     if name not in SUBCOMMANDS:
         print(f"unknown subcommand {name!r}\n\n{_usage()}", file=sys.stderr)
         return 2

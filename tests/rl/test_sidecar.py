@@ -225,6 +225,8 @@ def test_sigterm_mid_run_leaves_no_container_no_process_and_a_complete_ledger(tm
     log = "\n".join(p.read_text() for p in sorted(run.glob("fit*.log")))
     print(f"exited with {rc} {time.monotonic() - sent:.1f} s after SIGTERM")
     assert rc != -signal.SIGTERM, "killed by the signal itself: no graceful shutdown ran\n" + log[-3000:]
+    assert rc == 143, f"a SIGTERMed run must not exit 0 (SLURM would record it as COMPLETED): {rc}"
+    assert "stopped by SIGTERM (graceful shutdown done)" in log
 
     time.sleep(1.0)
     assert labelled_containers(owner_pid=proc.pid) == []
