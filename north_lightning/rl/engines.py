@@ -23,10 +23,11 @@ import threading
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
+from north_lightning.rl.batching import CallBatcher
 from north_lightning.rl.rollout import Completion
 
 
@@ -46,9 +47,20 @@ def _check_version(current: int, version: int) -> None:
         raise ValueError(f"policy version must increase: engine has {current}, got {version}")
 
 
+class SampleSpec(NamedTuple):
+    """One prompt to sample with its own settings (calls of different episodes share an engine batch)."""
+
+    prompt: list[int]
+    max_tokens: int
+    temperature: float
+    top_p: float
+    seed: int | None
+
+
 class VLLMEngine:
-    """In-process `vllm.LLM` implementing `Policy`. Calls are serialised by a lock (vLLM's `LLM` is not
-    thread-safe), so rollout worker threads may share one engine; an export waits only for the running call."""
+    """In-process `vllm.LLM` implementing `Policy`. vLLM's `LLM` is not thread-safe: rollout threads' calls are
+    combined into batched engine calls (`CallBatcher`) and engine access is serialised by a lock, so an export
+    waits only for the running batch."""
 
     def __init__(self, model_dir: str | Path, *, max_model_len: int = 4096, dtype: str = "float32",
                  kv_cache_bytes: int = 512 * 2**20, seed: int = 0, enforce_eager: bool = True,
@@ -64,17 +76,25 @@ class VLLMEngine:
         self.policy_version = policy_version
         self.max_model_len = max_model_len
         self.lock = threading.Lock()
+        self._batcher = CallBatcher(self.generate_specs)
         self.generated_tokens = 0
         self.generate_seconds = 0.0
 
     def generate(self, prompts: list[list[int]], *, max_tokens: int, temperature: float = 1.0,
                  top_p: float = 1.0, seed: int | None = None) -> list[Completion]:
+        """Thread-safe; concurrent calls are decoded together in one batch (see `rl/batching.py`)."""
+        specs = [SampleSpec(list(p), max_tokens, temperature, top_p, None if seed is None else seed + i)
+                 for i, p in enumerate(prompts)]
+        return self._batcher.run(specs)
+
+    def generate_specs(self, specs: list[SampleSpec]) -> list[Completion]:
+        """One engine call for prompts with their own sampling settings (what the batcher hands over)."""
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
-        params = [SamplingParams(max_tokens=max_tokens, temperature=temperature, top_p=top_p, logprobs=0,
-                                 seed=None if seed is None else seed + i) for i in range(len(prompts))]
-        inputs = [TokensPrompt(prompt_token_ids=list(p)) for p in prompts]
+        params = [SamplingParams(max_tokens=s.max_tokens, temperature=s.temperature, top_p=s.top_p, logprobs=0,
+                                 seed=s.seed) for s in specs]
+        inputs = [TokensPrompt(prompt_token_ids=s.prompt) for s in specs]
         with self.lock:
             start = time.perf_counter()
             outputs = self.llm.generate(inputs, params, use_tqdm=False)
@@ -206,7 +226,7 @@ def _subprocess_main(conn: Any, model_dir: str, kwargs: dict[str, Any]) -> None:
         op, payload = conn.recv()
         try:
             if op == "generate":
-                result: Any = engine.generate(payload["prompts"], **payload["kwargs"])
+                result: Any = engine.generate_specs([SampleSpec(*spec) for spec in payload["specs"]])
             elif op == "load_weights":
                 result = engine.load_weights(payload["path"], payload["version"])
             elif op == "close":
@@ -234,6 +254,7 @@ class SubprocessVLLMEngine:
         self.start_timeout = start_timeout
         self.policy_version = int(engine_kwargs.get("policy_version", 0))
         self.lock = threading.Lock()
+        self._batcher = CallBatcher(self._generate_specs)
         self._writer = WeightsWriter(self.model_dir, prefix="north_engine_weights_")
         self._current_dir = self.model_dir
         self.restarts = 0
@@ -272,8 +293,13 @@ class SubprocessVLLMEngine:
 
     def generate(self, prompts: list[list[int]], *, max_tokens: int, temperature: float = 1.0,
                  top_p: float = 1.0, seed: int | None = None) -> list[Completion]:
-        kwargs = dict(max_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed)
-        return self._call("generate", {"prompts": prompts, "kwargs": kwargs})
+        """Thread-safe; concurrent calls go to the child as one batch (see `rl/batching.py`)."""
+        specs = [SampleSpec(list(p), max_tokens, temperature, top_p, None if seed is None else seed + i)
+                 for i, p in enumerate(prompts)]
+        return self._batcher.run(specs)
+
+    def _generate_specs(self, specs: list[SampleSpec]) -> list[Completion]:
+        return self._call("generate", {"specs": [tuple(s) for s in specs]})
 
     def load_weights(self, weights: Mapping[str, torch.Tensor] | str | Path, version: int) -> float:
         start = time.perf_counter()

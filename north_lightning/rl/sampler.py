@@ -2,7 +2,8 @@
 
 `RolloutService` owns the engine (any `Policy` with `load_weights`), the `WindowedFIFO` (+ ledger) and a
 seeded dispatcher over the task pool. Worker threads take a prompt (re-dispatch backlog first), run its G
-rollouts through the agent loop (`rl/rollout.py: run_episode`) and complete the group; the batcher thread takes
+rollouts side by side through the agent loop (`rl/rollout.py: run_episode`; so `num_workers` x G episodes run at
+once, and their turns share the engine's batches) and complete the group; the batcher thread takes
 batches from the queue and writes them to the `RolloutSpool` the datamodule reads.
 
 Two schedules share this code:
@@ -22,6 +23,7 @@ import logging
 import random
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -238,10 +240,16 @@ class RolloutService:
             gid, attempt, prompt = item
             env, task = self._task(prompt)
             config = replace(self.rollout_config, max_steps=env.max_steps) if env.max_steps else self.rollout_config
+            def episode(j: int, env: EnvSpec = env, task: Any = task, config: Any = config,
+                        prompt: dict[str, Any] = prompt, attempt: int = attempt) -> Any:
+                return self.run_episode(self.engine, env.harness, self.tokenizer, task, config=config,
+                                        seed=prompt["seed"] + 7919 * j + 104729 * attempt, env_name=env.name)
+
             try:
-                episodes = [self.run_episode(self.engine, env.harness, self.tokenizer, task, config=config,
-                                             seed=prompt["seed"] + 7919 * j + 104729 * attempt, env_name=env.name)
-                            for j in range(self.group_size)]
+                # the group's episodes run side by side: their turns meet in the engine's batches
+                # (rl/batching.py) and their sandboxes overlap; results stay in rollout order
+                with ThreadPoolExecutor(self.group_size, thread_name_prefix=f"group{gid}") as pool:
+                    episodes = list(pool.map(episode, range(self.group_size)))
             except EngineDied as err:
                 log.warning("engine died during group %d (%s); re-queueing and restarting", gid, err)
                 self.queue.requeue(gid, "engine_died")
