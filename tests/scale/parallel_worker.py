@@ -28,6 +28,12 @@ import torch.multiprocessing as mp
 STEPS, ROWS, SEQ = 3, 4, 48
 
 
+# Adam divides by sqrt(v) + eps: with the default eps (1e-8) a weight whose gradient is ~1e-8 moves by a fraction of
+# lr that depends on that gradient's last bits, so float-noise differences of a sharded sum (rank order) become
+# 1e-4-sized weight differences. A larger eps keeps the comparison about the parallelism, not about noise.
+ADAM_EPS = 1e-6
+
+
 def tiny_config():
     from north_lightning.model import NorthConfig
 
@@ -67,7 +73,7 @@ def reference(scenario: str) -> dict:
     if scenario == "train":
         model, batch = fresh_model(), global_batch()
         n = int((batch["targets"] != -100).sum())
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-3, eps=ADAM_EPS)
         losses = []
         for _ in range(STEPS):
             loss, nll = loss_fn(model, batch, n)
@@ -120,7 +126,7 @@ def train(rank: int, world: int, ep: int, param_dtype: str, out: Path) -> dict:
     n = int((batch["targets"] != -100).sum())
     rows = ROWS // world
     local = {k: v[rank * rows:(rank + 1) * rows] for k, v in batch.items()}
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, eps=ADAM_EPS)
     losses = []
     for _ in range(STEPS):
         loss, nll = loss_fn(model, local, n)
