@@ -142,8 +142,7 @@ def test_liger_loss_and_grads_match_chunked_head() -> None:
     for both reductions SFTModule may use. The chunked head computes logits in fp32, Liger in bf16, so: loss
     relative error < 1e-3; d(hidden) and d(weight) within the bf16 tolerances above (relative Frobenius < 2e-2).
     Then the SFT loss (`masked_nll_sum`) of a tiny fp32 model is the same whichever head computes it (< 1e-4)."""
-    if not _has_module("liger_kernel"):
-        pytest.skip("liger_kernel not installed on this GPU machine (pip install liger-kernel)")
+    require(_has_module("liger_kernel"), "liger_kernel is not installed on this GPU machine (pip install liger-kernel)")
     from north_lightning.model import NorthForCausalLM
     from north_lightning.model.head import chunked_cross_entropy, liger_cross_entropy
     from north_lightning.modules.sft import masked_nll_sum
