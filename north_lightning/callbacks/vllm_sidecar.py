@@ -34,6 +34,7 @@ import lightning as L
 import torch
 
 from north_lightning.datamodules.rl import RolloutSpool
+from north_lightning.modules.rl import log_sparse_metrics
 from north_lightning.rl.sampler import EnvSpec, RolloutService, load_env_tasks
 
 log = logging.getLogger(__name__)
@@ -62,17 +63,6 @@ def full_state_dict(module: torch.nn.Module) -> dict[str, torch.Tensor]:
         full = getattr(tensor, "full_tensor", None)
         out[name] = (full() if callable(full) else tensor).detach()
     return out
-
-
-def _log_sparse(pl_module: L.LightningModule, metrics: dict[str, float]) -> None:
-    """Metrics of some steps only (export time on export steps): `RLModule.log_sparse` writes them straight to the
-    loggers, since `LightningModule.log` re-emits a once-logged key as 0 on later steps."""
-    log_sparse = getattr(pl_module, "log_sparse", None)
-    if callable(log_sparse):
-        log_sparse(metrics)
-    else:
-        for logger in pl_module.trainer.loggers:
-            logger.log_metrics(metrics, step=pl_module.trainer.global_step)
 
 
 class _StateDictView:
@@ -238,7 +228,7 @@ class _RolloutCallback(L.Callback):
         if step != self._last_step:  # an optimizer step happened (the end of an accumulation window)
             self._last_step = step
             if self._idle + self._busy > 0:
-                _log_sparse(pl_module, {"rl/trainer_idle_frac": self._idle / (self._idle + self._busy)})
+                log_sparse_metrics(trainer, {"rl/trainer_idle_frac": self._idle / (self._idle + self._busy)})
             self._idle = self._busy = 0.0
             if step % self.export_every_n_steps == 0:
                 self.export(trainer, pl_module)
@@ -263,7 +253,7 @@ class _RolloutCallback(L.Callback):
                 f.write(json.dumps({"step": trainer.global_step, "version": self.policy_version,
                                     "seconds": round(seconds, 4)}) + "\n")
         pl_module.policy_version, pl_module.last_export_step = self.policy_version, trainer.global_step
-        _log_sparse(pl_module, {"rl/export_seconds": seconds})
+        log_sparse_metrics(trainer, {"rl/export_seconds": seconds})
 
     def _check_service(self) -> None:
         if self.service is not None and self.service.errors:

@@ -31,6 +31,18 @@ from north_lightning.rl.losses import CISPOConfig, cispo_loss
 IGNORE_INDEX = -100
 
 
+def log_sparse_metrics(trainer: Any, metrics: dict[str, float]) -> None:
+    """Log metrics that exist only on some steps (per-version mismatch, per-batch statistics whose keys vary:
+    pass@1 per environment, end reasons, staleness buckets, export time) straight to the loggers at the current
+    optimizer step. Why not `LightningModule.log`: once a key was logged there, Lightning keeps emitting it on every
+    later step (as 0 after its reset), which reads as a real measurement (a 0 pass@1 of an environment that had no
+    rollout in the batch). Loggers write on rank 0 only."""
+    if not metrics:
+        return
+    for logger in trainer.loggers:
+        logger.log_metrics(metrics, step=trainer.global_step)
+
+
 class RLModule(SFTModule):
     """CISPO on packed rollouts (see the module docstring).
 
@@ -98,15 +110,9 @@ class RLModule(SFTModule):
                          "rl/logprob_mismatch_lag_steps": float(self.trainer.global_step - self.last_export_step)})
 
     def log_sparse(self, metrics: dict[str, float]) -> None:
-        """Log metrics that exist only on some steps (per-version mismatch, per-batch statistics whose keys vary:
-        pass@1 per environment, end reasons, staleness buckets, export time) straight to the loggers at the
-        current optimizer step. Why not `self.log`: once a key was logged there, Lightning keeps emitting it on
-        every later step (as 0 after its reset), which reads as a real measurement (a 0 pass@1 of an
-        environment that had no rollout in the batch). Loggers write on rank 0 only."""
-        if self._trainer is None or not metrics:
-            return
-        for logger in self.trainer.loggers:
-            logger.log_metrics(metrics, step=self.trainer.global_step)
+        """See `log_sparse_metrics`."""
+        if self._trainer is not None:
+            log_sparse_metrics(self.trainer, metrics)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_save_checkpoint(checkpoint)
