@@ -3,7 +3,9 @@
 Every task is attempted `n_samples` times under each of `seeds` (default 3 seeds, temperature 1.0,
 top_p 0.95). pass@k is the unbiased estimator over the n samples of one seed, averaged over tasks, then
 reported as mean and std over seeds. Writes `<out>.json` (config, summary, every sample) and `<out>.csv`
-(one row per task); the JSON is what `tasks filter` reads.
+(one row per task); the JSON is what `tasks filter` reads. With `transcripts: true` it also writes
+`<out>.transcripts.jsonl`: every episode's decoded text (prompt, assistant turns, observations) with its reward and
+end reason, to see *why* episodes fail without re-running them.
 
 The policy is any class implementing `north_lightning.rl.rollout.Policy`, chosen by `class_path` with
 `init_args` (e.g. `north_lightning.rl.engines.VLLMEngine` with `model_dir`). Constructor parameters named
@@ -50,6 +52,7 @@ class EvalConfig:
     max_tokens_per_turn: int = 512
     command_timeout_sec: float = 60.0
     concurrency: int = 4  # episodes (containers) run at once; `num_workers` of the RL sidecar
+    transcripts: bool = False  # also write <out>.transcripts.jsonl (decoded episodes)
     out: str = "runs/eval/report"
 
 
@@ -137,6 +140,8 @@ def run_eval(cfg: EvalConfig) -> dict[str, Any]:
     started = time.monotonic()
     episodes = run_episodes(policy, tokenizer, jobs, config=rollout, concurrency=cfg.concurrency)
     elapsed = time.monotonic() - started
+    if cfg.transcripts:
+        _write_transcripts(Path(cfg.out).with_suffix(".transcripts.jsonl"), tokenizer, keys, episodes)
     per_task: list[dict[str, Any]] = [
         {"task_id": t.task_id, "kind": t.kind, "path": str(getattr(t, "path", "") or t.source), "samples": []}
         for t in tasks
@@ -165,6 +170,19 @@ def run_eval(cfg: EvalConfig) -> dict[str, Any]:
         for k in cfg.k:
             entry[f"pass@{k}"] = pass_at_k(n, c, min(k, n))
     return {"config": asdict(cfg), "summary": summary, "tasks": per_task}
+
+
+def _write_transcripts(path: Path, tokenizer: Any, keys: list[tuple[int, int, int]], episodes: list[Any]) -> None:
+    """One JSON line per episode: its segments decoded, marked `policy` (generated) or `context` (prompt,
+    observations, template tokens), so a reader sees exactly what the model saw and wrote."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as fh:
+        for (seed, i, sample), ep in zip(keys, episodes):
+            segments = [{"source": "policy" if seg.trainable else "context",
+                         "text": tokenizer.decode(seg.token_ids, skip_special_tokens=False)} for seg in ep.segments]
+            fh.write(json.dumps({"task_id": ep.task_id, "seed": seed, "task_index": i, "sample": sample,
+                                 "reward": ep.reward, "end_reason": ep.end_reason, "steps": ep.steps,
+                                 "segments": segments}) + "\n")
 
 
 def write_report(report: dict[str, Any], out: str | Path, ks: list[int]) -> tuple[Path, Path]:

@@ -42,7 +42,7 @@ def test_eval_with_scripted_policy_writes_json_and_csv_then_filter(base_image, t
         "policy": {"class_path": "north_lightning.envs.scripted_policy.OraclePolicy"},
         "harness": {"terminal": "mini_swe_agent", "swe": "swe_agent"},
         "n_samples": 2, "k": [1, 2], "seeds": [0, 1], "max_tokens_per_turn": 1024, "concurrency": 4,
-        "out": str(tmp_path / "report"),
+        "transcripts": True, "out": str(tmp_path / "report"),
     }
     (tmp_path / "eval.yaml").write_text(yaml.safe_dump(config))
     assert eval_main(["--config", str(tmp_path / "eval.yaml")]) == 0
@@ -53,6 +53,14 @@ def test_eval_with_scripted_policy_writes_json_and_csv_then_filter(base_image, t
     assert {s["seed"] for s in report["tasks"][0]["samples"]} == {0, 1}
     rows = list(csv.DictReader(open(tmp_path / "report.csv")))
     assert len(rows) == 4 and all(r["pass@1"] == "1.0000" for r in rows)
+    transcripts = [json.loads(line) for line in open(tmp_path / "report.transcripts.jsonl")]
+    assert len(transcripts) == 16 and all(t["reward"] == 1.0 and t["end_reason"] == "submitted" for t in transcripts)
+    arith = [t for t in transcripts if t["task_id"] == "toy-arith-cbfa16cc"]
+    assert len(arith) == 4 and {(t["seed"], t["sample"]) for t in arith} == {(0, 0), (0, 1), (1, 0), (1, 1)}
+    sources = [seg["source"] for seg in arith[0]["segments"]]
+    assert sources[0] == "context" and "policy" in sources  # prompt first, then generated turns
+    policy_text = "".join(seg["text"] for seg in arith[0]["segments"] if seg["source"] == "policy")
+    assert "answer.txt" in policy_text  # the oracle's command, decoded from the generated token ids
 
     # filter: make one task never solved, one sometimes solved (inside the band), the rest always
     report["tasks"][0]["samples"] = [dict(s, reward=0.0) for s in report["tasks"][0]["samples"]]
