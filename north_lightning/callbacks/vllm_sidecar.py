@@ -12,7 +12,7 @@ The initial weights are exported from the LightningModule at `on_fit_start` (aft
 restored), so a resumed run samples from the restored policy. Checkpoints hold the queue's ledger, the
 dispatcher RNG and the policy version; groups not yet trained are re-dispatched on resume.
 
-At start rank 0 removes sandbox containers whose owner process is dead (`envs.sandbox.sweep_orphans`), i.e.
+At start rank 0 removes sandbox containers whose owner process is dead (`envs.docker_host.sweep_orphans`), i.e.
 what a SIGKILLed earlier run left; their names are in `orphans_removed` and the log.
 
 Shutdown: `on_fit_end` and `on_exception` (errors, KeyboardInterrupt, Lightning's SIGTERM handling) stop the
@@ -66,10 +66,10 @@ def full_state_dict(module: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 class _StateDictView:
-    """Object with `state_dict()` over a gathered dict, for `to_hf_state_dict`."""
+    """Object with `state_dict()` (and `config`) over a gathered dict, for `to_hf_state_dict` / `save_pretrained`."""
 
-    def __init__(self, sd: dict[str, torch.Tensor]) -> None:
-        self._sd = sd
+    def __init__(self, sd: dict[str, torch.Tensor], config: Any = None) -> None:
+        self._sd, self.config = sd, config
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return self._sd
@@ -169,19 +169,23 @@ class _RolloutCallback(L.Callback):
         atexit.register(self._shutdown)
 
     def _export_dir(self, pl_module: L.LightningModule, sd: dict[str, torch.Tensor], out: Path) -> None:
-        """The engine's start directory: config + tokenizer + the module's current weights."""
+        """The engine's start directory: config + tokenizer + the module's current weights, written from the
+        gathered `sd` (rank 0 only): the sharded module's own `save_pretrained` would index DTensors, a collective
+        the other ranks never join (rank 0 hung there under FSDP2)."""
+        from north_lightning.model.hf import save_pretrained
+
         datamodule_tok = getattr(pl_module.trainer.datamodule, "tokenizer_path", None)
         tokenizer_dir = datamodule_tok or pl_module.hparams.get("init_from")
         if tokenizer_dir is None:
             from north_lightning.assets import tiny_tokenizer_path
 
             tokenizer_dir = tiny_tokenizer_path()
-        pl_module.model.save_pretrained(out, tokenizer_dir=tokenizer_dir)
+        save_pretrained(_StateDictView(sd, pl_module.model.config), out, tokenizer_dir=tokenizer_dir)
 
     def _sweep_orphans(self) -> None:
         """Remove the sandbox containers an earlier SIGKILLed run on this host left behind (owner process gone),
         before ours start; live runs' containers, and other hosts' on a shared Docker engine, are kept."""
-        from north_lightning.envs.sandbox import sweep_orphans
+        from north_lightning.envs.docker_host import sweep_orphans
 
         self.orphans_removed = sweep_orphans(this_host_only=True)
         if self.orphans_removed:

@@ -132,7 +132,7 @@ def _filter(args: argparse.Namespace) -> int:
 
 
 def _sweep(args: argparse.Namespace) -> int:
-    from north_lightning.envs.sandbox import sweep_orphans
+    from north_lightning.envs.docker_host import sweep_orphans
 
     removed = sweep_orphans(all_owners=args.all)
     print(f"removed {len(removed)} containers" + (f": {', '.join(removed)}" if removed else ""))

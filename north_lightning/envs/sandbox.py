@@ -27,10 +27,19 @@ from typing import Any, NamedTuple
 import docker
 import docker.errors
 
-SANDBOX_LABEL = "north_lightning.sandbox"
-OWNER_PID_LABEL = "north_lightning.owner_pid"
-OWNER_HOST_LABEL = "north_lightning.owner_host"
-BOX_ID_LABEL = "north_lightning.sandbox_id"
+from north_lightning.envs.docker_host import (  # noqa: F401  (re-exported: the sandbox's public names)
+    BOX_ID_LABEL,
+    OWNER_HOST_LABEL,
+    OWNER_PID_LABEL,
+    SANDBOX_LABEL,
+    SandboxError,
+    docker_client,
+    labelled_containers,
+    labelled_summaries,
+    remove_container,
+    sweep_orphans,
+)
+
 TIMEOUT_EXIT_CODE = 124  # what GNU `timeout` returns; the host-side deadline reports the same
 KILL_GRACE_SEC = 2.0  # SIGTERM -> SIGKILL grace of the in-container `timeout`
 HOST_DEADLINE_SLACK_SEC = 10.0
@@ -41,10 +50,6 @@ _EXEC_WRAPPER = (
     f'T=$1; shift; exec 2>&1; timeout -k {KILL_GRACE_SEC:g} "$T" "$@" & p=$!; wait $p; rc=$?; '
     'kill -9 -- -$p 2>/dev/null; exit $rc'
 )
-
-
-class SandboxError(RuntimeError):
-    """The sandbox cannot do what was asked (container gone, Docker error)."""
 
 
 class EpisodeTimeout(SandboxError):
@@ -76,27 +81,6 @@ class SandboxConfig:
     max_output_bytes: int = 64_000
     env: dict[str, str] = field(default_factory=dict)
     labels: dict[str, str] = field(default_factory=dict)
-
-
-_CLIENT: docker.DockerClient | None = None
-_CLIENT_LOCK = threading.Lock()
-
-
-def docker_client() -> docker.DockerClient:
-    """One process-wide client: a long socket timeout (commands may be silent for minutes) and a connection
-    pool large enough for many concurrent sandboxes."""
-    global _CLIENT
-    with _CLIENT_LOCK:
-        if _CLIENT is None:
-            try:
-                _CLIENT = docker.from_env(timeout=24 * 3600, max_pool_size=128)
-                _CLIENT.ping()
-            except docker.errors.DockerException as err:
-                _CLIENT = None
-                raise SandboxError(
-                    f"cannot reach a Docker engine ({err}); run `bash scripts/ensure_docker.sh` (or `make docker`)"
-                ) from err
-        return _CLIENT
 
 
 # ---- guaranteed removal -------------------------------------------------------------------------------------
@@ -154,55 +138,6 @@ def _install_cleanup_hooks() -> None:
     for signum in (signal.SIGTERM, signal.SIGINT):
         _PREVIOUS_HANDLERS[signum] = signal.getsignal(signum)
         signal.signal(signum, _signal_handler)
-
-
-def _labelled(client: docker.DockerClient, *labels: str) -> list[dict[str, Any]]:
-    """Containers carrying all `labels` (`key` or `key=value`), as the engine's summaries. The low-level
-    listing does not inspect each container, so one removed meanwhile cannot make it fail."""
-    return client.api.containers(all=True, filters={"label": list(labels)})
-
-
-def _remove_by_id(client: docker.DockerClient, container_id: str) -> bool:
-    try:
-        client.api.remove_container(container_id, force=True)
-        return True
-    except docker.errors.NotFound:
-        return False
-    except docker.errors.APIError as err:
-        if "already in progress" in str(err):
-            return False
-        raise
-
-
-def sweep_orphans(*, all_owners: bool = False, this_host_only: bool = False,
-                  client: docker.DockerClient | None = None) -> list[str]:
-    """Remove labelled containers whose owner process is gone (or every labelled one with `all_owners`).
-    A container of another host counts as orphaned unless `this_host_only` (what automatic sweeps use: a Docker
-    engine shared by several hosts or containers must not lose a live run's sandboxes, whose owner pid cannot be
-    checked from here). Returns the removed container names."""
-    client = client or docker_client()
-    removed = []
-    for summary in _labelled(client, SANDBOX_LABEL):
-        labels = summary.get("Labels") or {}
-        owner_alive = False
-        if this_host_only and not all_owners and labels.get(OWNER_HOST_LABEL) != socket.gethostname():
-            continue
-        if labels.get(OWNER_HOST_LABEL) == socket.gethostname():
-            try:
-                os.kill(int(labels.get(OWNER_PID_LABEL, "0")), 0)
-                owner_alive = True
-            except (OSError, ValueError):
-                owner_alive = False
-        if (all_owners or not owner_alive) and _remove_by_id(client, summary["Id"]):
-            removed.append((summary.get("Names") or [summary["Id"][:12]])[0].lstrip("/"))
-    return removed
-
-
-def labelled_containers(client: docker.DockerClient | None = None, owner_pid: int | None = None) -> list[str]:
-    """Names of the containers (running or not) that carry our sandbox label (of one owner process)."""
-    client = client or docker_client()
-    labels = [SANDBOX_LABEL] + ([f"{OWNER_PID_LABEL}={owner_pid}"] if owner_pid is not None else [])
-    return [(c.get("Names") or [c["Id"][:12]])[0].lstrip("/") for c in _labelled(client, *labels)]
 
 
 # ---- the sandbox --------------------------------------------------------------------------------------------
@@ -276,8 +211,8 @@ class DockerSandbox:
             )
         except docker.errors.APIError as err:
             # `run` = create + start: a container that was created but failed to start must not linger
-            for stray in _labelled(self.client, f"{BOX_ID_LABEL}={box_id}"):
-                _remove_by_id(self.client, stray["Id"])
+            for stray in labelled_summaries(self.client, f"{BOX_ID_LABEL}={box_id}"):
+                remove_container(self.client, stray["Id"])
             raise SandboxError(f"cannot start a container from {cfg.image!r}: {err}") from err
         with _LIVE_LOCK:
             _LIVE[self.container.id] = self
