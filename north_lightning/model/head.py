@@ -46,20 +46,29 @@ def chunked_token_logprobs(hidden_BSD: torch.Tensor, weight_VD: torch.Tensor, ta
                            scale: float = 1.0, chunk_size: int = 1024,
                            with_entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
     """log p(target) and (optionally) the entropy of the predicted distribution at every position, float32,
-    [B, S] each. Positions whose target is -100 get 0 for both. Differentiable w.r.t. hidden and weight."""
+    [B, S] each. Positions whose target is -100 get 0 for both. Differentiable w.r.t. hidden and weight.
+
+    Only positions with a target go through the head: agent data trains on the assistant's tokens alone
+    (prompts, tool schemas and observations are most of a trajectory), so gathering them first skips most of
+    the vocabulary projection, its recomputation in backward and the softmax."""
     B, S, D = hidden_BSD.shape
     hidden_ND, targets_N = hidden_BSD.reshape(-1, D), targets_BS.reshape(-1)
+    index_K = (targets_N != IGNORE_INDEX).nonzero().squeeze(-1)
+    hidden_KD, targets_K = hidden_ND.index_select(0, index_K), targets_N.index_select(0, index_K)
     logps, entropies = [], []
-    for start in range(0, hidden_ND.shape[0], chunk_size):
-        h_CD, t_C = hidden_ND[start:start + chunk_size], targets_N[start:start + chunk_size]
+    for start in range(0, max(index_K.numel(), 1), chunk_size):  # one (empty) chunk keeps the graph when K = 0
+        h_CD, t_C = hidden_KD[start:start + chunk_size], targets_K[start:start + chunk_size]
         if torch.is_grad_enabled() and (h_CD.requires_grad or weight_VD.requires_grad):
             logp_C, ent_C = checkpoint(_chunk_logprobs, h_CD, weight_VD, t_C, scale, with_entropy, use_reentrant=False)
         else:
             logp_C, ent_C = _chunk_logprobs(h_CD, weight_VD, t_C, scale, with_entropy)
         logps.append(logp_C)
         entropies.append(ent_C)
-    logp_BS = torch.cat(logps).view(B, S)
-    return logp_BS, (torch.cat(entropies).view(B, S) if with_entropy else None)
+
+    def scatter(values_K: torch.Tensor) -> torch.Tensor:
+        return values_K.new_zeros(B * S).index_copy(0, index_K, values_K).view(B, S)
+
+    return scatter(torch.cat(logps)), (scatter(torch.cat(entropies)) if with_entropy else None)
 
 
 def chunked_cross_entropy(hidden_BSD: torch.Tensor, weight_VD: torch.Tensor, targets_BS: torch.Tensor, *,

@@ -130,6 +130,22 @@ def test_chunked_head_equals_naive_loss_logprobs_entropy_and_gradients() -> None
     assert torch.allclose(ent, naive_ent, atol=1e-5, rtol=0)
     for g, ng in zip(grads, naive_grads):
         assert torch.allclose(g, ng, atol=1e-6, rtol=1e-5)
+    assert (grads[0][0, :5] == 0).all() and (grads[0][0, 5:] != 0).any()  # ignored positions get no gradient
+
+
+def test_chunked_head_with_no_target_keeps_the_graph() -> None:
+    """A micro-batch without a single trainable token (e.g. a row of prompts only) gives loss 0 whose backward
+    still runs (Lightning calls it) and leaves zero gradients."""
+    from north_lightning.model.head import chunked_cross_entropy, chunked_token_logprobs
+
+    hidden = torch.randn(1, 6, 8, requires_grad=True)
+    weight = torch.randn(20, 8, requires_grad=True)
+    targets = torch.full((1, 6), -100)
+    logp, ent = chunked_token_logprobs(hidden, weight, targets, chunk_size=4, with_entropy=True)
+    assert logp.shape == ent.shape == (1, 6) and not logp.any() and not ent.any()
+    loss = chunked_cross_entropy(hidden, weight, targets, reduction="sum")
+    loss.backward()
+    assert loss.item() == 0.0 and not hidden.grad.any() and not weight.grad.any()
 
 
 def test_cross_entropy_dispatch_and_missing_liger_names_the_install(monkeypatch) -> None:
