@@ -6,7 +6,10 @@ the trainer's weights into the engine; they differ only in the schedule, so they
 Export is keyed on `trainer.global_step` (optimizer steps), never on batch count: under gradient accumulation
 Lightning's batch hooks fire once per micro-batch. Every `export_every_n_steps` optimizer steps all ranks take
 part in gathering the full state dict (FSDP `full_tensor()` is a collective) and only rank 0 hands it to the
-engine with the next policy version. The trainer pauses only for the export itself.
+engine with the next policy version. The trainer pauses only for the export itself. A multi-process trainer needs
+`engine: subprocess` (or `servers`): an in-process `vllm.LLM` adopts the trainer's initialised default process
+group as its own world and creates sub-groups in it, collectives that only rank 0 would join (rank 0 hangs), so
+`setup` refuses `inprocess` when the world size is above 1.
 
 The initial weights are exported from the LightningModule at `on_fit_start` (after a checkpoint was
 restored), so a resumed run samples from the restored policy. Checkpoints hold the queue's ledger, the
@@ -124,6 +127,14 @@ class _RolloutCallback(L.Callback):
         dm = trainer.datamodule
         resolve = getattr(dm, "resolved_spool_dir", None)
         return RolloutSpool(resolve() if callable(resolve) else self._work_dir(trainer) / "rollouts")
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        """Refuse, on every rank alike, what cannot work before any rank starts waiting for another."""
+        if self.engine_kind == "inprocess" and trainer.world_size > 1:
+            raise ValueError(
+                f"engine: inprocess cannot run beside a {trainer.world_size}-process trainer: vLLM would take the "
+                "trainer's process group as its own world and hang rank 0 in a collective the other ranks never "
+                "join; use engine: subprocess (the engine in a child of rank 0) or servers")
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Start here, not in `on_train_start`: the fit loop fetches the first batch before that hook. Module
