@@ -43,7 +43,7 @@ from north_lightning.rl.sampler import EnvSpec, RolloutService, load_env_tasks
 log = logging.getLogger(__name__)
 ENGINES = ("inprocess", "subprocess", "servers")
 SAMPLER_URLS_ENV = "NORTH_SAMPLER_URLS"
-SERVER_KWARGS = {"urls", "timeout", "model"}
+SERVER_KWARGS = {"urls", "timeout", "model", "weight_transfer", "nccl"}
 
 
 def sampler_urls(urls: list[str] | str | None) -> list[str]:
@@ -99,6 +99,11 @@ class _RolloutCallback(L.Callback):
         if unknown:
             raise ValueError(f"engine_kwargs {unknown} do not apply to engine: servers (known: {sorted(SERVER_KWARGS)}); "
                              "the servers' own settings are `vllm serve` flags (slurm --sampler-args)")
+        if engine == "servers":
+            from north_lightning.rl.weight_transfer import parse_weight_transfer
+
+            kwargs = engine_kwargs or {}
+            parse_weight_transfer(kwargs.get("weight_transfer", "files"), kwargs.get("nccl"))
         self.env_specs = [EnvSpec(**e) for e in envs]
         if not self.env_specs:
             raise ValueError("at least one environment is needed in `envs`")
@@ -135,6 +140,10 @@ class _RolloutCallback(L.Callback):
                 f"engine: inprocess cannot run beside a {trainer.world_size}-process trainer: vLLM would take the "
                 "trainer's process group as its own world and hang rank 0 in a collective the other ranks never "
                 "join; use engine: subprocess (the engine in a child of rank 0) or servers")
+        if self.engine_kind == "servers" and self.engine_kwargs.get("weight_transfer") == "nccl":
+            from north_lightning.rl.weight_transfer import require_cuda
+
+            require_cuda()  # here, not when rank 0 starts the pool: the other ranks would wait for it forever
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Start here, not in `on_train_start`: the fit loop fetches the first batch before that hook. Module
@@ -328,8 +337,11 @@ class VLLMSidecar(_RolloutCallback):
         export_every_n_steps: K, optimizer steps between weight exports (policy version +1 each); default 4.
         engine: `inprocess` (vllm.LLM here), `subprocess` (restartable child process) or `servers` (`vllm serve`
             sampler nodes through `rl.engine_server.ServerPool`: `engine_kwargs.urls`, else `NORTH_SAMPLER_URLS`;
-            weights travel through `<work_dir>/sampler_weights`, which the sampler nodes must see at the same
-            path). `engine_kwargs` go to the engine (for `servers`: urls, timeout, model).
+            with `weight_transfer: files` (default) weights travel through `<work_dir>/sampler_weights`, which the
+            sampler nodes must see at the same path; with `weight_transfer: nccl` (+ `nccl: {master_address,
+            master_port, packed, timeout_s}`, GPU only) rank 0 streams them over NCCL, see
+            `rl/weight_transfer.py`). `engine_kwargs` go to the engine (for `servers`: urls, timeout, model,
+            weight_transfer, nccl).
         num_workers: rollout worker threads, i.e. episodes run at once (`concurrency` in `eval`); each group's G
             rollouts run one after another in its worker. window / max_staleness / on_stale: the queue's rules.
         prefetch_batches: how many batches the batcher may write ahead of the trainer.

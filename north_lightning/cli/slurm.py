@@ -4,8 +4,10 @@ Renders an sbatch script from the templates in `configs/slurm/`: `sft.sbatch.tmp
 `fit`, `rl.sbatch.tmpl` (a heterogeneous job: trainer nodes + vLLM sampler nodes) when `--sampler-nodes` > 0.
 The scripts rely on Lightning's SLURM environment (one `srun` task per GPU), on its SIGUSR1 auto-requeue
 (`--signal=USR1@90` + `--requeue`: an hpc checkpoint is saved and the job requeued) and resume from the newest
-checkpoint in the run directory. Rendering is plain text substitution so the result can be read and edited
-before `sbatch`; every placeholder must be filled, so a template edit that adds one fails loudly here.
+checkpoint in the run directory. When the config's sampler callback says `engine_kwargs.weight_transfer: nccl`,
+the sampler servers are started with `--weight-transfer-config '{"backend": "nccl"}'`. Rendering is plain text
+substitution so the result can be read and edited before `sbatch`; every placeholder must be filled, so a
+template edit that adds one fails loudly here.
 """
 
 from __future__ import annotations
@@ -71,6 +73,25 @@ def _run_dir_from_config(config: Path) -> str:
     return str(root) if root else f"runs/{config.stem}"
 
 
+def _weight_transfer_from_config(config: Path) -> str:
+    """`engine_kwargs.weight_transfer` of the config's `engine: servers` sampler callback (`files` when unset)."""
+    from north_lightning.rl.weight_transfer import parse_weight_transfer
+
+    data = yaml.safe_load(config.read_text()) or {}
+    trainer = data.get("trainer") if isinstance(data, dict) else None
+    callbacks = trainer.get("callbacks") if isinstance(trainer, dict) else None
+    for callback in callbacks if isinstance(callbacks, list) else []:
+        init = callback.get("init_args") if isinstance(callback, dict) else None
+        if isinstance(init, dict) and init.get("engine") == "servers":
+            kwargs = init.get("engine_kwargs") or {}
+            try:
+                parse_weight_transfer(kwargs.get("weight_transfer", "files"), kwargs.get("nccl"))
+            except ValueError as exc:
+                raise SystemExit(f"{config}: {exc}") from exc
+            return kwargs.get("weight_transfer", "files")
+    return "files"
+
+
 def _extra_sbatch(partition: str | None, account: str | None, qos: str | None) -> str:
     lines = [f"#SBATCH --{key}={value}" for key, value in
              (("partition", partition), ("account", account), ("qos", qos)) if value]
@@ -112,6 +133,10 @@ def render(args: argparse.Namespace) -> str:
             "sampler_wait_tries": str(args.sampler_wait_minutes * 6),
             "vllm": args.vllm,
             "sampler_args": " ".join(shlex.quote(a) for a in shlex.split(args.sampler_args)),
+            # the servers join trainer rank 0's NCCL groups only when started with this flag
+            "weight_transfer_args": "--weight-transfer-config " + shlex.quote('{"backend": "nccl"}')
+            if _weight_transfer_from_config(config) == "nccl" and "--weight-transfer-config" not in args.sampler_args
+            else "",
         }
     name = "rl.sbatch.tmpl" if rl else "sft.sbatch.tmpl"
     template_path = Path(args.template) if args.template else TEMPLATE_DIR / name

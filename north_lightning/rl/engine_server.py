@@ -4,13 +4,14 @@
   SLURM script starts one per sampler node (`configs/slurm/rl.sbatch.tmpl`) and exports `NORTH_SAMPLER_URLS`.
 - `OpenAIServerPolicy`: the `Policy` over one server. Rollouts call its OpenAI `/v1/completions` with token-id
   prompts; weights are reloaded in place from a path through the server's dev `/collective_rpc` route.
-- `ServerPool`: the `Policy` over several servers (`VLLMSidecar(engine="servers")`): spreads calls, exports to
-  all, reports a dead server by its URL.
-- `NCCLWeightBroadcaster`: for GPU clusters, streams the weights with vLLM's NCCL weight-transfer engine instead
-  of going through the filesystem (GPU-only, not run in CI).
+- `ServerPool`: the `Policy` over several servers (`VLLMSidecar(engine="servers")`): keeps each episode on one
+  server (prefix-cache affinity, `rl/affinity.py`), exports to all, reports a dead server by its URL.
 
-Weights reach a server as a checkpoint directory it reads itself, so the directory must be on a filesystem the
-sampler nodes share with the trainer's rank 0 (the run directory on a cluster's shared storage, not /tmp).
+Weights reach the servers one of two ways (`ServerPool(weight_transfer=...)`, `rl/weight_transfer.py`):
+- `files` (default): a checkpoint directory each server reads itself, so it must be on a filesystem the sampler
+  nodes share with the trainer's rank 0 (the run directory on a cluster's shared storage, not /tmp);
+- `nccl`: streamed from rank 0's GPU over NCCL (`NCCLWeightBroadcaster`, one group per server; the servers run
+  with `--weight-transfer-config '{"backend": "nccl"}'`); GPU-only, its config and preflight are tested on CPU.
 """
 
 from __future__ import annotations
@@ -32,8 +33,12 @@ from typing import Any
 
 import torch
 
+from north_lightning.rl.affinity import AffinityTable, Route, current_route
 from north_lightning.rl.engines import EngineDied, WeightsWriter, _check_version, _require_vllm
 from north_lightning.rl.rollout import Completion
+from north_lightning.rl.weight_transfer import NCCLServers, NCCLWeightBroadcaster, parse_weight_transfer, require_cuda
+
+__all__ = ["launch_vllm_server", "stop_vllm_server", "OpenAIServerPolicy", "ServerPool", "NCCLWeightBroadcaster"]
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +135,11 @@ class OpenAIServerPolicy:
     def reload(self, path: str | Path) -> None:
         """Reload the server's weights from a checkpoint directory it can read; the version is unchanged."""
         self._post("/collective_rpc", {"method": "north_reload_weights", "kwargs": {"weights_path": str(path)}})
-        self._post("/reset_prefix_cache", {})  # cached prefixes hold KV of the old weights
+        self.reset_prefix_cache()
+
+    def reset_prefix_cache(self) -> None:
+        """Drop the cached prefixes: after a weight change they hold KV computed with the old weights."""
+        self._post("/reset_prefix_cache", {})
 
     def load_weights(self, weights: Mapping[str, torch.Tensor] | str | Path, version: int) -> float:
         """Reload from a path the server can read (shared filesystem); a state dict is written there first."""
@@ -155,30 +164,47 @@ class OpenAIServerPolicy:
 class ServerPool:
     """`Policy` over several `vllm serve` sampler servers, for rollout worker threads sharing it.
 
-    generate: each call goes to the live server with the fewest calls in flight (ties round-robin), so G
-    rollouts of a group spread over the nodes. A server that cannot be reached is marked dead, logged by URL,
-    and the call raises `EngineDied` (the rollout service re-queues the group); the other servers carry on.
-    `restart()` re-admits dead servers that answer `/health` again (after reloading the current weights into
-    them) and raises `EngineDied` naming every server when none is left.
+    generate: a call made inside an episode's `routing(group, episode)` (`rl/affinity.py`, set by the rollout
+    service) goes to the server that episode used before, so its growing conversation hits that server's prefix
+    cache; a new episode goes to its group's server while that keeps the load even, else to the live server with
+    the fewest running episodes (`AffinityTable`). A call outside any episode goes to the live server with the
+    fewest calls in flight (ties round-robin). A server that cannot be reached is marked dead, logged by URL, and
+    the call raises `EngineDied` (the rollout service re-queues the group); the other servers carry on, and the
+    dead server's other episodes move to live ones at their next call. `restart()` re-admits dead servers that
+    answer `/health` again (after loading the current weights into them) and raises `EngineDied` naming every
+    server when none is left.
 
-    load_weights: the state dict is written once under `weights_dir`, then every live server reloads it
-    (concurrently). New calls wait while an export runs and the export waits for the calls in flight, so one
-    call never mixes two policy versions (as with `VLLMEngine`'s lock). `weights_dir` and `model_dir` must be
-    on a filesystem every sampler node can read at the same path (shared storage), since each server reads the
-    files itself; the directory of the previous version is deleted after a successful export.
+    load_weights, `weight_transfer="files"` (default): the state dict is written once under `weights_dir`, then
+    every live server reloads it (concurrently). `weights_dir` and `model_dir` must be on a filesystem every sampler
+    node can read at the same path (shared storage), since each server reads the files itself; the directory of
+    the previous version is deleted after a successful export. `weight_transfer="nccl"` (`nccl`: the settings of
+    `rl/weight_transfer.py`): the tensors are streamed from this process's GPU to each live server in turn, and
+    dead servers that answer `/health` again rejoin at the next export; nothing is written. Either way new calls
+    wait while an export runs and the export waits for the calls in flight, so one call never mixes two policy
+    versions (as with `VLLMEngine`'s lock), and each server's prefix cache is reset after its reload.
     """
 
     def __init__(self, urls: list[str], *, model_dir: str | Path, weights_dir: str | Path,
-                 policy_version: int = 0, model: str = "policy", timeout: float = 600.0) -> None:
+                 policy_version: int = 0, model: str = "policy", timeout: float = 600.0,
+                 weight_transfer: str = "files", nccl: Mapping[str, Any] | None = None) -> None:
         if not urls:
             raise ValueError("ServerPool needs at least one server URL")
+        settings = parse_weight_transfer(weight_transfer, nccl)
+        self.weight_transfer = weight_transfer
         self.servers = [OpenAIServerPolicy(u, model=model, model_dir=model_dir, timeout=timeout,
                                            policy_version=policy_version) for u in urls]
         self.policy_version = policy_version
+        self._nccl: NCCLServers | None = None
+        self._resend: str | None = None  # nccl: a directory that holds the servers' current weights, if any
+        if settings is not None:
+            require_cuda()
+            self._nccl = NCCLServers(settings, [s.base_url for s in self.servers])
+        else:
+            Path(weights_dir).mkdir(parents=True, exist_ok=True)
         self._writer = WeightsWriter(model_dir, weights_dir)
-        Path(weights_dir).mkdir(parents=True, exist_ok=True)
         self.dead: dict[str, str] = {}  # base URL -> why
         self.calls = [0] * len(self.servers)  # calls served per server (for tests and logs)
+        self.affinity = AffinityTable(len(self.servers))
         self._inflight = [0] * len(self.servers)
         self._turn = 0
         self._exporting = False
@@ -201,20 +227,37 @@ class ServerPool:
                 self.dead[url] = f"{type(err).__name__}: {err}"
                 log.error("sampler server %s is dead: %s (%d of %d left)", url, err, len(self._live()),
                           len(self.servers))
+        if self._nccl is not None:
+            self._nccl.drop(i)  # a restarted server is a new process: the next transfer joins it anew
+
+    def _least_busy(self, live: list[int], by_episodes: bool = False) -> int:
+        n = len(self.servers)
+        return min(live, key=lambda j: (self.affinity.active[j] if by_episodes else 0, self._inflight[j],
+                                        (j - self._turn) % n))
 
     def _acquire(self) -> int:
+        route = current_route()
         with self._cond:
             while self._exporting:
                 self._cond.wait()
             live = self._live()
             if not live:
                 raise EngineDied(self._dead_message())
-            n = len(self.servers)
-            i = min(live, key=lambda j: (self._inflight[j], (j - self._turn) % n))
-            self._turn = (i + 1) % n
+            if route is None:
+                i = self._least_busy(live)
+            else:
+                if route not in self.affinity.server:
+                    route.on_end(lambda: self._end_route(route))
+                i = self.affinity.pick(route, live, lambda ls: self._least_busy(ls, by_episodes=True))
+                route.served_by.append(i)
+            self._turn = (i + 1) % len(self.servers)
             self._inflight[i] += 1
             self.calls[i] += 1
             return i
+
+    def _end_route(self, route: Route) -> None:
+        with self._cond:
+            self.affinity.end(route)
 
     def _release(self, i: int) -> None:
         with self._cond:
@@ -233,15 +276,28 @@ class ServerPool:
         finally:
             self._release(i)
 
-    def _reload(self, indices: list[int], path: str) -> list[int]:
-        """Reload `path` into the given servers concurrently; returns those that took it (the rest are dead)."""
+    def _load(self, indices: list[int], weights: Mapping[str, torch.Tensor] | str) -> list[int]:
+        """Load `weights` into the given servers; returns those that took it (the rest are marked dead).
+        Files: each server reloads the directory `weights`, concurrently. NCCL: one server after another (each
+        has its own group on rank 0's GPU)."""
         if not indices:
             return []
-        with ThreadPoolExecutor(max_workers=len(indices), thread_name_prefix="sampler-reload") as pool:
-            futures = {i: pool.submit(self.servers[i].reload, path) for i in indices}
+        if self._nccl is None:
+            assert isinstance(weights, str)
+            with ThreadPoolExecutor(max_workers=len(indices), thread_name_prefix="sampler-reload") as pool:
+                futures = {i: pool.submit(self.servers[i].reload, weights) for i in indices}
+            errors = {i: fut.exception() for i, fut in futures.items()}
+        else:
+            errors = {}
+            for i in indices:
+                try:
+                    self._nccl.send(i, weights)
+                    self.servers[i].reset_prefix_cache()
+                    errors[i] = None
+                except Exception as err:  # sorted out below, as for files
+                    errors[i] = err
         ok = []
-        for i, fut in futures.items():
-            err = fut.exception()
+        for i, err in errors.items():
             if isinstance(err, EngineDied):
                 self._mark_dead(i, err)
             elif err is not None:
@@ -267,16 +323,28 @@ class ServerPool:
                 self._cond.notify_all()
 
     def reload(self, path: str | Path) -> None:
-        """Every live server reloads `path` (e.g. the trainer's restored weights at start); version unchanged."""
+        """Every live server loads the checkpoint directory `path` (e.g. the trainer's restored weights at start);
+        version unchanged. With NCCL, this process reads the files and streams them."""
         with self._paused():
-            if not self._reload(self._live(), str(path)):
+            if not self._load(self._live(), str(path)):
                 raise EngineDied(self._dead_message())
             self._writer.loaded(str(path))
+            self._resend = str(path)
 
     def load_weights(self, weights: Mapping[str, torch.Tensor] | str | Path, version: int) -> float:
         start = time.perf_counter()
-        path = self._writer.path(weights, self.policy_version, version)  # written once, outside the pause
-        self.reload(path)
+        if self._nccl is None:
+            self.reload(self._writer.path(weights, self.policy_version, version))  # written once, outside the pause
+        else:
+            _check_version(self.policy_version, version)
+            with self._paused():
+                back = [i for i in range(len(self.servers)) if self.servers[i].base_url in self.dead
+                        and self.servers[i].is_alive()]
+                ok = self._load(self._live() + back, weights if isinstance(weights, Mapping) else str(weights))
+                if not ok:
+                    raise EngineDied(self._dead_message())
+                self._readmit([i for i in back if i in ok])
+                self._resend = None if isinstance(weights, Mapping) else str(weights)
         self.policy_version = version
         for server in self.servers:
             server.policy_version = version
@@ -286,60 +354,32 @@ class ServerPool:
         """At least one server is usable (a dead one is known from a failed call, not probed here)."""
         return bool(self._live())
 
+    def _readmit(self, back: list[int]) -> None:
+        with self._cond:
+            for i in back:
+                log.warning("sampler server %s is back", self.servers[i].base_url)
+                self.dead.pop(self.servers[i].base_url, None)
+
     def restart(self) -> None:
         with self._paused():
             back = [i for i, s in enumerate(self.servers) if s.base_url in self.dead and s.is_alive()]
-            if back and self._writer.current is not None:
-                back = self._reload(back, self._writer.current)  # a restarted server holds its start weights
+            current = self._writer.current if self._nccl is None else self._resend
+            if back and current is not None:
+                back = self._load(back, current)  # a restarted server holds its start weights
+            elif back and self._nccl is not None:  # after a state-dict export: nothing to resend until the next
+                log.warning("sampler servers %s answer again; they rejoin at the next export",
+                            [self.servers[i].base_url for i in back])
+                back = []
+            self._readmit(back)
             with self._cond:
-                for i in back:
-                    log.warning("sampler server %s is back", self.servers[i].base_url)
-                    self.dead.pop(self.servers[i].base_url, None)
                 if not self._live():
                     raise EngineDied(self._dead_message())
 
     def close(self) -> None:
+        if self._nccl is not None:
+            self._nccl.close()
         self._writer.close()
         for server in self.servers:
             server.close()
 
 
-class NCCLWeightBroadcaster:
-    """GPU-only: stream the trainer's weights to `vllm serve` workers over NCCL with vLLM's weight-transfer
-    engine (server started with `--weight-transfer-config '{"backend": "nccl"}'`). Every trainer rank calls
-    `send(named_tensors)` in lockstep (FSDP `full_tensor()` gathers are collectives); rank 0 drives the
-    server through its HTTP RL routes. Not exercised in CPU CI (NCCL needs CUDA)."""
-
-    def __init__(self, base_url: str, *, master_address: str, master_port: int, num_inference_workers: int,
-                 rank: int) -> None:
-        if not torch.cuda.is_available():
-            raise RuntimeError("NCCLWeightBroadcaster needs CUDA; use VLLMEngine.load_weights on the CPU")
-        from vllm.distributed.weight_transfer.clients import HTTPVLLMWeightSyncClient
-        from vllm.distributed.weight_transfer.nccl_engine import NCCLTrainerInitInfo
-
-        self.client = HTTPVLLMWeightSyncClient(base_url)
-        self.init_info = NCCLTrainerInitInfo(master_address=master_address, master_port=master_port,
-                                             world_size=1 + num_inference_workers, rank=rank)
-        self.engine: Any = None
-        self.policy_version = 0
-
-    def send(self, named_tensors: Mapping[str, torch.Tensor], version: int) -> None:
-        from vllm.distributed.weight_transfer.base import ParamMeta, WeightSource
-        from vllm.distributed.weight_transfer.nccl_engine import NCCLTrainerWeightTransferEngine
-
-        _check_version(self.policy_version, version)
-
-        class _Source(WeightSource):
-            def metadata(self) -> list[ParamMeta]:
-                return [ParamMeta(k, v.dtype, tuple(v.shape)) for k, v in named_tensors.items()]
-
-            def __iter__(self):
-                return iter(named_tensors.items())
-
-        if self.engine is None:
-            self.engine = NCCLTrainerWeightTransferEngine.trainer_init(self.init_info, client=self.client,
-                                                                       source=_Source())
-        else:
-            self.engine.source = _Source()
-        self.engine.send_weights()
-        self.policy_version = version

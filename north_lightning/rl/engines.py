@@ -6,7 +6,8 @@ Four ways to run the sampler, one interface (`generate`, `load_weights`, `policy
 - `SubprocessVLLMEngine`: the same engine in a child process, so a crashed engine does not take the trainer
   down and can be restarted (`restart()`); weights travel as a safetensors directory.
 - `OpenAIServerPolicy` / `ServerPool` (`rl/engine_server.py`, re-exported here): sampler nodes run `vllm serve`;
-  rollouts call its OpenAI `/v1/completions` with token-id prompts; weights are reloaded from a shared path.
+  rollouts call its OpenAI `/v1/completions` with token-id prompts; weights are reloaded from a shared path or
+  streamed over NCCL (`rl/weight_transfer.py`).
 
 Logprobs: engines are started with `logprobs_mode="processed_logprobs"`, i.e. the logprobs of the
 distribution the token was actually sampled from (after temperature / top-p). The trainer's CISPO ratio is

