@@ -11,7 +11,7 @@ cd "$(dirname "$0")/.."
 PY=.venv/bin/python
 RUN_DIR=${RUN_DIR:-runs/demo}
 DEMO_RL=${DEMO_RL:-1}
-RL_STEPS=${RL_STEPS:-16}
+RL_STEPS=${RL_STEPS:-24}
 export TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 VLLM_ENABLE_V1_MULTIPROCESSING=0
 start=$(date +%s)
 stage() { echo; echo "== [$(( $(date +%s) - start )) s] $*"; }
