@@ -17,3 +17,14 @@ def require(condition: bool, why: str) -> None:
     if IN_CI:
         pytest.fail(f"CI=true but {why}")
     pytest.skip(why)
+
+
+def docker_ok() -> bool:
+    """Whether a Docker engine answers (the project's shared client, so the same socket the sandboxes use)."""
+    try:
+        from north_lightning.envs.docker_host import docker_client
+
+        docker_client()
+        return True
+    except Exception:  # noqa: BLE001 - any failure means "no engine" here
+        return False

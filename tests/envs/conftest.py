@@ -7,22 +7,12 @@ import os
 
 import pytest
 
-from helpers import require
-
-
-def _docker_ok() -> bool:
-    try:
-        from north_lightning.envs.sandbox import docker_client
-
-        docker_client()
-        return True
-    except Exception:  # noqa: BLE001 - any failure means "no engine" here
-        return False
+from helpers import docker_ok, require
 
 
 @pytest.fixture(scope="session")
 def docker_ready() -> bool:
-    require(_docker_ok(), "no Docker engine (run `bash scripts/ensure_docker.sh`)")
+    require(docker_ok(), "no Docker engine (run `bash scripts/ensure_docker.sh`)")
     return True
 
 
@@ -59,7 +49,7 @@ def no_leaked_containers():
     owner died. Containers of processes killed with SIGKILL (which no hook survives) are removed by the
     orphan sweep first, as a rollout service does at start; anything left after that is a leak."""
     yield
-    if not _docker_ok():
+    if not docker_ok():
         return
     from north_lightning.envs.sandbox import labelled_containers, sweep_orphans, wait_for_removals
 

