@@ -88,7 +88,7 @@ class _RolloutCallback(L.Callback):
                  export_every_n_steps: int | None = None, engine: str = "inprocess", engine_kwargs: dict[str, Any] | None = None,
                  num_workers: int = 2, window: float = 0.1, max_staleness: int = 4, on_stale: str = "drop",
                  prefetch_batches: int = 1, rollout: dict[str, Any] | None = None, seed: int = 0,
-                 work_dir: str | None = None, shutdown_timeout_s: float = 120.0) -> None:
+                 work_dir: str | None = None, shutdown_timeout_s: float = 120.0, max_engine_restarts: int = 3) -> None:
         if export_every_n_steps is None:
             export_every_n_steps = self.default_export_every
         if export_every_n_steps < 1:
@@ -113,6 +113,7 @@ class _RolloutCallback(L.Callback):
         self.num_workers, self.window, self.max_staleness, self.on_stale = num_workers, window, max_staleness, on_stale
         self.prefetch_batches, self.rollout_kwargs, self.seed = prefetch_batches, dict(rollout or {}), seed
         self.work_dir, self.shutdown_timeout_s = work_dir, shutdown_timeout_s
+        self.max_engine_restarts = max_engine_restarts
         self.service: RolloutService | None = None
         self.engine: Any = None
         self.policy_version = 0
@@ -182,7 +183,7 @@ class _RolloutCallback(L.Callback):
             num_workers=self.num_workers, window=self.window, max_staleness=self.max_staleness,
             on_stale=self.on_stale, prefetch_batches=self.prefetch_batches,
             rollout_config=RolloutConfig(**self.rollout_kwargs), seed=self.seed, restart_engine=self._restart_engine,
-            journal=journal)
+            max_engine_restarts=self.max_engine_restarts, journal=journal)
         if self._restored is not None:
             self.service.load_state_dict(self._restored["service"])
         self.service.start(step)
@@ -233,7 +234,7 @@ class _RolloutCallback(L.Callback):
     def _restart_engine(self) -> None:
         restart = getattr(self.engine, "restart", None)
         if not callable(restart):
-            raise RuntimeError(f"engine {self.engine_kind!r} cannot be restarted; use engine: subprocess")
+            raise RuntimeError(f"engine {self.engine_kind!r} cannot be restarted")
         restart()
 
     # -- training loop ---------------------------------------------------------------------------------------
@@ -335,15 +336,18 @@ class VLLMSidecar(_RolloutCallback):
         envs: list of `EnvSpec` fields (name, tasks, harness, weight, max_steps).
         groups_per_step: prompts per optimizer step (each with `group_size` rollouts).
         export_every_n_steps: K, optimizer steps between weight exports (policy version +1 each); default 4.
-        engine: `inprocess` (vllm.LLM here), `subprocess` (restartable child process) or `servers` (`vllm serve`
+        engine: `inprocess` (vllm.LLM in this process), `subprocess` (a child process) or `servers` (`vllm serve`
             sampler nodes through `rl.engine_server.ServerPool`: `engine_kwargs.urls`, else `NORTH_SAMPLER_URLS`;
             with `weight_transfer: files` (default) weights travel through `<work_dir>/sampler_weights`, which the
             sampler nodes must see at the same path; with `weight_transfer: nccl` (+ `nccl: {master_address,
             master_port, packed, timeout_s}`, GPU only) rank 0 streams them over NCCL, see
             `rl/weight_transfer.py`). `engine_kwargs` go to the engine (for `servers`: urls, timeout, model,
             weight_transfer, nccl).
-        num_workers: rollout worker threads, i.e. episodes run at once (`concurrency` in `eval`); each group's G
-            rollouts run one after another in its worker. window / max_staleness / on_stale: the queue's rules.
+        num_workers: rollout worker threads, i.e. groups sampled at once; a group's G rollouts run side by side
+            and their turns share engine batches. window / max_staleness / on_stale: the queue's rules.
+        max_engine_restarts: an engine that dies (process killed, or an exception inside an engine step, after
+            which vLLM keeps the failed requests and never answers again) is replaced and its groups re-queued;
+            after this many restarts the next death ends the run with its reason.
         prefetch_batches: how many batches the batcher may write ahead of the trainer.
         rollout: `RolloutConfig` fields (max_context, max_tokens_per_turn, temperature, ...).
     """

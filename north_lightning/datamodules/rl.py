@@ -45,11 +45,27 @@ IGNORE_INDEX = -100
 
 
 class RolloutSpool:
-    """Global batches on disk, written once by the sampler side, read by every rank/worker."""
+    """Global batches on disk, written once by the sampler side, read by every rank/worker. A sampler that
+    cannot go on leaves `sampler_failed.txt` with its reason, so every reader stops waiting at once (all ranks
+    and workers see the directory; the sampler's own exception lives only in rank 0's threads)."""
+
+    FAILED = "sampler_failed.txt"
 
     def __init__(self, directory: str | Path) -> None:
         self.dir = Path(directory)
         self.dir.mkdir(parents=True, exist_ok=True)
+
+    def fail(self, reason: str) -> None:
+        tmp = self.dir / f".{self.FAILED}.{os.getpid()}.tmp"
+        tmp.write_text(reason + "\n")
+        os.replace(tmp, self.dir / self.FAILED)
+
+    def failure(self) -> str | None:
+        path = self.dir / self.FAILED
+        return path.read_text().strip() if path.exists() else None
+
+    def clear_failure(self) -> None:
+        (self.dir / self.FAILED).unlink(missing_ok=True)
 
     def path(self, index: int) -> Path:
         return self.dir / f"batch_{index:08d}.pt"
@@ -67,6 +83,9 @@ class RolloutSpool:
         deadline = time.monotonic() + timeout
         path = self.path(index)
         while not path.exists():
+            failure = self.failure()
+            if failure is not None:
+                raise RuntimeError(f"no rollout batch {index}: the sampler failed: {failure}")
             if stop is not None and stop():
                 from lightning.pytorch.utilities.exceptions import SIGTERMException
 

