@@ -34,7 +34,8 @@ from typing import Any
 import torch
 
 from north_lightning.rl.affinity import AffinityTable, Route, current_route
-from north_lightning.rl.engines import EngineDied, WeightsWriter, _check_version, _require_vllm, whole_prompt_prefill
+from north_lightning.rl.engine_weights import WeightsWriter, check_version
+from north_lightning.rl.engines import EngineDied, _require_vllm, whole_prompt_prefill
 from north_lightning.rl.rollout import Completion
 from north_lightning.rl.weight_transfer import NCCLServers, NCCLWeightBroadcaster, parse_weight_transfer, require_cuda
 
@@ -338,7 +339,7 @@ class ServerPool:
         if self._nccl is None:
             self.reload(self._writer.path(weights, self.policy_version, version))  # written once, outside the pause
         else:
-            _check_version(self.policy_version, version)
+            check_version(self.policy_version, version)
             with self._paused():
                 back = [i for i in range(len(self.servers)) if self.servers[i].base_url in self.dead
                         and self.servers[i].is_alive()]

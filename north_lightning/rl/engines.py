@@ -2,9 +2,10 @@
 
 Four ways to run the sampler, one interface (`generate`, `load_weights`, `policy_version`, `is_alive`, `close`):
 - `VLLMEngine`: `vllm.LLM` in this process (CPU CI and single-node GPU). Weights are swapped in place with
-  `collective_rpc("reload_weights")`, from an HF-named state dict (no disk) or a checkpoint directory.
+  `collective_rpc("reload_weights")`, from an HF-named state dict (no disk) or a checkpoint directory. An
+  exception inside an engine step makes it dead (`EngineDied`); `restart()` rebuilds it in this process.
 - `SubprocessVLLMEngine`: the same engine in a child process, so a crashed engine does not take the trainer
-  down and can be restarted (`restart()`); weights travel as a safetensors directory.
+  down and can be restarted (`restart()`); weights travel as a safetensors directory (`rl/engine_weights.py`).
 - `OpenAIServerPolicy` / `ServerPool` (`rl/engine_server.py`, re-exported here): sampler nodes run `vllm serve`;
   rollouts call its OpenAI `/v1/completions` with token-id prompts; weights are reloaded from a shared path or
   streamed over NCCL (`rl/weight_transfer.py`).
@@ -19,8 +20,6 @@ from __future__ import annotations
 import logging
 import multiprocessing as mp
 import os
-import shutil
-import tempfile
 import threading
 import time
 from collections.abc import Mapping
@@ -30,6 +29,7 @@ from typing import Any, NamedTuple
 import torch
 
 from north_lightning.rl.batching import CallBatcher
+from north_lightning.rl.engine_weights import WeightsWriter, check_version
 from north_lightning.rl.rollout import Completion
 
 log = logging.getLogger(__name__)
@@ -52,11 +52,6 @@ def whole_prompt_prefill() -> bool:
     torch Generator with the CUDA-only set_offset, and fails the whole step ("CPU Generator does not use offset").
     Used for the in-process engine and for `vllm serve`."""
     return not torch.cuda.is_available()
-
-
-def _check_version(current: int, version: int) -> None:
-    if version <= current:
-        raise ValueError(f"policy version must increase: engine has {current}, got {version}")
 
 
 class SampleSpec(NamedTuple):
@@ -131,7 +126,7 @@ class VLLMEngine:
 
     def load_weights(self, weights: Mapping[str, torch.Tensor] | str | Path, version: int) -> float:
         """Swap the weights in place (HF-named state dict or a checkpoint directory); returns seconds taken."""
-        _check_version(self.policy_version, version)
+        check_version(self.policy_version, version)
         start = time.perf_counter()
         with self.lock:
             self._require_usable()
@@ -219,61 +214,6 @@ def _completion_from_vllm(out: Any) -> Completion:
     if out.logprobs is not None:
         logprobs = [float(step[tok].logprob) for tok, step in zip(ids, out.logprobs)]
     return Completion(token_ids=ids, logprobs=logprobs, text=out.text, finish_reason=str(out.finish_reason))
-
-
-def save_hf_weights(weights: Mapping[str, torch.Tensor], model_dir: str | Path, out_dir: str | Path) -> Path:
-    """Write an HF-named state dict as a checkpoint directory next to the engine's config (for engines that
-    load weights from a path: subprocess, server)."""
-    from safetensors.torch import save_file
-
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    for name in ("config.json", "generation_config.json"):
-        if (Path(model_dir) / name).exists():
-            shutil.copy(Path(model_dir) / name, out / name)
-    tmp = out / "model.safetensors.tmp"
-    save_file({k: v.detach().to("cpu").contiguous() for k, v in weights.items()}, str(tmp))
-    os.replace(tmp, out / "model.safetensors")
-    return out
-
-
-class WeightsWriter:
-    """The preamble every path-reloading engine (subprocess, server, server pool) shares: check the version,
-    and turn the export into a directory the engine can read, i.e. a checkpoint directory as given, or a state
-    dict written once as `<out_dir>/v<version>`. Only the directory loaded last is kept (a 30B export is ~60 GB),
-    and `out_dir` (a fresh temporary directory by default) must be readable by every engine that reloads."""
-
-    def __init__(self, model_dir: str | Path | None, out_dir: str | Path | None = None,
-                 prefix: str = "north_weights_") -> None:
-        self.model_dir, self.prefix = model_dir, prefix
-        self.owned = out_dir is None  # a temporary directory, made on the first write
-        self.out_dir = None if out_dir is None else Path(out_dir)
-        self.current: str | None = None  # the directory the engine(s) hold now, when we wrote it or were given it
-
-    def path(self, weights: Mapping[str, torch.Tensor] | str | Path, current_version: int, version: int) -> str:
-        _check_version(current_version, version)
-        if isinstance(weights, (str, Path)):
-            return str(weights)
-        if self.model_dir is None:
-            raise ValueError("load_weights(state_dict) needs model_dir (its config.json goes next to the weights)")
-        if self.out_dir is None:
-            self.out_dir = Path(tempfile.mkdtemp(prefix=self.prefix))
-        return str(save_hf_weights(weights, self.model_dir, self.out_dir / f"v{version}"))
-
-    def _written(self, path: str | None) -> bool:
-        return path is not None and self.out_dir is not None and Path(path).parent == self.out_dir
-
-    def loaded(self, path: str) -> None:
-        """`path` is what the engine holds now: remove the previous directory if we wrote it."""
-        if self._written(self.current) and self.current != path:
-            shutil.rmtree(self.current, ignore_errors=True)
-        self.current = path
-
-    def close(self) -> None:
-        if self.owned and self.out_dir is not None:
-            shutil.rmtree(self.out_dir, ignore_errors=True)
-        elif self._written(self.current):
-            shutil.rmtree(self.current, ignore_errors=True)
 
 
 def _subprocess_main(conn: Any, model_dir: str, kwargs: dict[str, Any]) -> None:
