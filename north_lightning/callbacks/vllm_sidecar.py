@@ -68,6 +68,10 @@ def full_state_dict(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     return out
 
 
+def _restores_after_setup(trainer: L.Trainer) -> bool:
+    return bool(getattr(trainer.strategy, "restore_checkpoint_after_setup", False))
+
+
 class _StateDictView:
     """Object with `state_dict()` (and `config`) over a gathered dict, for `to_hf_state_dict` / `save_pretrained`."""
 
@@ -123,6 +127,7 @@ class _RolloutCallback(L.Callback):
         self._batch_end_at: float | None = None
         self._idle = self._busy = 0.0
         self._work: Path | None = None
+        self._started = False
         self.orphans_removed: list[str] = []
 
     # -- setup ------------------------------------------------------------------------------------------------
@@ -141,17 +146,38 @@ class _RolloutCallback(L.Callback):
                 f"engine: inprocess cannot run beside a {trainer.world_size}-process trainer: vLLM would take the "
                 "trainer's process group as its own world and hang rank 0 in a collective the other ranks never "
                 "join; use engine: subprocess (the engine in a child of rank 0) or servers")
+        dm = trainer.datamodule
+        if _restores_after_setup(trainer) and not getattr(dm, "lazy", True) and not getattr(dm, "num_workers", 0):
+            raise ValueError(
+                f"{type(trainer.strategy).__name__} restores checkpoints after `on_fit_start`, so the sampler starts "
+                "in `on_train_start`, after Lightning fetched the first batch: with data.lazy=false and "
+                "data.num_workers=0 that fetch would wait for a batch nobody writes yet; use data.lazy=true")
         if self.engine_kind == "servers" and self.engine_kwargs.get("weight_transfer") == "nccl":
             from north_lightning.rl.weight_transfer import require_cuda
 
             require_cuda()  # here, not when rank 0 starts the pool: the other ranks would wait for it forever
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        """Start here, not in `on_train_start`: the fit loop fetches the first batch before that hook. Module
-        weights and this callback's state are already restored from a checkpoint at this point, the trainer's
-        step counter not yet, so the step comes from our own state."""
+        """Start here where possible: the fit loop fetches the first batch before `on_train_start`. Module weights
+        and this callback's state are restored from a checkpoint before this hook by most strategies, the
+        trainer's step counter not yet, so the step comes from our own state."""
+        self._started = False
+        if not _restores_after_setup(trainer):
+            self._start(trainer, pl_module)
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Strategies that shard the model (FSDP2: `NorthParallelStrategy`, Lightning's ModelParallel/FSDP)
+        restore the checkpoint *after* `on_fit_start`: starting there would sample from the pre-resume weights
+        and treat a resumed run as a fresh one (journal wiped, ids from 0, the trainer waiting for a batch
+        index the sampler never writes: a hang). So under them the sampler starts here, after the restore; the
+        first batch fetched before this hook is only a lazy descriptor (`setup` refuses eager reads there)."""
+        if not self._started:
+            self._start(trainer, pl_module)
+
+    def _start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         from north_lightning.rl.rollout import RolloutConfig
 
+        self._started = True
         step = int(self._restored["global_step"]) if self._restored is not None else 0
         work = self._work = self._work_dir(trainer)
         work.mkdir(parents=True, exist_ok=True)
@@ -159,6 +185,11 @@ class _RolloutCallback(L.Callback):
         sd = full_state_dict(pl_module.model)
         if trainer.is_global_zero:
             self._export_dir(pl_module, sd, model_dir)
+            # Before the barrier: once past it another rank may read batch `step`, and a file of that name left
+            # by a killed earlier run (or its failure note) must be gone by then, not when the sampler starts.
+            spool = self._spool(trainer)
+            spool.discard_from(step)
+            spool.clear_failure()
         trainer.strategy.barrier("vllm_sidecar_init")
         pl_module.policy_version, pl_module.last_export_step = self.policy_version, step
         self._last_step = step

@@ -248,7 +248,7 @@ class RolloutBatchStream(IterableDataset):
         packed = pack_rollouts([mine[k] for k in sorted(bins[micro])], self.row_tokens, self.pad_id)
         packed["num_tokens"] = torch.tensor(float(max(num_tokens, 1)))
         packed["meta"] = {
-            "step": int(batch["index"]), "micro": micro, "rank": rank,
+            "step": int(batch["index"]), "micro": micro, "rank": rank, "sampler_run": batch.get("sampler_run"),
             "group_ids": [g["group_id"] for j, g in enumerate(batch["groups"]) if j % world == rank],
             "stats": global_batch_stats(batch, self.invalid_reasons) if micro == 0 else {},
         }

@@ -24,6 +24,7 @@ import logging
 import random
 import threading
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -139,6 +140,9 @@ class RolloutService:
                                   on_stale=on_stale, journal=journal)
         self.rng = random.Random(seed)
         self.seed = seed
+        # Names this sampler in every batch it writes, so a reader can tell its batches from ones a killed earlier
+        # run left in the spool (see `VLLMSidecar.on_fit_start`).
+        self.run_id = uuid.uuid4().hex
         self.trainer_step = 0  # optimizer steps done
         self.next_batch = 0  # next spool index to write
         self.batch_groups: dict[int, list[int]] = {}  # spool index -> group ids (not yet trained)
@@ -295,7 +299,7 @@ class RolloutService:
             version = int(self.engine.policy_version)
             index = self.next_batch
             batch = {
-                "index": index, "policy_version": version,
+                "index": index, "policy_version": version, "sampler_run": self.run_id,
                 "groups": [{"group_id": g.group_id, "task_id": g.prompt["task_id"], "env": g.env,
                             "staleness": g.staleness(version), "rollouts": g.rollouts} for g in groups],
                 "sampler_stats": self.stats(),

