@@ -175,7 +175,8 @@ def noisy_records(tasks: list[ToyTask], rng: random.Random) -> list[Trajectory |
     return out
 
 
-def build(out_dir: str | Path, n_tasks: int = 400, n_chat: int = 900, seed: int = 0) -> dict[str, int]:
+def build(out_dir: str | Path, n_tasks: int = 400, n_chat: int = 900, seed: int = 0,
+          n_transform: int = 300) -> dict[str, int]:
     """Write the bundled demo shards; returns records per file."""
     out = Path(out_dir)
     tasks = generate_toy_tasks(n_tasks, seed=seed, split="train")
@@ -184,7 +185,14 @@ def build(out_dir: str | Path, n_tasks: int = 400, n_chat: int = 900, seed: int 
     fixes = [native_fix_trajectory(t, h, rng) for t in tasks if t.family == "python_fix" for h in ("swe_agent", "opencode")]
     chat = single_turn_records(n_chat, seed)
     noisy = noisy_records(tasks[:20], random.Random(f"toy-noisy:{seed}"))
-    files = {"toy_terminal_train.jsonl": agnostic, "toy_swe_native_train.jsonl": fixes, "toy_chat_train.jsonl": chat}
+    # More `text_transform` trajectories (the RL demo's family) from other train tasks, in their own shard so a
+    # mixture can weight them: choosing the transform means reading an instruction ~140 tokens back, which the
+    # 8.6M model learns only from many examples (configs/tiny/mixtures/sft_stage2.yaml).
+    transform_tasks = generate_toy_tasks(n_transform, seed=seed + 1, split="train", families=("text_transform",))
+    transform_rng = random.Random(f"toy-sft-transform:{seed}")
+    transforms = [agnostic_trajectory(t, transform_rng) for t in transform_tasks]
+    files = {"toy_terminal_train.jsonl": agnostic, "toy_swe_native_train.jsonl": fixes, "toy_chat_train.jsonl": chat,
+             "toy_text_transform_train.jsonl": transforms}
     for name, records in files.items():
         write_jsonl(out / name, records)
     with (out / "toy_terminal_noisy.jsonl").open("w") as f:
