@@ -11,8 +11,9 @@ engine with the next policy version. The trainer pauses only for the export itse
 group as its own world and creates sub-groups in it, collectives that only rank 0 would join (rank 0 hangs), so
 `setup` refuses `inprocess` when the world size is above 1.
 
-The initial weights are exported from the LightningModule at `on_fit_start` (after a checkpoint was
-restored), so a resumed run samples from the restored policy. Checkpoints hold the queue's ledger, the
+The initial weights are exported from the LightningModule once a checkpoint was restored (`on_fit_start`, or
+`on_train_start` under strategies that restore after setup, e.g. FSDP2), so a resumed run samples from the
+restored policy. Checkpoints hold the queue's ledger, the
 dispatcher RNG and the policy version; groups not yet trained are re-dispatched on resume.
 
 At start rank 0 removes sandbox containers whose owner process is dead (`envs.docker_host.sweep_orphans`), i.e.
