@@ -40,3 +40,19 @@ def over_budget_seeded_prompts(engine) -> list[list[int]]:
     rng = random.Random(0)
     length = engine.max_model_len - 16
     return [[rng.randrange(10, 4000) for _ in range(length)] for _ in range(budget // length + 2)]
+
+
+def complete_ledger(rl_dir) -> dict:
+    """The ledger a finished (or resumed) sidecar run wrote to `rl_dir`, checked for what every run must hold:
+    every prompt of the dispatch journal appears once, in a terminal state, with a reason unless trained."""
+    import json
+    from pathlib import Path
+
+    rl_dir = Path(rl_dir)
+    ledger = json.loads((rl_dir / "ledger.json").read_text())
+    journal = [json.loads(line) for line in (rl_dir / "dispatch_journal.jsonl").read_text().splitlines()]
+    entries = ledger["entries"]
+    assert entries and {int(g) for g in entries} == {j["group_id"] for j in journal}
+    assert {e["state"] for e in entries.values()} <= {"trained", "dropped_stale", "failed"}
+    assert all(e["reason"] for e in entries.values() if e["state"] != "trained")
+    return ledger

@@ -188,9 +188,7 @@ class _RolloutCallback(L.Callback):
             self._export_dir(pl_module, sd, model_dir)
             # Before the barrier: once past it another rank may read batch `step`, and a file of that name left
             # by a killed earlier run (or its failure note) must be gone by then, not when the sampler starts.
-            spool = self._spool(trainer)
-            spool.discard_from(step)
-            spool.clear_failure()
+            self._spool(trainer).restart_at(step)
         trainer.strategy.barrier("vllm_sidecar_init")
         pl_module.policy_version, pl_module.last_export_step = self.policy_version, step
         self._last_step = step

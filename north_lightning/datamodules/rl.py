@@ -96,6 +96,12 @@ class RolloutSpool:
             time.sleep(poll)
         return torch.load(path, weights_only=False)
 
+    def restart_at(self, index: int) -> int:
+        """Ready the spool for a sampler that starts at batch `index`: batches >= index and the failure note of
+        an earlier (killed or failed) sampler are removed. Returns the number of batches removed."""
+        self.clear_failure()
+        return self.discard_from(index)
+
     def discard_from(self, index: int) -> int:
         """Delete batches >= index (written before a crash, their groups are re-dispatched on resume)."""
         removed = 0

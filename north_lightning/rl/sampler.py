@@ -156,8 +156,7 @@ class RolloutService:
     # -- lifecycle ------------------------------------------------------------------------------------------
     def start(self, trainer_step: int) -> None:
         self.trainer_step = self.next_batch = trainer_step
-        self.spool.discard_from(trainer_step)
-        self.spool.clear_failure()  # a resumed run starts a fresh sampler
+        self.spool.restart_at(trainer_step)  # a resumed run starts a fresh sampler
         if self.mode == "sync":
             self._dispatch_allowance = self.groups_per_step
         for i in range(self.num_workers):

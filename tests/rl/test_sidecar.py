@@ -18,7 +18,7 @@ import pytest
 import torch
 import yaml
 
-from helpers import docker_ok, require
+from helpers import complete_ledger, docker_ok, require
 
 pytestmark = [pytest.mark.vllm, pytest.mark.docker, pytest.mark.slow]
 
@@ -112,14 +112,9 @@ def test_async_sigkill_resume_ledger_and_exports_on_optimizer_steps(tmp_path, in
     # the resumed run continued the version sequence of the checkpoint (export at step 2 -> version 1)
     assert [e["version"] for e in exports if e["step"] == 2][0] == 1
 
-    ledger = json.loads((run / "rl" / "ledger.json").read_text())
-    dispatched = {json.loads(line)["group_id"] for line in (run / "rl" / "dispatch_journal.jsonl").read_text().splitlines()}
-    entries = ledger["entries"]
-    assert {int(g) for g in entries} == dispatched  # every dispatched prompt is in the ledger ...
-    states = [e["state"] for e in entries.values()]
-    assert set(states) <= {"trained", "dropped_stale", "failed"}  # ... in exactly one terminal state
+    ledger = complete_ledger(run / "rl")  # every dispatched prompt, once, in a terminal state
+    states = [e["state"] for e in ledger["entries"].values()]
     assert states.count("trained") == 4 * 2  # 4 optimizer steps x 2 groups, none twice
-    assert all(e["reason"] for e in entries.values() if e["state"] != "trained")
     assert ledger["counters"].get("requeued/resume", 0) + ledger["counters"].get("requeued/after_checkpoint", 0) > 0
 
 
@@ -226,12 +221,7 @@ def test_sigterm_mid_run_leaves_no_container_no_process_and_a_complete_ledger(tm
     with pytest.raises(ProcessLookupError):
         os.killpg(proc.pid, 0)  # nothing left in the run's process group either
 
-    ledger = json.loads((run / "rl" / "ledger.json").read_text())
-    journal = [json.loads(line) for line in (run / "rl" / "dispatch_journal.jsonl").read_text().splitlines()]
-    entries = ledger["entries"]
-    assert {int(g) for g in entries} == {j["group_id"] for j in journal} and entries
-    assert {e["state"] for e in entries.values()} <= {"trained", "dropped_stale", "failed"}
-    assert all(e["reason"] for e in entries.values() if e["state"] != "trained")
+    entries = complete_ledger(run / "rl")["entries"]
     assert any(e["state"] == "trained" for e in entries.values())
 
 
