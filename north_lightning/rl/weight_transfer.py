@@ -20,7 +20,9 @@ Config (`VLLMSidecar(engine="servers", engine_kwargs={...})`):
            timeout_s: 600 (HTTP timeout of the RL routes)}
 
 NCCL needs CUDA on the trainer's rank 0 and on the servers; CPU CI checks the config parsing, the start-up refusal
-without CUDA and the `/server_info` preflight against a real CPU `vllm serve`, not a transfer.
+without CUDA, the `/server_info` preflight against real CPU `vllm serve`s, the sent metadata against vLLM's checks
+and `NCCLServers`' bookkeeping inside a `ServerPool` (with a named stand-in for the broadcast), not a transfer:
+tests/gpu/test_nccl_transfer_gpu.py runs the transfer on a machine with 2 GPUs and the CUDA `vllm`.
 """
 
 from __future__ import annotations

