@@ -57,6 +57,26 @@ def test_positions_from_documents_restart_at_each_document() -> None:
     assert positions_from_documents(doc).tolist() == [[0, 1, 2, 0, 1, 0], [0, 1, 0, 1, 2, 3]]
 
 
+def test_rope_angles_are_correctly_rounded_everywhere() -> None:
+    """cos/sin of the float32 angles equal libm's, rounded to float32, on every row and position up to 128K: a
+    float32 `Tensor.cos()` is off by an ulp on some elements (and on the CPU was computed at reduced accuracy by one
+    intra-op thread in some processes, so identical runs trained differently)."""
+    import math
+
+    from north_lightning.model.rope import rope_cos_sin
+
+    positions = torch.tensor([[0, 1, 2, 4095, 4096, 65537, 131071]]).repeat(4, 1)
+    positions[1:] += torch.arange(1, 4)[:, None] * 977  # other rows, other positions
+    head_dim, theta = 128, 50000.0
+    cos, sin = rope_cos_sin(positions, head_dim, theta)
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
+    angles = positions.to(torch.float32)[..., None] * inv_freq
+    want_cos = torch.tensor([math.cos(a) for a in angles.flatten().tolist()], dtype=torch.float64).float()
+    want_sin = torch.tensor([math.sin(a) for a in angles.flatten().tolist()], dtype=torch.float64).float()
+    assert cos.dtype == sin.dtype == torch.float32
+    assert torch.equal(cos.flatten(), want_cos) and torch.equal(sin.flatten(), want_sin)
+
+
 def test_grouped_experts_equal_torch_experts_forward_and_backward() -> None:
     torch.manual_seed(0)
     cfg = NorthConfig.preset("tiny")
