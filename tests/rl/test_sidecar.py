@@ -230,19 +230,12 @@ def test_sync_rollouts_through_sampler_servers(tmp_path, init_dir):
     exports every step into it through the shared run directory: on-policy rollouts of every step match the
     trainer's logprobs, and after the run the server holds the last export, far from its start weights."""
     import csv
-    import socket
 
-    from north_lightning.rl.engine_server import launch_vllm_server, stop_vllm_server
+    from sampler_servers import running_server
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    server = launch_vllm_server(init_dir, port=port, max_model_len=1024, start_timeout=400,
-                                extra_args=["--kv-cache-memory-bytes", str(64 * 2**20), "--enforce-eager"],
-                                log_path=tmp_path / "server.log")
-    try:
+    with running_server(init_dir, tmp_path / "server.log", max_model_len=1024,
+                        extra_args=["--kv-cache-memory-bytes", str(64 * 2**20), "--enforce-eager"]) as url:
         run = tmp_path / "servers"
-        url = f"http://127.0.0.1:{port}"
         override = _override(run, init_dir, callback="north_lightning.callbacks.vllm_sidecar.SyncRollouts",
                              max_steps=3, accumulate=1, export_every=1, model={"lr": 1.0e-3},
                              sidecar={"engine": "servers", "engine_kwargs": {"urls": [url, url + "/v1"], "timeout": 300}})
@@ -265,8 +258,6 @@ def test_sync_rollouts_through_sampler_servers(tmp_path, init_dir):
                 logp, _ = model.token_logprobs(seq[:, :-1], targets)
             errors[name] = (logp[0, len(prompt) - 1 :] - torch.tensor(comp.logprobs)).abs().max().item()
         assert errors["final"] < 1e-4 < 1e-3 < errors["init"], errors
-    finally:
-        stop_vllm_server(server)
     exports = [json.loads(line) for line in (run / "rl" / "exports.jsonl").read_text().splitlines()]
     assert [(e["step"], e["version"]) for e in exports] == [(1, 1), (2, 2), (3, 3)]
     assert (run / "rl" / "sampler_weights").is_dir() and not any((run / "rl" / "sampler_weights").iterdir())
