@@ -21,7 +21,7 @@ from transformers import AutoTokenizer
 
 from north_lightning.assets import tiny_tokenizer_path
 from north_lightning.envs.images import build_base_image
-from north_lightning.envs.scripted_policy import OraclePolicy
+from north_lightning.rl.scripted_policy import OraclePolicy
 from north_lightning.envs.session import task_image
 from north_lightning.envs.tasks import BUNDLED_DIR, load_tasks
 from north_lightning.rl.rollout import EpisodeJob, RolloutConfig, run_episodes

@@ -25,7 +25,7 @@ from north_lightning.assets import tiny_tokenizer_path  # noqa: E402
 from north_lightning.datamodules.rl import pack_rollouts  # noqa: E402
 from north_lightning.model import NorthConfig, NorthForCausalLM  # noqa: E402
 from north_lightning.model.hf import to_hf_state_dict  # noqa: E402
-from north_lightning.rl.engines import VLLMEngine  # noqa: E402
+from north_lightning.rl.engines.inprocess import VLLMEngine  # noqa: E402
 from north_lightning.rl.losses import cispo_loss  # noqa: E402
 
 

@@ -39,7 +39,7 @@ def save_tiny_model(out: Path, seed: int = 0):
 def running_server(model_dir: Path, log_path: Path, *, extra_args: list[str], env: dict[str, str] | None = None,
                    start_timeout: float = 400, max_model_len: int = 256) -> Iterator[str]:
     """The base URL of a `vllm serve` on `model_dir`; on exit it is stopped with its process group, no orphan."""
-    from north_lightning.rl.engine_server import launch_vllm_server, stop_vllm_server
+    from north_lightning.rl.engines.server import launch_vllm_server, stop_vllm_server
 
     port = free_port()
     proc = launch_vllm_server(model_dir, port=port, max_model_len=max_model_len, start_timeout=start_timeout,
@@ -142,7 +142,7 @@ class FilesStandInForNCCL:
 
     @classmethod
     def install(cls, monkeypatch, model_dir: Path) -> list:
-        from north_lightning.rl import engine_server, weight_transfer
+        from north_lightning.rl.engines import server as engine_server, weight_transfer
 
         monkeypatch.setattr(engine_server, "require_cuda", lambda: None)  # the stand-in needs no GPU
         monkeypatch.setattr(weight_transfer, "NCCLWeightBroadcaster", cls)
@@ -151,14 +151,14 @@ class FilesStandInForNCCL:
         return cls.log
 
     def __init__(self, base_url, *, master_address, master_port, packed=True, timeout=600.0):
-        from north_lightning.rl.engine_server import OpenAIServerPolicy
+        from north_lightning.rl.engines.server import OpenAIServerPolicy
 
         self.base_url, self.info = base_url.rstrip("/").removesuffix("/v1"), None
         self.server = OpenAIServerPolicy(self.base_url, model_dir=self.model_dir, timeout=30)
         self.log.append(("open", self.base_url, master_port))
 
     def send(self, weights) -> None:
-        from north_lightning.rl.weight_transfer import check_nccl_server, server_weight_info
+        from north_lightning.rl.engines.weight_transfer import check_nccl_server, server_weight_info
 
         if self.info is None:
             self.info = server_weight_info(self.base_url, timeout=5)

@@ -37,7 +37,7 @@ from typing import Any
 import lightning as L
 import torch
 
-from north_lightning.datamodules.rl import RolloutSpool
+from north_lightning.rl.spool import RolloutSpool
 from north_lightning.modules.rl import log_sparse_metrics
 from north_lightning.rl.sampler import EnvSpec, RolloutService, load_env_tasks
 
@@ -105,7 +105,7 @@ class _RolloutCallback(L.Callback):
             raise ValueError(f"engine_kwargs {unknown} do not apply to engine: servers (known: {sorted(SERVER_KWARGS)}); "
                              "the servers' own settings are `vllm serve` flags (slurm --sampler-args)")
         if engine == "servers":
-            from north_lightning.rl.weight_transfer import parse_weight_transfer
+            from north_lightning.rl.engines.weight_transfer import parse_weight_transfer
 
             kwargs = engine_kwargs or {}
             parse_weight_transfer(kwargs.get("weight_transfer", "files"), kwargs.get("nccl"))
@@ -154,7 +154,7 @@ class _RolloutCallback(L.Callback):
                 "in `on_train_start`, after Lightning fetched the first batch: with data.lazy=false and "
                 "data.num_workers=0 that fetch would wait for a batch nobody writes yet; use data.lazy=true")
         if self.engine_kind == "servers" and self.engine_kwargs.get("weight_transfer") == "nccl":
-            from north_lightning.rl.weight_transfer import require_cuda
+            from north_lightning.rl.engines.weight_transfer import require_cuda
 
             require_cuda()  # here, not when rank 0 starts the pool: the other ranks would wait for it forever
 
@@ -246,10 +246,10 @@ class _RolloutCallback(L.Callback):
             log.info("no orphaned sandbox containers")
 
     def _start_engine(self, model_dir: Path) -> Any:
-        from north_lightning.rl.engines import SubprocessVLLMEngine, VLLMEngine
+        from north_lightning.rl.engines.inprocess import SubprocessVLLMEngine, VLLMEngine
 
         if self.engine_kind == "servers":
-            from north_lightning.rl.engine_server import ServerPool
+            from north_lightning.rl.engines.server import ServerPool
 
             kwargs = dict(self.engine_kwargs)
             urls = sampler_urls(kwargs.pop("urls", None))
@@ -367,11 +367,11 @@ class VLLMSidecar(_RolloutCallback):
         groups_per_step: prompts per optimizer step (each with `group_size` rollouts).
         export_every_n_steps: K, optimizer steps between weight exports (policy version +1 each); default 4.
         engine: `inprocess` (vllm.LLM in this process), `subprocess` (a child process) or `servers` (`vllm serve`
-            sampler nodes through `rl.engine_server.ServerPool`: `engine_kwargs.urls`, else `NORTH_SAMPLER_URLS`;
+            sampler nodes through `rl.engines.server.ServerPool`: `engine_kwargs.urls`, else `NORTH_SAMPLER_URLS`;
             with `weight_transfer: files` (default) weights travel through `<work_dir>/sampler_weights`, which the
             sampler nodes must see at the same path; with `weight_transfer: nccl` (+ `nccl: {master_address,
             master_port, packed, timeout_s}`, GPU only) rank 0 streams them over NCCL, see
-            `rl/weight_transfer.py`). `engine_kwargs` go to the engine (for `servers`: urls, timeout, model,
+            `rl/engines/weight_transfer.py`). `engine_kwargs` go to the engine (for `servers`: urls, timeout, model,
             weight_transfer, nccl).
         num_workers: rollout worker threads, i.e. groups sampled at once; a group's G rollouts run side by side
             and their turns share engine batches. window / max_staleness / on_stale: the queue's rules.

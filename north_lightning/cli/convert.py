@@ -41,7 +41,7 @@ def _load_checkpoint(path: Path) -> dict[str, Any]:
 
 def _config_from_checkpoint(ckpt: dict[str, Any], path: Path):
     from north_lightning.model import NorthConfig
-    from north_lightning.modules.sft import build_north_config
+    from north_lightning.model.config import build_north_config
 
     if "north_config" in ckpt:
         return NorthConfig.from_hf_dict(ckpt["north_config"])

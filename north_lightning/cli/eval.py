@@ -8,12 +8,12 @@ reported as mean and std over seeds. Writes `<out>.json` (config, summary, every
 end reason, to see *why* episodes fail without re-running them.
 
 The policy is any class implementing `north_lightning.rl.rollout.Policy`, chosen by `class_path` with
-`init_args` (e.g. `north_lightning.rl.engines.VLLMEngine` with `model_dir`). Constructor parameters named
+`init_args` (e.g. `north_lightning.rl.engines.inprocess.VLLMEngine` with `model_dir`). Constructor parameters named
 `tokenizer`, `harness` or `tasks` that the config leaves out are filled in (scripted policies need them).
 
     tasks: [north_lightning/envs/bundled]      # Harbor dirs, folders of them, SWE-style .jsonl
     harness: {terminal: terminus2, swe: swe_agent}   # or one name for all tasks
-    policy: {class_path: north_lightning.rl.engines.VLLMEngine, init_args: {model_dir: runs/sft/hf}}
+    policy: {class_path: north_lightning.rl.engines.inprocess.VLLMEngine, init_args: {model_dir: runs/sft/hf}}
     n_samples: 8
     k: [1, 8]
 """

@@ -75,7 +75,7 @@ def _run_dir_from_config(config: Path) -> str:
 
 def _weight_transfer_from_config(config: Path) -> str:
     """`engine_kwargs.weight_transfer` of the config's `engine: servers` sampler callback (`files` when unset)."""
-    from north_lightning.rl.weight_transfer import parse_weight_transfer
+    from north_lightning.rl.engines.weight_transfer import parse_weight_transfer
 
     data = yaml.safe_load(config.read_text()) or {}
     trainer = data.get("trainer") if isinstance(data, dict) else None

@@ -1,3 +1,4 @@
-"""Data for SFT and RL. SFT: `records` (canonical trajectories) → `filters` → `harnesses` (render) →
-`tokenize` (assistant-only targets) → `mixture` (trainable-token shares) → `packing` → `sft.SFTDataModule`.
-Kept import-free so `north_lightning.datamodules.harnesses` (used by RL rollouts) does not pull in Lightning."""
+"""Data for SFT and RL training. SFT: records (`formats/records.py`) → `filters` → harness render
+(`formats/harnesses/`) → `tokenize` (assistant-only targets) → `mixture` (trainable-token shares) → `packing` →
+`sft.SFTDataModule`. RL: `rl.RLDataModule` streams the rollout batches the sampler writes to the spool
+(`rl/spool.py`). Kept import-free so importing a submodule does not pull in the others."""

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from north_lightning.datamodules.harnesses.base import FormatError
+from north_lightning.formats.harnesses.base import FormatError
 
 # Control strings of common chat templates; the tokenizer's own special tokens are added at run time.
 COMMON_CONTROL_STRINGS = (

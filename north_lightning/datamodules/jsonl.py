@@ -33,10 +33,10 @@ from torch.utils.data import DataLoader, IterableDataset
 
 from north_lightning.assets import tiny_tokenizer_path
 from north_lightning.datamodules.position import record_batch_position
+from north_lightning.model.head import IGNORE_INDEX
 
 log = logging.getLogger(__name__)
 
-IGNORE_INDEX = -100
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,7 @@ from typing import Any
 import yaml
 
 from north_lightning.assets import ASSETS_DIR
-from north_lightning.datamodules.harnesses import HARNESSES
+from north_lightning.formats.harnesses import HARNESSES
 
 
 @dataclass(frozen=True)

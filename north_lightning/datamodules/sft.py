@@ -28,11 +28,11 @@ from torch.utils.data import DataLoader, IterableDataset
 
 from north_lightning.assets import tiny_tokenizer_path
 from north_lightning.datamodules.filters import COMMON_CONTROL_STRINGS, FilterConfig, FilterError, FilterReport, check_messages
-from north_lightning.datamodules.harnesses import get_harness
+from north_lightning.formats.harnesses import get_harness
 from north_lightning.datamodules.mixture import MixtureSampler, MixtureSpec
 from north_lightning.datamodules.packing import BestFitPacker, pack_rows
 from north_lightning.datamodules.position import record_batch_position
-from north_lightning.datamodules.records import BadRecordCounter, iter_records
+from north_lightning.formats.records import BadRecordCounter, iter_records
 from north_lightning.datamodules.tokenize import Document, chat_tokens, control_strings, shifted_targets
 
 log = logging.getLogger(__name__)

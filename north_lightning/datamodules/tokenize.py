@@ -13,7 +13,8 @@ from typing import Any
 
 import numpy as np
 
-IGNORE_INDEX = -100
+from north_lightning.model.head import IGNORE_INDEX
+
 
 
 @dataclass(frozen=True)

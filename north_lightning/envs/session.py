@@ -12,7 +12,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
-from north_lightning.datamodules.harnesses.base import ToolCall
+from north_lightning.formats.harnesses.base import ToolCall
 from north_lightning.envs.images import ImageBuilder
 from north_lightning.envs.sandbox import DockerSandbox, SandboxConfig, SandboxError
 from north_lightning.envs.swe_tools import StrReplaceEditor, opencode_tool, submit_diff

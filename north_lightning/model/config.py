@@ -9,8 +9,10 @@ keys do not leak into our code. `from_hf_dict` / `to_hf_dict` are the only place
 from __future__ import annotations
 
 import dataclasses
+import json
 import typing
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 SLIDING = "sliding_attention"
@@ -281,3 +283,20 @@ PRESETS: dict[str, dict[str, Any]] = {
         eos_token_id=5,  # the shipped tiny tokenizer's <|END_OF_TURN_TOKEN|>, so HF/vLLM generation stops at turn end
     ),
 }
+
+
+def build_north_config(model: str | dict[str, Any], init_from: str | None = None,
+                       config_overrides: dict[str, Any] | None = None) -> NorthConfig:
+    """Model config from an HF directory (`init_from`), a preset name, or a dict of `NorthConfig` fields
+    (optionally with `preset` naming the base preset)."""
+    overrides = dict(config_overrides or {})
+    if init_from is not None:
+        config_path = Path(init_from) / "config.json"
+        if not config_path.is_file():
+            raise FileNotFoundError(f"init_from={init_from!r}: no config.json (expected an HF model directory)")
+        return NorthConfig.from_hf_dict(json.loads(config_path.read_text()), **overrides)
+    if isinstance(model, str):
+        return NorthConfig.preset(model, **overrides)
+    fields = dict(model)
+    preset = fields.pop("preset", None)
+    return NorthConfig.preset(preset, **fields, **overrides) if preset else NorthConfig(**fields, **overrides)

@@ -11,9 +11,8 @@
 `token_logprobs` / `hidden_states` are registered as FSDP forward methods, because training calls them rather
 than `forward`.
 
-`NorthParallelStrategy` is Lightning's `ModelParallelStrategy` with no tensor-parallel dim (every rank is a
-data-parallel rank, as EP needs) that calls `parallelize_north` on the LightningModule's `model` after
-`configure_model`. Sharded (distributed) checkpoints convert to the HF layout with `export_hf` (from a live
+Lightning's side (`modules/strategy.py: NorthParallelStrategy`) calls `parallelize_north`; this module stays
+plain torch. Sharded (distributed) checkpoints convert to the HF layout with `export_hf` (from a live
 sharded model) or `distributed_checkpoint_to_hf` (offline, from a Lightning checkpoint folder).
 
 On the CPU (gloo) everything here runs, including FSDP2 with bf16 parameters; tests use 2 processes.
@@ -23,14 +22,11 @@ from __future__ import annotations
 
 import functools
 import tempfile
-from collections.abc import Generator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as dist
-from lightning.pytorch.strategies import ModelParallelStrategy
 from torch import nn
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 from torch.distributed.tensor import DTensor
@@ -47,7 +43,7 @@ _DTYPES = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float32": torch.
            "float16": torch.float16, None: None}
 
 
-def _dtype(name: str | torch.dtype | None) -> torch.dtype | None:
+def dtype_from_name(name: str | torch.dtype | None) -> torch.dtype | None:
     if isinstance(name, torch.dtype):
         return name
     if name not in _DTYPES:
@@ -128,79 +124,12 @@ def parallelize_north(model: NorthForCausalLM, *, mesh: DeviceMesh | None = None
             device_type = "cuda" if torch.cuda.is_available() else "cpu"
         mesh = init_device_mesh(device_type, (dist.get_world_size(),), mesh_dim_names=("dp",))
     if ep > 1:
-        apply_expert_parallel(model, ep, mesh.device_type, _dtype(master_dtype))
+        apply_expert_parallel(model, ep, mesh.device_type, dtype_from_name(master_dtype))
     if activation_checkpointing:
         apply_activation_checkpointing(model)
-    apply_fsdp(model, mesh, _dtype(param_dtype), _dtype(reduce_dtype), cpu_offload=cpu_offload,
-               master_dtype=_dtype(master_dtype))
+    apply_fsdp(model, mesh, dtype_from_name(param_dtype), dtype_from_name(reduce_dtype), cpu_offload=cpu_offload,
+               master_dtype=dtype_from_name(master_dtype))
     return model
-
-
-class NorthParallelStrategy(ModelParallelStrategy):
-    """Lightning `ModelParallelStrategy` for North: FSDP2 over all ranks, optional expert parallelism.
-
-    YAML: `trainer.strategy: {class_path: north_lightning.model.parallelize.NorthParallelStrategy,
-    init_args: {expert_parallel_size: 8}}` with `trainer.precision: 32-true` (the mixed-precision policy here
-    already computes in bf16 and keeps fp32 master weights).
-
-    `init_from_hf`: an HF directory to start from *without* any process reading the whole checkpoint: the
-    LightningModule's `configure_model()` then runs on the meta device (give it the matching preset, no
-    `init_from`), the model is sharded, materialised empty on the GPU, and each rank reads only its slices
-    (`sharded_load.load_hf_sharded`). A resumed run restores its checkpoint over these weights as usual.
-    """
-
-    def __init__(self, expert_parallel_size: int = 1, activation_checkpointing: bool = True,
-                 param_dtype: str | None = "bfloat16", reduce_dtype: str | None = "float32",
-                 cpu_offload: bool = False, init_from_hf: str | None = None,
-                 save_distributed_checkpoint: bool = True, **kwargs: Any) -> None:
-        super().__init__(save_distributed_checkpoint=save_distributed_checkpoint, **kwargs)
-        self.init_from_hf = init_from_hf
-        if cpu_offload and expert_parallel_size > 1:
-            raise ValueError("NorthParallelStrategy: cpu_offload needs expert_parallel_size=1 (EP weights stay on GPU)")
-        self.cpu_offload = cpu_offload
-        self.expert_parallel_size = expert_parallel_size
-        self.activation_checkpointing = activation_checkpointing
-        self.param_dtype, self.reduce_dtype = _dtype(param_dtype), _dtype(reduce_dtype)
-
-    def setup_environment(self) -> None:
-        # Lightning's default mesh is nodes x GPUs = data x tensor parallel; North uses no TP, so every rank is
-        # a data-parallel rank (each reads different batches; EP exchanges tokens between them).
-        self._data_parallel_size = self.num_nodes * self.num_processes
-        self._tensor_parallel_size = 1
-        super().setup_environment()
-
-    def setup(self, trainer: Any) -> None:
-        model = getattr(self.lightning_module, "model", None)
-        if not isinstance(model, NorthForCausalLM):
-            raise TypeError("NorthParallelStrategy: the LightningModule must build a NorthForCausalLM as "
-                            "`self.model` in configure_model()")
-        if not getattr(model, "_north_parallelized", False):
-            if self.init_from_hf and not any(p.is_meta for p in model.parameters()):
-                raise ValueError("NorthParallelStrategy(init_from_hf=...): configure_model() built real weights; "
-                                 "drop the module's init_from so it builds on the meta device")
-            # no model.to(device) first: fully_shard moves one layer at a time (a 30B model never fits whole)
-            parallelize_north(model, mesh=self.device_mesh["data_parallel"], ep=self.expert_parallel_size,
-                              activation_checkpointing=self.activation_checkpointing,
-                              param_dtype=self.param_dtype, reduce_dtype=self.reduce_dtype,
-                              cpu_offload=self.cpu_offload)
-            if self.init_from_hf:
-                from north_lightning.model.sharded_load import load_hf_sharded
-
-                model.to_empty(device="cpu" if self.cpu_offload else self.root_device)
-                load_hf_sharded(model, self.init_from_hf)
-            model._north_parallelized = True
-        super().setup(trainer)
-
-    @contextmanager
-    def tensor_init_context(self, empty_init: bool | None = None) -> Generator[None, None, None]:
-        # with init_from_hf the weights come from the checkpoint after sharding: build on meta (no memory)
-        with super().tensor_init_context(empty_init=True if self.init_from_hf else empty_init):
-            yield
-
-    def load_checkpoint(self, checkpoint_path: Any, weights_only: bool | None = None) -> dict[str, Any]:
-        # Our checkpoints carry numpy/python RNG states (bit-identical resume), which torch.load's weights_only
-        # default refuses in meta.pt; resuming a run from its own checkpoint folder is trusted input.
-        return super().load_checkpoint(checkpoint_path, weights_only=False if weights_only is None else weights_only)
 
 
 # ---- HF export of sharded models and checkpoints ---------------------------------------------------------

@@ -25,10 +25,10 @@ from typing import Any
 
 import torch
 
+from north_lightning.model.head import IGNORE_INDEX
 from north_lightning.modules.sft import SFTModule
 from north_lightning.rl.losses import CISPOConfig, cispo_loss
 
-IGNORE_INDEX = -100
 
 
 def log_sparse_metrics(trainer: Any, metrics: dict[str, float]) -> None:

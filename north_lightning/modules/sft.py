@@ -24,29 +24,10 @@ import lightning as L
 import numpy as np
 import torch
 
-from north_lightning.model import NorthConfig, NorthForCausalLM
-from north_lightning.model.head import cross_entropy, load_liger_loss_class
+from north_lightning.model import NorthForCausalLM
+from north_lightning.model.config import build_north_config
+from north_lightning.model.head import IGNORE_INDEX, cross_entropy, load_liger_loss_class
 
-IGNORE_INDEX = -100
-
-
-def build_north_config(model: str | dict[str, Any], init_from: str | None = None,
-                       config_overrides: dict[str, Any] | None = None) -> NorthConfig:
-    """Model config from an HF directory (`init_from`), a preset name, or a dict of `NorthConfig` fields
-    (optionally with `preset` naming the base preset)."""
-    overrides = dict(config_overrides or {})
-    if init_from is not None:
-        import json
-
-        config_path = Path(init_from) / "config.json"
-        if not config_path.is_file():
-            raise FileNotFoundError(f"init_from={init_from!r}: no config.json (expected an HF model directory)")
-        return NorthConfig.from_hf_dict(json.loads(config_path.read_text()), **overrides)
-    if isinstance(model, str):
-        return NorthConfig.preset(model, **overrides)
-    fields = dict(model)
-    preset = fields.pop("preset", None)
-    return NorthConfig.preset(preset, **fields, **overrides) if preset else NorthConfig(**fields, **overrides)
 
 
 def masked_nll_sum(model: NorthForCausalLM, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -15,37 +15,20 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, NamedTuple, Protocol, runtime_checkable
+from typing import Any, Callable, NamedTuple
 
 import docker.errors
 
-from north_lightning.datamodules.harnesses import get_harness
-from north_lightning.datamodules.harnesses.base import Action, FormatError, Harness, ToolCall
-from north_lightning.datamodules.records import Trajectory
+from north_lightning.formats.harnesses import get_harness
+from north_lightning.formats.harnesses.base import Action, FormatError, Harness, ToolCall
+from north_lightning.formats.records import Trajectory
 from north_lightning.envs.response import response_message
 from north_lightning.envs.sandbox import EpisodeTimeout, SandboxError
 from north_lightning.envs.session import TaskSession
 from north_lightning.envs.images import ImageBuildError
 from north_lightning.envs.tasks import Task, TaskError
 from north_lightning.envs.terminal import TerminalDied
-
-
-@dataclass
-class Completion:
-    token_ids: list[int]
-    logprobs: list[float] | None
-    text: str
-    finish_reason: str  # "stop" (end of turn) | "length" (max_tokens) | engine-specific
-
-
-@runtime_checkable
-class Policy(Protocol):
-    """What the agent loop samples from: the vLLM engine (rl/engines.py) or a scripted policy in tests."""
-
-    policy_version: int
-
-    def generate(self, prompts: list[list[int]], *, max_tokens: int, temperature: float = 1.0,
-                 top_p: float = 1.0, seed: int | None = None) -> list[Completion]: ...
+from north_lightning.rl.policy import Completion, Policy
 
 
 class Segment(NamedTuple):

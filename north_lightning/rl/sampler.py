@@ -30,9 +30,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from north_lightning.datamodules.rl import RolloutSpool
-from north_lightning.rl.affinity import routing
-from north_lightning.rl.engines import EngineDied
+from north_lightning.rl.spool import RolloutSpool
+from north_lightning.rl.engines.affinity import routing
+from north_lightning.rl.engines.inprocess import EngineDied
 from north_lightning.rl.queue import WindowedFIFO
 
 log = logging.getLogger(__name__)
@@ -254,13 +254,13 @@ class RolloutService:
             config = replace(self.rollout_config, max_steps=env.max_steps) if env.max_steps else self.rollout_config
             def episode(j: int, env: EnvSpec = env, task: Any = task, config: Any = config,
                         prompt: dict[str, Any] = prompt, attempt: int = attempt, gid: int = gid) -> Any:
-                with routing(group=gid, episode=j):  # a server pool keeps its turns on one server (rl/affinity.py)
+                with routing(group=gid, episode=j):  # a server pool keeps its turns on one server (rl/engines/affinity.py)
                     return self.run_episode(self.engine, env.harness, self.tokenizer, task, config=config,
                                             seed=prompt["seed"] + 7919 * j + 104729 * attempt, env_name=env.name)
 
             try:
                 # the group's episodes run side by side: their turns meet in the engine's batches
-                # (rl/batching.py) and their sandboxes overlap; results stay in rollout order
+                # (rl/engines/batching.py) and their sandboxes overlap; results stay in rollout order
                 with ThreadPoolExecutor(self.group_size, thread_name_prefix=f"group{gid}") as pool:
                     episodes = list(pool.map(episode, range(self.group_size)))
             except EngineDied as err:

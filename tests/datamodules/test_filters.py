@@ -6,14 +6,14 @@ import json
 from dataclasses import replace
 
 import pytest
-from datamodules.sample_records import agnostic_record, swe_record
+from formats.sample_records import agnostic_record, swe_record
 from transformers import AutoTokenizer
 
 from north_lightning.assets import tiny_tokenizer_path
 from north_lightning.datamodules.filters import FilterConfig, FilterError
-from north_lightning.datamodules.harnesses.base import ToolCall
+from north_lightning.formats.harnesses.base import ToolCall
 from north_lightning.datamodules.mixture import MixtureSpec
-from north_lightning.datamodules.records import Observation, Step, write_jsonl
+from north_lightning.formats.records import Observation, Step, write_jsonl
 from north_lightning.datamodules.sft import build_pools
 
 

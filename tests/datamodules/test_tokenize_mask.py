@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from datamodules.sample_records import agnostic_record, chat_record, opencode_record, swe_record
+from formats.sample_records import agnostic_record, chat_record, opencode_record, swe_record
 from transformers import AutoTokenizer
 
 from north_lightning.assets import tiny_tokenizer_path
-from north_lightning.datamodules.harnesses import AGENT_HARNESSES, get_harness
+from north_lightning.formats.harnesses import AGENT_HARNESSES, get_harness
 from north_lightning.datamodules.tokenize import IGNORE_INDEX, chat_tokens, shifted_targets
 
 

@@ -39,7 +39,7 @@ def test_eval_with_scripted_policy_writes_json_and_csv_then_filter(base_image, t
     terminal = BUNDLED_DIR / "terminal"
     config = {
         "tasks": [str(terminal / "toy-arith-cbfa16cc"), str(BUNDLED_DIR / "swe" / "tasks.jsonl")],
-        "policy": {"class_path": "north_lightning.envs.scripted_policy.OraclePolicy"},
+        "policy": {"class_path": "north_lightning.rl.scripted_policy.OraclePolicy"},
         "harness": {"terminal": "mini_swe_agent", "swe": "swe_agent"},
         "n_samples": 2, "k": [1, 2], "seeds": [0, 1], "max_tokens_per_turn": 1024, "concurrency": 4,
         "transcripts": True, "out": str(tmp_path / "report"),

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-from north_lightning.datamodules.harnesses import AGENT_HARNESSES
-from north_lightning.envs.scripted_policy import OraclePolicy, ScriptedPolicy, assistant_text
-from north_lightning.rl.rollout import Episode, Policy, RolloutConfig, run_episode
+from north_lightning.formats.harnesses import AGENT_HARNESSES
+from north_lightning.rl.scripted_policy import OraclePolicy, ScriptedPolicy, assistant_text
+from north_lightning.rl.policy import Policy
+from north_lightning.rl.rollout import Episode, RolloutConfig, run_episode
 
 pytestmark = pytest.mark.docker
 
@@ -73,9 +74,9 @@ def test_invalid_tool_call_ends_with_reward_zero(bundled_tasks, tokenizer):
 
 
 def _bash_turn(tokenizer, harness_name, command):
-    from north_lightning.datamodules.harnesses import get_harness
-    from north_lightning.datamodules.records import Step, Trajectory
-    from north_lightning.datamodules.harnesses.base import ToolCall
+    from north_lightning.formats.harnesses import get_harness
+    from north_lightning.formats.records import Step, Trajectory
+    from north_lightning.formats.harnesses.base import ToolCall
 
     harness = get_harness(harness_name, workdir="/app")
     messages = harness.render(Trajectory(id="x", task="t", source="s",

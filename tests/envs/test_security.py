@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from north_lightning.datamodules.harnesses import get_harness
-from north_lightning.datamodules.harnesses.base import ToolCall
-from north_lightning.datamodules.records import Step, Trajectory
-from north_lightning.envs.scripted_policy import OraclePolicy, ScriptedPolicy, assistant_text
+from north_lightning.formats.harnesses import get_harness
+from north_lightning.formats.harnesses.base import ToolCall
+from north_lightning.formats.records import Step, Trajectory
+from north_lightning.rl.scripted_policy import OraclePolicy, ScriptedPolicy, assistant_text
 from north_lightning.envs.toy_tasks import generate_toy_tasks
 from north_lightning.envs.tasks import load_harbor_task
 from north_lightning.rl.rollout import EpisodeJob, RolloutConfig, run_episode, run_episodes

@@ -54,8 +54,8 @@ def test_broadcast_puts_the_trainers_weights_into_the_server(nccl_server):
     """State dicts (on the GPU and on the CPU) and a checkpoint directory, over one NCCL group; then the group is
     released on both sides and a new link joins on another port."""
     from north_lightning.model.hf import to_hf_state_dict
-    from north_lightning.rl.engine_server import OpenAIServerPolicy
-    from north_lightning.rl.weight_transfer import NCCLWeightBroadcaster
+    from north_lightning.rl.engines.server import OpenAIServerPolicy
+    from north_lightning.rl.engines.weight_transfer import NCCLWeightBroadcaster
 
     model, model_dir, url = nccl_server
     policy = OpenAIServerPolicy(url, model_dir=model_dir)
@@ -84,7 +84,7 @@ def test_broadcast_puts_the_trainers_weights_into_the_server(nccl_server):
 def test_server_pool_exports_over_nccl(nccl_server, tmp_path):
     """What `VLLMSidecar(engine="servers", engine_kwargs={"weight_transfer": "nccl"})` does at each export."""
     from north_lightning.model.hf import to_hf_state_dict
-    from north_lightning.rl.engine_server import ServerPool
+    from north_lightning.rl.engines.server import ServerPool
 
     model, model_dir, url = nccl_server
     pool = ServerPool([url], model_dir=model_dir, weights_dir=tmp_path / "w", weight_transfer="nccl",

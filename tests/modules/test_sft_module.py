@@ -13,7 +13,8 @@ from north_lightning.assets import ASSETS_DIR
 from north_lightning.datamodules.jsonl import IGNORE_INDEX, JsonlChatDataModule, PackedChatStream
 from north_lightning.model import NorthConfig, NorthForCausalLM
 from north_lightning.modules import SFTModule
-from north_lightning.modules.sft import build_north_config, warmup_cosine
+from north_lightning.model.config import build_north_config
+from north_lightning.modules.sft import warmup_cosine
 
 # A smaller-than-tiny model (same shape rules) so each test trains in a second or two on the CPU.
 SMALL = {"preset": "tiny", "num_hidden_layers": 2, "hidden_size": 64, "num_attention_heads": 2,

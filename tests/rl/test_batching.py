@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from north_lightning.rl.batching import CallBatcher
+from north_lightning.rl.engines.batching import CallBatcher
 
 
 def test_concurrent_calls_share_batches_and_get_their_own_results():

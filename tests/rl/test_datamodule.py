@@ -7,7 +7,8 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from north_lightning.datamodules.rl import RolloutBatchStream, RolloutSpool, pack_rollouts, trainable_targets
+from north_lightning.datamodules.rl import RolloutBatchStream, pack_rollouts, trainable_targets
+from north_lightning.rl.spool import RolloutSpool
 
 
 def rollout(rng, task, reward, env="toy"):
@@ -155,7 +156,7 @@ def test_eager_reads_refused_where_the_checkpoint_is_restored_after_fit_start():
 
     from north_lightning.callbacks.vllm_sidecar import VLLMSidecar
     from north_lightning.datamodules.rl import RLDataModule
-    from north_lightning.model.parallelize import NorthParallelStrategy
+    from north_lightning.modules.strategy import NorthParallelStrategy
 
     sidecar = VLLMSidecar(envs=[{"name": "terminal", "tasks": "toy:train:2:0", "harness": "swe_agent"}])
     sharded = NorthParallelStrategy(expert_parallel_size=1)

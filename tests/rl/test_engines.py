@@ -28,7 +28,7 @@ def exported(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def engine(exported):
-    from north_lightning.rl.engines import VLLMEngine
+    from north_lightning.rl.engines.inprocess import VLLMEngine
 
     eng = VLLMEngine(exported[1], max_model_len=512, kv_cache_bytes=64 * 2**20, seed=0)
     yield eng

@@ -31,7 +31,7 @@ def server(tmp_path_factory):
 
 def test_openai_server_policy_generates_and_reloads(server):
     from north_lightning.model.hf import to_hf_state_dict
-    from north_lightning.rl.engines import OpenAIServerPolicy  # the old import path still works
+    from north_lightning.rl.engines.server import OpenAIServerPolicy
 
     model, model_dir, url = server
     policy = OpenAIServerPolicy(url, model_dir=model_dir)
@@ -48,7 +48,7 @@ def test_openai_server_policy_generates_and_reloads(server):
 
 def test_server_pool_spreads_calls_and_exports_to_every_server(server, tmp_path):
     from north_lightning.model.hf import to_hf_state_dict
-    from north_lightning.rl.engine_server import ServerPool
+    from north_lightning.rl.engines.server import ServerPool
 
     model, model_dir, url = server
     weights = tmp_path / "shared_weights"
@@ -94,8 +94,8 @@ def test_server_pool_spreads_calls_and_exports_to_every_server(server, tmp_path)
 
 
 def test_server_pool_reports_a_dead_server_by_url_and_keeps_using_the_live_one(server):
-    from north_lightning.rl.engine_server import ServerPool
-    from north_lightning.rl.engines import EngineDied
+    from north_lightning.rl.engines.server import ServerPool
+    from north_lightning.rl.engines.inprocess import EngineDied
 
     model, model_dir, url = server
     dead = f"http://127.0.0.1:{free_port()}"  # nothing listens there
@@ -119,7 +119,7 @@ class _Episode:
     def __init__(self, group: str, j: int) -> None:
         import contextvars
 
-        from north_lightning.rl.affinity import routing
+        from north_lightning.rl.engines.affinity import routing
 
         self.ctx, self.cm = contextvars.Context(), routing(group, j)
         self.route = self.ctx.run(self.cm.__enter__)
@@ -134,7 +134,7 @@ class _Episode:
 
 
 def test_server_pool_keeps_episode_turns_on_one_server_and_spreads_groups(server, tmp_path):
-    from north_lightning.rl.engine_server import ServerPool
+    from north_lightning.rl.engines.server import ServerPool
 
     model, model_dir, url = server
     pool = ServerPool([url, url + "/v1"], model_dir=model_dir, weights_dir=tmp_path / "w")
@@ -160,9 +160,9 @@ def test_rollout_service_routes_each_episode_to_one_server(server, tmp_path):
     the same server through the pool; episodes are scripted multi-turn conversations (no Docker)."""
     from types import SimpleNamespace
 
-    from north_lightning.datamodules.rl import RolloutSpool
-    from north_lightning.rl.affinity import current_route
-    from north_lightning.rl.engine_server import ServerPool
+    from north_lightning.rl.spool import RolloutSpool
+    from north_lightning.rl.engines.affinity import current_route
+    from north_lightning.rl.engines.server import ServerPool
     from north_lightning.rl.rollout import Episode, Segment
     from north_lightning.rl.sampler import EnvSpec, RolloutService
 
@@ -201,8 +201,8 @@ def test_rollout_service_routes_each_episode_to_one_server(server, tmp_path):
 
 
 def test_dead_servers_episodes_move_to_a_live_server(server, tmp_path):
-    from north_lightning.rl.engine_server import ServerPool
-    from north_lightning.rl.engines import EngineDied
+    from north_lightning.rl.engines.server import ServerPool
+    from north_lightning.rl.engines.inprocess import EngineDied
 
     model, model_dir, url = server
     fwd = Forwarder(int(url.rsplit(":", 1)[1]))
@@ -231,8 +231,8 @@ def test_nccl_is_refused_by_a_server_started_without_the_flag(server, tmp_path, 
     """What `weight_transfer: nccl` checks before the first transfer, against the real server's `/server_info`:
     this one was started without `--weight-transfer-config`, so it is refused with the flag to add, and inside a
     pool that refusal reaches the trainer as an error naming the server and the flag, not a hang."""
-    from north_lightning.rl.engine_server import ServerPool
-    from north_lightning.rl.weight_transfer import check_nccl_server, server_weight_info
+    from north_lightning.rl.engines.server import ServerPool
+    from north_lightning.rl.engines.weight_transfer import check_nccl_server, server_weight_info
 
     model, model_dir, url = server
     info = server_weight_info(url + "/v1")

@@ -22,7 +22,7 @@ def nccl_server(tmp_path_factory):
 
 
 def test_preflight_accepts_the_server_and_reads_its_workers_and_dtype(nccl_server):
-    from north_lightning.rl.weight_transfer import check_nccl_server, server_weight_info
+    from north_lightning.rl.engines.weight_transfer import check_nccl_server, server_weight_info
 
     url = nccl_server[2]
     info = server_weight_info(url + "/v1")
@@ -33,8 +33,8 @@ def test_preflight_accepts_the_server_and_reads_its_workers_and_dtype(nccl_serve
 def test_pool_sends_to_live_servers_and_joins_a_returning_one_anew(nccl_server, tmp_path, monkeypatch):
     """Server 0 is reached through a forwarder that goes away and comes back (the same server behind it)."""
     from north_lightning.model.hf import to_hf_state_dict
-    from north_lightning.rl.engine_server import OpenAIServerPolicy, ServerPool
-    from north_lightning.rl.engines import EngineDied
+    from north_lightning.rl.engines.server import OpenAIServerPolicy, ServerPool
+    from north_lightning.rl.engines.inprocess import EngineDied
 
     model, model_dir, url = nccl_server
     log = FilesStandInForNCCL.install(monkeypatch, model_dir)

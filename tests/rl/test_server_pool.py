@@ -30,8 +30,8 @@ def test_sidecar_rejects_an_unknown_engine_and_kwargs_that_do_not_apply():
 
 
 def test_pool_with_no_live_server_names_every_dead_one(tmp_path):
-    from north_lightning.rl.engine_server import ServerPool
-    from north_lightning.rl.engines import EngineDied
+    from north_lightning.rl.engines.server import ServerPool
+    from north_lightning.rl.engines.inprocess import EngineDied
 
     ports = []
     for _ in range(2):
@@ -53,7 +53,7 @@ def test_pool_with_no_live_server_names_every_dead_one(tmp_path):
 
 def test_weight_transfer_config_is_validated_naming_the_key(monkeypatch):
     from north_lightning.callbacks.vllm_sidecar import VLLMSidecar
-    from north_lightning.rl.weight_transfer import NCCLSettings, parse_weight_transfer
+    from north_lightning.rl.engines.weight_transfer import NCCLSettings, parse_weight_transfer
 
     def sidecar(**engine_kwargs):
         return VLLMSidecar(envs=[{"name": "t", "tasks": "toy:train:1"}], engine="servers",
@@ -94,7 +94,7 @@ def test_nccl_without_cuda_fails_at_start_naming_files(tmp_path, monkeypatch):
     from lightning.pytorch.demos.boring_classes import BoringDataModule, BoringModel
 
     from north_lightning.callbacks.vllm_sidecar import VLLMSidecar
-    from north_lightning.rl.engine_server import ServerPool
+    from north_lightning.rl.engines.server import ServerPool
 
     sidecar = VLLMSidecar(envs=[{"name": "t", "tasks": "toy:train:1"}], engine="servers",
                           engine_kwargs={"urls": ["http://127.0.0.1:1"], "weight_transfer": "nccl"},
@@ -113,7 +113,7 @@ def test_nccl_without_cuda_fails_at_start_naming_files(tmp_path, monkeypatch):
 
 def test_affinity_table_keeps_episodes_and_groups_together_while_the_load_is_even():
     """The routing rule on its own (the pool applies it under its lock; test_server.py runs it on a real server)."""
-    from north_lightning.rl.affinity import AffinityTable, Route
+    from north_lightning.rl.engines.affinity import AffinityTable, Route
 
     table = AffinityTable(2)
     least = lambda live: min(live, key=lambda j: (table.active[j], j))  # noqa: E731
@@ -152,7 +152,7 @@ def test_nccl_weight_source_agrees_with_vllms_checks(tmp_path):
     from north_lightning.assets import tiny_tokenizer_path
     from north_lightning.model import NorthConfig, NorthForCausalLM
     from north_lightning.model.hf import to_hf_state_dict
-    from north_lightning.rl.weight_transfer import _tensor_source
+    from north_lightning.rl.engines.weight_transfer import _tensor_source
 
     torch.manual_seed(0)
     model = NorthForCausalLM(NorthConfig.preset("tiny"))

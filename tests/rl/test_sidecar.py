@@ -242,7 +242,7 @@ def test_sync_rollouts_through_sampler_servers(tmp_path, init_dir):
         _wait(_fit(override), 400, run)
         # the server now holds the last export (step 3 = the last checkpoint), not its start weights
         from north_lightning.model import NorthForCausalLM
-        from north_lightning.rl.engine_server import OpenAIServerPolicy
+        from north_lightning.rl.engines.server import OpenAIServerPolicy
 
         final = NorthForCausalLM.from_pretrained(init_dir).eval()
         sd = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False, map_location="cpu")["state_dict"]

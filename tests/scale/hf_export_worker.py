@@ -22,7 +22,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from north_lightning.callbacks import HFExport
-from north_lightning.model.parallelize import NorthParallelStrategy
+from north_lightning.modules.strategy import NorthParallelStrategy
 from north_lightning.modules.sft import SFTModule
 
 SEQ = 32

@@ -20,7 +20,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from north_lightning.model.parallelize import NorthParallelStrategy
+from north_lightning.modules.strategy import NorthParallelStrategy
 from north_lightning.modules.sft import SFTModule
 
 ROWS_PER_RANK, SEQ = 1, 32

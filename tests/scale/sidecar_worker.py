@@ -32,7 +32,7 @@ from north_lightning.assets import tiny_tokenizer_path
 from north_lightning.callbacks import HFExport
 from north_lightning.callbacks.vllm_sidecar import VLLMSidecar
 from north_lightning.datamodules.rl import RLDataModule
-from north_lightning.model.parallelize import NorthParallelStrategy
+from north_lightning.modules.strategy import NorthParallelStrategy
 from north_lightning.modules.rl import RLModule
 
 PROBE_PROMPT = [1, 10, 20, 30, 40]

@@ -60,7 +60,7 @@ def test_plan_reads_strategy_and_seq_len_from_a_training_yaml(tmp_path, capsys) 
     cfg_file = tmp_path / "sft.yaml"
     cfg_file.write_text(
         "trainer:\n  num_nodes: 2\n  devices: 8\n  strategy:\n"
-        "    class_path: north_lightning.model.parallelize.NorthParallelStrategy\n"
+        "    class_path: north_lightning.modules.strategy.NorthParallelStrategy\n"
         "    init_args: {expert_parallel_size: 4, activation_checkpointing: false}\n"
         "model:\n  class_path: north_lightning.modules.SFTModule\n"
         "  init_args: {model: north_mini_code_30b, config_overrides: {num_hidden_layers: 9}}\n"
@@ -84,7 +84,7 @@ def test_cpu_offload_moves_sharded_state_to_host() -> None:
 
     with pytest.raises(ValueError, match="ep 1"):
         plan.memory_plan(cfg, plan.Strategy(nodes=1, ep=8, cpu_offload=True))
-    from north_lightning.model.parallelize import NorthParallelStrategy
+    from north_lightning.modules.strategy import NorthParallelStrategy
 
     with pytest.raises(ValueError, match="cpu_offload"):
         NorthParallelStrategy(expert_parallel_size=8, cpu_offload=True)

@@ -1,6 +1,6 @@
 """How an export reaches an engine that loads weights from a path (subprocess engine, `vllm serve` servers):
 an HF-named state dict written once as a checkpoint directory next to the engine's config, and the rule that
-policy versions only increase. Split from `rl/engines.py`, which holds the engines themselves."""
+policy versions only increase. Split from `rl/engines/inprocess.py`, which holds the engines themselves."""
 
 from __future__ import annotations
 

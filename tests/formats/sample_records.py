@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from north_lightning.datamodules.harnesses.base import ToolCall
-from north_lightning.datamodules.records import Observation, Step, Trajectory
+from north_lightning.formats.harnesses.base import ToolCall
+from north_lightning.formats.records import Observation, Step, Trajectory
 
 
 def agnostic_record(i: int = 0, *, source: str = "toy") -> Trajectory:

@@ -5,10 +5,10 @@ Four ways to run the sampler, one interface (`generate`, `load_weights`, `policy
   `collective_rpc("reload_weights")`, from an HF-named state dict (no disk) or a checkpoint directory. An
   exception inside an engine step makes it dead (`EngineDied`); `restart()` rebuilds it in this process.
 - `SubprocessVLLMEngine`: the same engine in a child process, so a crashed engine does not take the trainer
-  down and can be restarted (`restart()`); weights travel as a safetensors directory (`rl/engine_weights.py`).
-- `OpenAIServerPolicy` / `ServerPool` (`rl/engine_server.py`, re-exported here): sampler nodes run `vllm serve`;
+  down and can be restarted (`restart()`); weights travel as a safetensors directory (`rl/engines/weights.py`).
+- `OpenAIServerPolicy` / `ServerPool` (`rl/engines/server.py`, re-exported here): sampler nodes run `vllm serve`;
   rollouts call its OpenAI `/v1/completions` with token-id prompts; weights are reloaded from a shared path or
-  streamed over NCCL (`rl/weight_transfer.py`).
+  streamed over NCCL (`rl/engines/weight_transfer.py`).
 
 Logprobs: engines are started with `logprobs_mode="processed_logprobs"`, i.e. the logprobs of the
 distribution the token was actually sampled from (after temperature / top-p). The trainer's CISPO ratio is
@@ -28,9 +28,9 @@ from typing import Any, NamedTuple
 
 import torch
 
-from north_lightning.rl.batching import CallBatcher
-from north_lightning.rl.engine_weights import WeightsWriter, check_version
-from north_lightning.rl.rollout import Completion
+from north_lightning.rl.engines.batching import CallBatcher
+from north_lightning.rl.engines.weights import WeightsWriter, check_version
+from north_lightning.rl.policy import Completion
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +95,7 @@ class VLLMEngine:
 
     def generate(self, prompts: list[list[int]], *, max_tokens: int, temperature: float = 1.0,
                  top_p: float = 1.0, seed: int | None = None) -> list[Completion]:
-        """Thread-safe; concurrent calls are decoded together in one batch (see `rl/batching.py`)."""
+        """Thread-safe; concurrent calls are decoded together in one batch (see `rl/engines/batching.py`)."""
         specs = [SampleSpec(list(p), max_tokens, temperature, top_p, None if seed is None else seed + i)
                  for i, p in enumerate(prompts)]
         return self._batcher.run(specs)
@@ -291,7 +291,7 @@ class SubprocessVLLMEngine:
 
     def generate(self, prompts: list[list[int]], *, max_tokens: int, temperature: float = 1.0,
                  top_p: float = 1.0, seed: int | None = None) -> list[Completion]:
-        """Thread-safe; concurrent calls go to the child as one batch (see `rl/batching.py`)."""
+        """Thread-safe; concurrent calls go to the child as one batch (see `rl/engines/batching.py`)."""
         specs = [SampleSpec(list(p), max_tokens, temperature, top_p, None if seed is None else seed + i)
                  for i, p in enumerate(prompts)]
         return self._batcher.run(specs)
@@ -333,15 +333,3 @@ class SubprocessVLLMEngine:
         self._conn.close()
         self._writer.close()
 
-
-_SERVER_NAMES = ("launch_vllm_server", "stop_vllm_server", "OpenAIServerPolicy", "ServerPool", "NCCLWeightBroadcaster")
-
-
-def __getattr__(name: str) -> Any:
-    """Server-mode classes live in `rl/engine_server.py`; the old `rl.engines.X` paths keep working (lazily, as
-    that module imports this one)."""
-    if name in _SERVER_NAMES:
-        from north_lightning.rl import engine_server
-
-        return getattr(engine_server, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -10,7 +10,7 @@ import json
 import random
 from typing import Any
 
-from north_lightning.datamodules.harnesses.base import Action, FormatError, ToolCall
+from north_lightning.formats.harnesses.base import Action, FormatError, ToolCall
 
 
 def function_tool(name: str, description: str, properties: dict[str, Any], required: list[str]) -> dict:

@@ -12,8 +12,9 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from north_lightning.datamodules.harnesses.base import Action, FormatError, ToolCall
-from north_lightning.datamodules.harnesses.common import head_tail, pick, rng_for
+from north_lightning.formats.harnesses.base import (Action, FormatError, PlainTextHarness, ToolCall,
+                                                     check_record_harness, response_text)
+from north_lightning.formats.harnesses.common import head_tail, pick, rng_for
 
 SUBMIT_MARKER = "COMPLETE_TASK_AND_SUBMIT_FINAL_OUTPUT"
 SUBMIT_COMMAND = f"echo {SUBMIT_MARKER}"
@@ -54,20 +55,14 @@ INSTANCE_TEMPLATES = [
 ]
 
 
-class MiniSweAgentHarness:
+class MiniSweAgentHarness(PlainTextHarness):
     name = "mini_swe_agent"
 
     def __init__(self, workdir: str = "/testbed"):
         self.workdir = workdir
 
-    def tools(self) -> list[dict[str, Any]] | None:
-        return None
-
-    def tools_for(self, seed: int | None) -> list[dict[str, Any]] | None:
-        return None
-
     def parse(self, response: str | dict[str, Any]) -> Action | FormatError:
-        text = (response.get("content") or "") if isinstance(response, dict) else response
+        text = response_text(response)
         actions = _ACTION.findall(text)
         if len(actions) != 1:
             reason = "no_action" if not actions else "multiple_actions"
@@ -88,8 +83,7 @@ class MiniSweAgentHarness:
         return {"role": "user", "content": observation_text(output, exit_code)}
 
     def render(self, trajectory: Any, *, seed: int | None = None) -> list[dict[str, Any]]:
-        if trajectory.harness not in (None, self.name):
-            raise ValueError(f"record {trajectory.id} is fixed to harness {trajectory.harness!r}, not {self.name}")
+        check_record_harness(trajectory, self.name)
         rng = rng_for(seed)
         messages: list[dict[str, Any]] = [
             {"role": "system", "content": trajectory.system or pick(SYSTEM_PROMPTS, rng)},

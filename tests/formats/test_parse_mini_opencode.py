@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 
-from north_lightning.datamodules.harnesses import Action, FormatError, ToolCall, get_harness
-from north_lightning.datamodules.harnesses.mini_swe_agent import is_submission_output, observation_text
+from north_lightning.formats.harnesses import Action, FormatError, ToolCall, get_harness
+from north_lightning.formats.harnesses.mini_swe_agent import is_submission_output, observation_text
 
 
 def test_mini_exactly_one_bash_block():

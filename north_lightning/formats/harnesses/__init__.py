@@ -6,16 +6,16 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from north_lightning.datamodules.harnesses.base import Action, FormatError, Harness, ToolCall
+from north_lightning.formats.harnesses.base import Action, FormatError, Harness, ToolCall
 
 # name -> (module, class, constructor kwargs)
 HARNESSES: dict[str, tuple[str, str, dict[str, Any]]] = {
-    "swe_agent": ("north_lightning.datamodules.harnesses.swe_agent", "SweAgentHarness", {}),
-    "swe_agent_xml": ("north_lightning.datamodules.harnesses.swe_agent", "SweAgentHarness", {"variant": "xml"}),
-    "mini_swe_agent": ("north_lightning.datamodules.harnesses.mini_swe_agent", "MiniSweAgentHarness", {}),
-    "opencode": ("north_lightning.datamodules.harnesses.opencode", "OpenCodeHarness", {}),
-    "terminus2": ("north_lightning.datamodules.harnesses.terminus2", "Terminus2Harness", {}),
-    "chat": ("north_lightning.datamodules.harnesses.chat", "ChatHarness", {}),
+    "swe_agent": ("north_lightning.formats.harnesses.swe_agent", "SweAgentHarness", {}),
+    "swe_agent_xml": ("north_lightning.formats.harnesses.swe_agent", "SweAgentHarness", {"variant": "xml"}),
+    "mini_swe_agent": ("north_lightning.formats.harnesses.mini_swe_agent", "MiniSweAgentHarness", {}),
+    "opencode": ("north_lightning.formats.harnesses.opencode", "OpenCodeHarness", {}),
+    "terminus2": ("north_lightning.formats.harnesses.terminus2", "Terminus2Harness", {}),
+    "chat": ("north_lightning.formats.harnesses.chat", "ChatHarness", {}),
 }
 AGENT_HARNESSES = ("swe_agent", "swe_agent_xml", "mini_swe_agent", "opencode", "terminus2")
 

@@ -40,7 +40,7 @@ from typing import Any
 
 import torch
 
-from north_lightning.rl.engines import EngineDied
+from north_lightning.rl.engines.inprocess import EngineDied
 
 log = logging.getLogger(__name__)
 WEIGHT_TRANSFERS = ("files", "nccl")

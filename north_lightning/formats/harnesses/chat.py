@@ -5,20 +5,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from north_lightning.datamodules.harnesses.base import Action, FormatError, ToolCall
+from north_lightning.formats.harnesses.base import Action, FormatError, PlainTextHarness, ToolCall, response_text
 
 
-class ChatHarness:
+class ChatHarness(PlainTextHarness):
     name = "chat"
 
-    def tools(self) -> list[dict[str, Any]] | None:
-        return None
-
-    def tools_for(self, seed: int | None) -> list[dict[str, Any]] | None:
-        return None
-
     def parse(self, response: str | dict[str, Any]) -> Action | FormatError:
-        text = (response.get("content") or "") if isinstance(response, dict) else response
+        text = response_text(response)
         return Action((), text.strip(), submit=True)
 
     def canonical(self, action: Action) -> list[ToolCall]:

@@ -5,9 +5,9 @@
 - `OpenAIServerPolicy`: the `Policy` over one server. Rollouts call its OpenAI `/v1/completions` with token-id
   prompts; weights are reloaded in place from a path through the server's dev `/collective_rpc` route.
 - `ServerPool`: the `Policy` over several servers (`VLLMSidecar(engine="servers")`): keeps each episode on one
-  server (prefix-cache affinity, `rl/affinity.py`), exports to all, reports a dead server by its URL.
+  server (prefix-cache affinity, `rl/engines/affinity.py`), exports to all, reports a dead server by its URL.
 
-Weights reach the servers one of two ways (`ServerPool(weight_transfer=...)`, `rl/weight_transfer.py`):
+Weights reach the servers one of two ways (`ServerPool(weight_transfer=...)`, `rl/engines/weight_transfer.py`):
 - `files` (default): a checkpoint directory each server reads itself, so it must be on a filesystem the sampler
   nodes share with the trainer's rank 0 (the run directory on a cluster's shared storage, not /tmp);
 - `nccl`: streamed from rank 0's GPU over NCCL (`NCCLWeightBroadcaster`, one group per server; the servers run
@@ -33,11 +33,11 @@ from typing import Any
 
 import torch
 
-from north_lightning.rl.affinity import AffinityTable, Route, current_route
-from north_lightning.rl.engine_weights import WeightsWriter, check_version
-from north_lightning.rl.engines import EngineDied, _require_vllm, whole_prompt_prefill
-from north_lightning.rl.rollout import Completion
-from north_lightning.rl.weight_transfer import NCCLServers, NCCLWeightBroadcaster, parse_weight_transfer, require_cuda
+from north_lightning.rl.engines.affinity import AffinityTable, Route, current_route
+from north_lightning.rl.engines.weights import WeightsWriter, check_version
+from north_lightning.rl.engines.inprocess import EngineDied, _require_vllm, whole_prompt_prefill
+from north_lightning.rl.policy import Completion
+from north_lightning.rl.engines.weight_transfer import NCCLServers, NCCLWeightBroadcaster, parse_weight_transfer, require_cuda
 
 __all__ = ["launch_vllm_server", "stop_vllm_server", "OpenAIServerPolicy", "ServerPool", "NCCLWeightBroadcaster"]
 
@@ -58,7 +58,7 @@ def launch_vllm_server(model_dir: str | Path, *, port: int, host: str = "127.0.0
     cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir), "--host", host,
            "--port", str(port), "--max-model-len", str(max_model_len), "--dtype", dtype,
            "--logprobs-mode", "processed_logprobs", "--served-model-name", "policy",
-           "--worker-extension-cls", "north_lightning.rl.engines.NorthWorkerExtension", *(extra_args or [])]
+           "--worker-extension-cls", "north_lightning.rl.engines.inprocess.NorthWorkerExtension", *(extra_args or [])]
     if whole_prompt_prefill() and not any("chunked-prefill" in a for a in extra_args or []):
         cmd.append("--no-enable-chunked-prefill")
     log_file = open(log_path, "ab") if log_path else subprocess.DEVNULL
@@ -169,7 +169,7 @@ class OpenAIServerPolicy:
 class ServerPool:
     """`Policy` over several `vllm serve` sampler servers, for rollout worker threads sharing it.
 
-    generate: a call made inside an episode's `routing(group, episode)` (`rl/affinity.py`, set by the rollout
+    generate: a call made inside an episode's `routing(group, episode)` (`rl/engines/affinity.py`, set by the rollout
     service) goes to the server that episode used before, so its growing conversation hits that server's prefix
     cache; a new episode goes to its group's server while that keeps the load even, else to the live server with
     the fewest running episodes (`AffinityTable`). A call outside any episode goes to the live server with the
@@ -183,7 +183,7 @@ class ServerPool:
     every live server reloads it (concurrently). `weights_dir` and `model_dir` must be on a filesystem every sampler
     node can read at the same path (shared storage), since each server reads the files itself; the directory of
     the previous version is deleted after a successful export. `weight_transfer="nccl"` (`nccl`: the settings of
-    `rl/weight_transfer.py`): the tensors are streamed from this process's GPU to each live server in turn, and
+    `rl/engines/weight_transfer.py`): the tensors are streamed from this process's GPU to each live server in turn, and
     dead servers that answer `/health` again rejoin at the next export; nothing is written. Either way new calls
     wait while an export runs and the export waits for the calls in flight, so one call never mixes two policy
     versions (as with `VLLMEngine`'s lock), and each server's prefix cache is reset after its reload.

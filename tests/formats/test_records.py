@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 
 import pytest
-from datamodules.sample_records import agnostic_record, chat_record, opencode_record, swe_record
+from formats.sample_records import agnostic_record, chat_record, opencode_record, swe_record
 
-from north_lightning.datamodules.records import (
+from north_lightning.formats.records import (
     BadRecordCounter,
     Position,
     RecordError,

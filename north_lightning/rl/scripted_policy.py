@@ -12,12 +12,13 @@ from __future__ import annotations
 import json
 from typing import Any, Callable
 
-from north_lightning.datamodules.harnesses.base import Harness, ToolCall
-from north_lightning.datamodules.records import Observation, Step, Trajectory
+from north_lightning.formats.harnesses.base import Harness, ToolCall
+from north_lightning.formats.records import Observation, Step, Trajectory
 from north_lightning.envs.session import task_image
 from north_lightning.envs.tasks import HarborTask, SWETask, Task
 from north_lightning.envs.toy_tasks import make_toy_task
-from north_lightning.rl.rollout import Completion, make_harness
+from north_lightning.rl.policy import Completion
+from north_lightning.rl.rollout import make_harness
 
 TURN_MARKER = "<|CHATBOT_TOKEN|>"  # the tiny tokenizer's assistant-turn token; counted to find the turn index
 

@@ -6,9 +6,9 @@ import json
 from pathlib import Path
 
 import pytest
-from datamodules.sample_records import agnostic_record, opencode_record, swe_record
+from formats.sample_records import agnostic_record, opencode_record, swe_record
 
-from north_lightning.datamodules.harnesses import AGENT_HARNESSES, Action, get_harness
+from north_lightning.formats.harnesses import AGENT_HARNESSES, Action, get_harness
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -77,8 +77,8 @@ def test_every_harness_has_a_fixture():
 def test_terminus2_commands_and_completion_in_one_step():
     from dataclasses import replace
 
-    from north_lightning.datamodules.harnesses.base import ToolCall
-    from north_lightning.datamodules.records import Observation, Step
+    from north_lightning.formats.harnesses.base import ToolCall
+    from north_lightning.formats.records import Observation, Step
 
     record = agnostic_record(4)
     last = Step("write and finish", (ToolCall("bash", {"command": "echo 4 > /app/n.txt"}), ToolCall("submit", {})),
@@ -89,7 +89,7 @@ def test_terminus2_commands_and_completion_in_one_step():
 
 
 def test_every_registered_harness_implements_the_protocol():
-    from north_lightning.datamodules.harnesses import HARNESSES, Harness
+    from north_lightning.formats.harnesses import HARNESSES, Harness
 
     for name in HARNESSES:
         harness = get_harness(name)

@@ -16,8 +16,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from north_lightning.datamodules.harnesses.base import Action, FormatError, ToolCall
-from north_lightning.datamodules.harnesses.common import head_tail, pick, rng_for
+from north_lightning.formats.harnesses.base import (Action, FormatError, PlainTextHarness, ToolCall,
+                                                     check_record_harness, response_text)
+from north_lightning.formats.harnesses.common import head_tail, pick, rng_for
 
 REQUIRED_KEYS = ("analysis", "plan", "commands")
 DEFAULT_DURATION = 1.0
@@ -64,21 +65,15 @@ PLANS = ["Run `{cmd}`.", "Next I will run `{cmd}` and check its output.", "Execu
 DONE_PLANS = ["The task is complete; nothing left to run.", "No further commands are needed.", "Mark the task as done."]
 
 
-class Terminus2Harness:
+class Terminus2Harness(PlainTextHarness):
     name = "terminus2"
 
     def __init__(self, prompt_user: str = "root", host: str = "sandbox", workdir: str = "/app"):
         self.prompt = f"{prompt_user}@{host}:{workdir}# "
 
-    def tools(self) -> list[dict[str, Any]] | None:
-        return None
-
-    def tools_for(self, seed: int | None) -> list[dict[str, Any]] | None:
-        return None
-
     # -- parsing ---------------------------------------------------------------------------------------
     def parse(self, response: str | dict[str, Any]) -> Action | FormatError:
-        text = (response.get("content") or "") if isinstance(response, dict) else response
+        text = response_text(response)
         obj = _extract_json(text)
         if isinstance(obj, str):
             return FormatError("bad_json", PARSE_ERROR.format(error=obj))
@@ -134,8 +129,7 @@ class Terminus2Harness:
 
     # -- rendering -------------------------------------------------------------------------------------
     def render(self, trajectory: Any, *, seed: int | None = None) -> list[dict[str, Any]]:
-        if trajectory.harness not in (None, self.name):
-            raise ValueError(f"record {trajectory.id} is fixed to harness {trajectory.harness!r}, not terminus2")
+        check_record_harness(trajectory, self.name)
         rng = rng_for(seed)
         intro = trajectory.system or pick(PROMPT_INTROS, rng)
         first = FORMAT_SPEC.format(default_duration=DEFAULT_DURATION, task=trajectory.task, screen=self.prompt)

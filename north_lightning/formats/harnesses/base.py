@@ -66,3 +66,28 @@ class Harness(Protocol):
     def format_observation(self, call: ToolCall, output: str, exit_code: int | None = None) -> dict[str, Any]:
         """The message that carries a tool's output back to the model, in this harness's wording."""
         ...
+
+
+def response_text(response: str | dict[str, Any]) -> str:
+    """The text of a model response given as text or as a message dict (its `content`, possibly None)."""
+    return (response.get("content") or "") if isinstance(response, dict) else response
+
+
+def check_record_harness(trajectory: Any, *names: str) -> None:
+    """A record written for one harness (its `harness` field set) renders only through that harness (`names`:
+    the registry names of the harness rendering it)."""
+    if trajectory.harness not in (None, *names):
+        raise ValueError(f"record {trajectory.id} is fixed to harness {trajectory.harness!r}, not {'/'.join(names)}")
+
+
+class PlainTextHarness:
+    """Base of the harnesses whose actions are written in the reply text (mini-SWE-agent fences, Terminus-2
+    JSON, plain chat): they offer the model no native tool schemas."""
+
+    name: str
+
+    def tools(self) -> list[dict[str, Any]] | None:
+        return None
+
+    def tools_for(self, seed: int | None) -> list[dict[str, Any]] | None:
+        return None

@@ -13,8 +13,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from north_lightning.datamodules.harnesses.base import Action, FormatError, ToolCall
-from north_lightning.datamodules.harnesses.common import (
+from north_lightning.formats.harnesses.base import Action, FormatError, ToolCall, check_record_harness
+from north_lightning.formats.harnesses.common import (
     function_tool,
     maybe_shuffled,
     openai_tool_calls,
@@ -123,8 +123,7 @@ class OpenCodeHarness:
         return ToolCall(call.name, dict(call.arguments), call_id)
 
     def render(self, trajectory: Any, *, seed: int | None = None) -> list[dict[str, Any]]:
-        if trajectory.harness not in (None, self.name):
-            raise ValueError(f"record {trajectory.id} is fixed to harness {trajectory.harness!r}, not {self.name}")
+        check_record_harness(trajectory, self.name)
         rng = rng_for(seed)
         system = trajectory.system or pick(SYSTEM_PROMPTS, rng).format(workdir=self.workdir)
         messages: list[dict[str, Any]] = [{"role": "system", "content": system},

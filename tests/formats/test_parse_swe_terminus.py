@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from north_lightning.datamodules.harnesses import Action, FormatError, ToolCall, get_harness
+from north_lightning.formats.harnesses import Action, FormatError, ToolCall, get_harness
 
 
 def _native(name, args, content="thinking"):

@@ -6,8 +6,8 @@ import json
 from pathlib import Path
 
 from north_lightning.assets import ASSETS_DIR
-from north_lightning.datamodules.records import iter_records
-from north_lightning.datamodules.toy_data import build
+from north_lightning.formats.records import iter_records
+from north_lightning.envs.toy_data import build
 from north_lightning.envs.toy_tasks import _BUGS, make_toy_task, split_of
 
 BUNDLED = ASSETS_DIR / "sft_data"
@@ -50,12 +50,12 @@ def test_native_edits_turn_the_bug_into_the_fix():
 
 
 def test_noisy_demo_records_are_caught_by_the_filters(tmp_path):
-    from datamodules.sample_records import agnostic_record
+    from formats.sample_records import agnostic_record
     from transformers import AutoTokenizer
 
     from north_lightning.assets import tiny_tokenizer_path
     from north_lightning.datamodules.mixture import MixtureSpec
-    from north_lightning.datamodules.records import write_jsonl
+    from north_lightning.formats.records import write_jsonl
     from north_lightning.datamodules.sft import build_pools
 
     good = tmp_path / "good.jsonl"

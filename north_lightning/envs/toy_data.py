@@ -9,7 +9,7 @@ in the data. A small single-turn set (arithmetic with a worked answer, tiny Pyth
 transforms) stands in for the reasoning / competitive-programming / instruction-following sources, and a
 few deliberately defective records (`toy_terminal_noisy.jsonl`) exercise the filters in the demo.
 
-Regenerate the bundled files with `python -m north_lightning.datamodules.toy_data --out
+Regenerate the bundled files with `python -m north_lightning.envs.toy_data --out
 north_lightning/assets/sft_data`.
 """
 
@@ -21,8 +21,8 @@ import random
 import shlex
 from pathlib import Path
 
-from north_lightning.datamodules.harnesses.base import ToolCall
-from north_lightning.datamodules.records import Observation, Step, Trajectory, write_jsonl
+from north_lightning.formats.harnesses.base import ToolCall
+from north_lightning.formats.records import Observation, Step, Trajectory, write_jsonl
 from north_lightning.envs.toy_tasks import ToyTask, generate_toy_tasks, split_of
 
 LOOK = ["Let me look at the starting state first.", "First, check what is in /app.", "Inspect the working directory."]

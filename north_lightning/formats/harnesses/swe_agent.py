@@ -14,8 +14,8 @@ import json
 import re
 from typing import Any
 
-from north_lightning.datamodules.harnesses.base import Action, FormatError, ToolCall
-from north_lightning.datamodules.harnesses.common import (
+from north_lightning.formats.harnesses.base import Action, FormatError, ToolCall, check_record_harness, response_text
+from north_lightning.formats.harnesses.common import (
     function_tool,
     maybe_shuffled,
     openai_tool_calls,
@@ -116,7 +116,7 @@ class SweAgentHarness:
                 return FormatError("multiple_actions", MULTIPLE_CALLS)
             result = parse_native_tool_calls(response, TOOLS)
         else:
-            text = (response.get("content") or "") if isinstance(response, dict) else response
+            text = response_text(response)
             result = self._parse_xml(text)
         if isinstance(result, FormatError):
             return result
@@ -193,8 +193,7 @@ class SweAgentHarness:
         return "\n".join(lines)
 
     def render(self, trajectory: Any, *, seed: int | None = None) -> list[dict[str, Any]]:
-        if trajectory.harness not in (None, "swe_agent", "swe_agent_xml"):
-            raise ValueError(f"record {trajectory.id} is fixed to harness {trajectory.harness!r}, not {self.name}")
+        check_record_harness(trajectory, "swe_agent", "swe_agent_xml")
         rng = rng_for(seed)
         system = trajectory.system or self._system_prompt(rng)
         user = pick(INSTANCE_TEMPLATES, rng).format(workdir=self.workdir, task=trajectory.task)

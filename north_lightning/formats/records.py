@@ -35,8 +35,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from north_lightning.datamodules.harnesses import HARNESSES
-from north_lightning.datamodules.harnesses.base import ToolCall
+from north_lightning.formats.harnesses import HARNESSES
+from north_lightning.formats.harnesses.base import ToolCall
 
 REQUIRED_FIELDS = ("id", "task", "source")
 # The harness-agnostic action vocabulary every harness renders.
