@@ -61,8 +61,11 @@ class Annotator:
     is_admin: bool
 
 
-def connect(path: str | Path) -> sqlite3.Connection:
-    """Open (creating if needed) the evaluation database in WAL mode with full fsync on commit."""
+def connect(path: str | Path, *, create: bool = True) -> sqlite3.Connection:
+    """Open the evaluation database in WAL mode with full fsync on commit; `create` makes the schema (and the
+    layout secret) when missing, which takes a write lock, so the web app opens with create=False."""
+    if not create and not Path(path).is_file():
+        raise FileNotFoundError(f"{path}: no such evaluation database")
     conn = sqlite3.connect(str(path), timeout=30.0, isolation_level=None, check_same_thread=False)
     conn.row_factory = sqlite3.Row
     conn.execute("PRAGMA busy_timeout = 30000")
@@ -71,8 +74,9 @@ def connect(path: str | Path) -> sqlite3.Connection:
         raise RuntimeError(f"{path}: SQLite refused WAL journal mode (got {mode!r})")
     conn.execute("PRAGMA synchronous = FULL")
     conn.execute("PRAGMA foreign_keys = ON")
-    conn.executescript(SCHEMA)
-    conn.execute("INSERT OR IGNORE INTO meta VALUES ('secret', ?)", (secrets.token_hex(16),))
+    if create:
+        conn.executescript(SCHEMA)
+        conn.execute("INSERT OR IGNORE INTO meta VALUES ('secret', ?)", (secrets.token_hex(16),))
     return conn
 
 
@@ -113,9 +117,14 @@ def load_responses(conn: sqlite3.Connection, responses: Iterable[dict[str, Any]]
         for prompt_id, recs in by_prompt.items():
             for a, b in itertools.combinations(sorted(recs, key=lambda r: r["system"]), 2):
                 conn.execute("INSERT OR IGNORE INTO items VALUES (?, ?, ?, ?, ?)",
-                             (f"{prompt_id}:{a['system']}-{b['system']}", prompt_id, a["category"],
+                             (item_id_for(prompt_id, a["system"], b["system"]), prompt_id, a["category"],
                               a["response_id"], b["response_id"]))
     return conn.execute("SELECT COUNT(*) FROM items").fetchone()[0]
+
+
+def item_id_for(prompt_id: str, system_a: str, system_b: str) -> str:
+    """An opaque id (the page shows it in URLs, so it must not name the systems)."""
+    return "item-" + hashlib.sha256(f"{prompt_id}\0{system_a}\0{system_b}".encode()).hexdigest()[:16]
 
 
 def response_length(rec: dict[str, Any]) -> int:
@@ -228,3 +237,8 @@ def all_votes(conn: sqlite3.Connection) -> list[dict[str, Any]]:
 
 def count_items(conn: sqlite3.Connection) -> int:
     return conn.execute("SELECT COUNT(*) FROM items").fetchone()[0]
+
+
+def annotator_id_by_name(conn: sqlite3.Connection, name: str) -> int | None:
+    row = conn.execute("SELECT annotator_id FROM annotators WHERE name = ?", (name,)).fetchone()
+    return row[0] if row else None

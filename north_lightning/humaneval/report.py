@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import sqlite3
 from collections import defaultdict
 from pathlib import Path
@@ -117,7 +118,22 @@ def build_report(conn: sqlite3.Connection, *, mapping: dict[str, str] | None = N
                             "task_id": row["task_id"], "prompt_id": row["prompt_id"],
                             "mean_rating": sum(given) / len(given), "ratings": given})
     report["passed_but_rated_low"] = flagged
-    return report
+    return _json_safe(report)
+
+
+def _json_safe(value: Any) -> Any:
+    """NaN (an undefined statistic: no votes, one annotator) becomes null, so the report is valid JSON."""
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def _f(value: float | None, digits: int = 3) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
 
 
 def _count(values: Any) -> dict[str, int]:
@@ -201,22 +217,25 @@ def write_chart(report: dict[str, Any], path: str | Path) -> None:
 
 
 def format_summary(report: dict[str, Any]) -> str:
+    def est(e: dict[str, Any]) -> str:
+        return f"{_f(e['value'])} [{_f(e['ci95'][0])}, {_f(e['ci95'][1])}]"
+
     lines = [f"{report['votes']} votes on {report['items_voted']}/{report['items']} items by "
              f"{len(report['annotators'])} annotators"]
     for pair in report["pairs"]:
-        w = pair["win_rate_a"]
-        lines.append(f"{pair['a']} vs {pair['b']}: win rate {w['value']:.3f} [{w['ci95'][0]:.3f}, {w['ci95'][1]:.3f}] "
+        lines.append(f"{pair['a']} vs {pair['b']}: win rate of {pair['a']} {est(pair['win_rate_a'])} "
                      f"(W/T/L {pair['wins']}/{pair['ties']}/{pair['losses']})")
         for cat, c in pair["by_category"].items():
-            lines.append(f"  {cat:<12} {c['value']:.3f} [{c['ci95'][0]:.3f}, {c['ci95'][1]:.3f}] n={c['n']}")
+            lines.append(f"  {cat:<12} {est(c)} n={c['n']}")
     agreement = report["agreement"]
-    lines.append(f"agreement: Krippendorff alpha (interval, 5-point) {agreement['krippendorff_alpha_interval']:.3f}, "
-                 f"(nominal, win/tie/loss) {agreement['krippendorff_alpha_nominal_outcome']:.3f}")
-    for sys_name, est in report.get("bradley_terry", {}).items():
-        lines.append(f"Bradley-Terry {sys_name}: {est['value']:.3f} [{est['ci95'][0]:.3f}, {est['ci95'][1]:.3f}]")
+    lines.append(f"agreement: Krippendorff alpha (interval, 5-point) {_f(agreement['krippendorff_alpha_interval'])}, "
+                 f"(nominal, win/tie/loss) {_f(agreement['krippendorff_alpha_nominal_outcome'])} on "
+                 f"{agreement['items_with_2plus_votes']} items with 2+ votes")
+    for sys_name, e in report.get("bradley_terry", {}).items():
+        lines.append(f"Bradley-Terry {sys_name}: {est(e)}")
     for sys_name, r in report["mean_ratings"].items():
         lines.append(f"mean rating {sys_name}: {r['mean']:.2f} (n={r['n']})")
-    lines.append(f"position bias: left win rate {report['position_bias']['left_win_rate']['value']:.3f}; "
-                 f"length bias: longer win rate {report['length_bias']['longer_win_rate']['value']:.3f}")
+    lines.append(f"position bias: left win rate {est(report['position_bias']['left_win_rate'])}; "
+                 f"length bias: longer win rate {est(report['length_bias']['longer_win_rate'])}")
     lines.append(f"passed tests but rated <= 2: {len(report['passed_but_rated_low'])} responses")
     return "\n".join(lines)

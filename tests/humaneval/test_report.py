@@ -88,7 +88,7 @@ def test_report_on_the_fixed_vote_table(tmp_path):
     assert report["length_bias"]["longer_win_rate"]["value"] == 5 / 8
     left_scores = []
     for (prompt, name), (pref_a, _, _) in TABLE.items():
-        a_left = db.layout(conn, ids[name], f"{prompt}:sys-a-sys-b")[0].endswith("sys-a")
+        a_left = db.layout(conn, ids[name], db.item_id_for(prompt, "sys-a", "sys-b"))[0].endswith("sys-a")
         left_scores.append(left_score(pref_a) if a_left else 1 - left_score(pref_a))
     assert report["position_bias"]["left_win_rate"]["value"] == pytest.approx(sum(left_scores) / 8)
     # passed tests but mean rating <= 2: a on p4 (1, 2) and b on p3 (2, 1); a on p1 (5, 4) is fine
@@ -116,7 +116,7 @@ def test_three_systems_get_bradley_terry_with_intervals(tmp_path):
     me = db.annotator_for_token(conn, token).annotator_id
     for item_id in db.item_order(conn, me):  # a beats b beats c on p2-p4; p1 upsets every pair (no separation)
         left, right = db.layout(conn, me, item_id)
-        better_left = (left < right) != item_id.startswith("p1:")
+        better_left = (left < right) != (db.item(conn, item_id)["prompt_id"] == "p1")
         db.save_vote(conn, me, item_id, rating_left=3, rating_right=3, preference=1 if better_left else 5)
     report = build_report(conn, n_boot=200)
     bt = report["bradley_terry"]

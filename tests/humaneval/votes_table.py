@@ -42,9 +42,27 @@ def cast(conn, table: dict = TABLE) -> dict[str, int]:
         token = db.add_annotator(conn, name)
         ids[name] = db.annotator_for_token(conn, token).annotator_id
     for (prompt, name), (pref_a, rating_a, rating_b) in table.items():
-        item_id = f"{prompt}:sys-a-sys-b"
+        item_id = db.item_id_for(prompt, "sys-a", "sys-b")
         left, _ = db.layout(conn, ids[name], item_id)
         a_left = left == f"{prompt}-sys-a"
         db.save_vote(conn, ids[name], item_id, preference=pref_a if a_left else 6 - pref_a,
                      rating_left=rating_a if a_left else rating_b, rating_right=rating_b if a_left else rating_a)
     return ids
+
+
+def many_responses(n_prompts: int) -> list[dict]:
+    """Two systems answering `n_prompts` prompts (one item each), with small trajectories to render."""
+    out = []
+    for i in range(n_prompts):
+        for system in ("sys-a", "sys-b"):
+            messages = [{"role": "system", "content": "You are opencode."}, {"role": "user", "content": f"task {i}"},
+                        {"role": "assistant", "content": "", "tool_calls": [{"id": "c0", "type": "function",
+                         "function": {"name": "bash", "arguments": '{"command": "ls", "description": "list"}'}}]},
+                        {"role": "tool", "tool_call_id": "c0", "name": "bash",
+                         "content": '{"output": "a.py", "metadata": {"exit": 0}}'},
+                        {"role": "assistant", "content": f"answer of {system[-1]} to {i}"}]
+            out.append({"response_id": f"q{i}-{system}", "prompt_id": f"q{i}", "system": system,
+                        "category": "explain" if i % 2 else "edit", "prompt": f"task {i}", "task_id": None,
+                        "passed": None, "final_answer": f"answer of {system[-1]} to {i}",
+                        "diff": "--- a/a.py\n+++ b/a.py\n@@ -1 +1 @@\n-x = 1\n+x = 2\n", "messages": messages})
+    return out
