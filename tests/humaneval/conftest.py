@@ -46,3 +46,11 @@ def generated(tiny_export, tmp_path_factory):
                    "--max-tokens-per-turn", "48", "--max-steps", "2", "--temperature", "1.0"])
     assert rc == 0, buf.getvalue()
     return out, json.loads(buf.getvalue().strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="session")
+def base_image_for_humaneval():
+    require(docker_ok(), "no Docker engine (run `bash scripts/ensure_docker.sh`)")
+    from north_lightning.envs.images import build_base_image
+
+    return build_base_image()

@@ -59,3 +59,48 @@ def test_prompt_and_model_errors_name_the_entry(tmp_path):
         parse_model_specs(["a=http://127.0.0.1:1", f"b={tmp_path}"])
     specs = parse_model_specs(["a=http://127.0.0.1:1/v1", "b=https://x"])
     assert [(s.name, s.is_url) for s in specs] == [("a", True), ("b", True)]
+
+
+@pytest.mark.docker
+def test_diff_test_outcome_and_flagged_task_from_scripted_checkpoints(tmp_path, base_image_for_humaneval):
+    """Scripted stand-ins for two checkpoints (the tiny model never calls a tool): the oracle fixes the bundled
+    bug through OpenCode tools, the other gives up. The oracle's diff and passed tests are recorded; rated 1 by
+    an annotator, its task lands in flagged_task_ids.txt."""
+    from transformers import AutoTokenizer
+
+    from north_lightning.assets import tiny_tokenizer_path
+    from north_lightning.envs.tasks import BUNDLED_DIR, load_harbor_task
+    from north_lightning.humaneval.generate import GenerateConfig, ModelSpec, run_generate
+    from north_lightning.humaneval.report import build_report, write_report
+    from north_lightning.rl.scripted_policy import OraclePolicy, ScriptedPolicy
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_tokenizer_path())
+    prompts = tmp_path / "prompts.yaml"
+    prompts.write_text("prompts:\n  - id: fix\n    category: edit\n    task: bundled:terminal/toy-python-fix-0ed80921\n")
+    task = load_harbor_task(BUNDLED_DIR / "terminal" / "toy-python-fix-0ed80921")
+    policies = {"oracle": (OraclePolicy(tokenizer, "opencode", [task]), tokenizer),
+                "quitter": (ScriptedPolicy(tokenizer, ["I cannot do this.<|END_OF_TURN_TOKEN|>"]), tokenizer)}
+    cfg = GenerateConfig(models=[ModelSpec("oracle", "scripted"), ModelSpec("quitter", "scripted-2")],
+                         prompts=str(prompts), out=str(tmp_path / "out"), max_context=4096)
+    summary = run_generate(cfg, policies=policies)
+    assert summary["responses"] == 2 and summary["items"] == 1
+    mapping = json.loads((tmp_path / "out" / "mapping.json").read_text())
+    blind = {v["name"]: k for k, v in mapping.items()}
+    records = {r["system"]: r for r in map(json.loads, (tmp_path / "out" / "responses.jsonl").read_text().splitlines())}
+    oracle, quitter = records[blind["oracle"]], records[blind["quitter"]]
+    assert oracle["passed"] is True and oracle["end_reason"] == "submitted"
+    assert "-    return min(a, b)" in oracle["diff"] and "+    return max(a, b)" in oracle["diff"]
+    assert oracle["diff"].startswith("diff --git a/mathutil.py b/mathutil.py")  # paths relative to the work dir
+    assert any(m.get("tool_calls") for m in oracle["messages"]) and "passed" in oracle["test_log"]
+    assert quitter["passed"] is False and quitter["diff"] == "" and quitter["final_answer"] == "I cannot do this."
+
+    conn = db.connect(tmp_path / "out" / "humaneval.db")
+    token = db.add_annotator(conn, "ann")
+    me = db.annotator_for_token(conn, token).annotator_id
+    (item_id,) = db.item_order(conn, me)
+    left, _ = db.layout(conn, me, item_id)
+    oracle_left = left == oracle["response_id"]
+    db.save_vote(conn, me, item_id, rating_left=1 if oracle_left else 3, rating_right=3 if oracle_left else 1,
+                 preference=3)
+    paths = write_report(conn, tmp_path / "report", build_report(conn, n_boot=100))
+    assert paths["flagged"].read_text().splitlines()[1:] == ["toy-python-fix-0ed80921"]

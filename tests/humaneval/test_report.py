@@ -123,3 +123,28 @@ def test_three_systems_get_bradley_terry_with_intervals(tmp_path):
     assert bt["sys-a"]["value"] > bt["sys-b"]["value"] > bt["sys-c"]["value"]
     assert all(e["ci95"][0] <= e["value"] <= e["ci95"][1] for e in bt.values())
     assert [p["win_rate_a"]["value"] for p in report["pairs"]] == [0.75, 0.75, 0.75]
+
+
+def test_cli_add_annotator_and_report(tmp_path, capsys):
+    from north_lightning.__main__ import main
+    from humaneval.votes_table import RUBRICS, responses
+
+    path = tmp_path / "he.db"
+    db.load_responses(db.connect(path), responses(), RUBRICS)
+    assert main(["humaneval", "add-annotator", "--db", str(path), "--name", "ann1"]) == 0
+    token = capsys.readouterr().out.strip()
+    assert main(["humaneval", "add-annotator", "--db", str(path), "--name", "ann1"]) == 1
+    assert "annotator 'ann1' already exists" in capsys.readouterr().err
+    conn = db.connect(path)
+    me = db.annotator_for_token(conn, token)
+    assert me.name == "ann1" and not me.is_admin
+    for item_id in db.item_order(conn, me.annotator_id):
+        db.save_vote(conn, me.annotator_id, item_id, rating_left=4, rating_right=2, preference=2)
+    (tmp_path / "mapping.json").write_text(json.dumps({"sys-a": {"name": "rl", "model": "/x"},
+                                                       "sys-b": {"name": "sft", "model": "/y"}}))
+    assert main(["humaneval", "report", "--db", str(path), "--out", str(tmp_path / "r"), "--bootstrap", "200",
+                 "--mapping", str(tmp_path / "mapping.json")]) == 0
+    out = capsys.readouterr().out
+    assert "4 votes on 4/4 items by 1 annotators" in out and "rl (sys-a) vs sft (sys-b)" in out
+    assert json.loads((tmp_path / "r" / "report.json").read_text())["position_bias"]["left_win_rate"]["value"] == 1.0
+    assert main(["humaneval", "report", "--db", str(tmp_path / "none.db"), "--out", str(tmp_path / "r")]) == 1
