@@ -234,8 +234,11 @@ def build_policy(spec: ModelSpec, cfg: GenerateConfig) -> tuple[Any, Any]:
     return engine, AutoTokenizer.from_pretrained(spec.model)
 
 
-def _final_answer(messages: list[dict[str, Any]]) -> str:
-    """OpenCode ends with a reply without tool calls: that text is the answer."""
+def _final_answer(messages: list[dict[str, Any]], end_reason: str) -> str:
+    """OpenCode ends with a reply without tool calls: that text is the answer. An episode cut short (a reply
+    truncated at max_tokens, a format error, the step budget) has none."""
+    if end_reason != "submitted":
+        return ""
     for msg in reversed(messages):
         if msg.get("role") == "assistant":
             return "" if msg.get("tool_calls") else str(msg.get("content") or "")
@@ -270,7 +273,7 @@ def run_prompt(policy: Any, tokenizer: Any, task: Task, prompt: Prompt, cfg: Gen
         "reward": episode.reward if has_tests else None,
         "test_log": ((verdict.get("output") or "")[-8000:] if episode.verifier is not None
                      else f"tests not run: the episode ended with {episode.end_reason}") if has_tests else "",
-        "final_answer": _final_answer(episode.messages), "diff": (sessions[0].final_diff or "") if sessions else "",
+        "final_answer": _final_answer(episode.messages, episode.end_reason), "diff": (sessions[0].final_diff or "") if sessions else "",
         "messages": episode.messages, "end_reason": episode.end_reason, "steps": episode.steps,
         "tokens": {"prompt": len(episode.segments[0].token_ids) if episode.segments else 0,
                    "generated": generated, "total": episode.num_tokens},

@@ -103,9 +103,9 @@ def build_report(conn: sqlite3.Connection, *, mapping: dict[str, str] | None = N
         per_response[v["right_response"]].append(v["rating_right"])
     report["mean_ratings"] = {name(s): {"mean": sum(r) / len(r), "n": len(r)} for s, r in sorted(ratings.items())}
 
-    report["position_bias"] = {"left_win_rate": bootstrap_mean(
-        group_by(votes, key=lambda v: v["item_id"], value=lambda v: left_score(v["preference"])),
-        n_boot=n_boot, seed=seed).to_dict()}
+    left = bootstrap_mean(group_by(votes, key=lambda v: v["item_id"], value=lambda v: left_score(v["preference"])),
+                          n_boot=n_boot, seed=seed)
+    report["position_bias"] = {"left_win_rate": left.to_dict(), "right_win_rate": 1.0 - left.value}
     report["length_bias"] = {"longer_win_rate": bootstrap_mean(
         group_by(votes, key=lambda v: v["item_id"], value=_longer_score), n_boot=n_boot, seed=seed).to_dict()}
 

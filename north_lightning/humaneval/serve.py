@@ -21,7 +21,7 @@ from urllib.parse import quote
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, RedirectResponse, Response
+from starlette.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response
 from starlette.routing import Route
 from markupsafe import Markup
 from starlette.templating import Jinja2Templates
@@ -230,4 +230,4 @@ def create_app(db_path: str | Path, *, n_boot: int = 1000) -> Starlette:
     return Starlette(routes=routes)
 
 
-__all__ = ["create_app", "COOKIE", "HTMLResponse"]
+__all__ = ["COOKIE", "create_app"]

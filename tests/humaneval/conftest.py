@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 
 import pytest
 import torch
@@ -54,3 +55,17 @@ def base_image_for_humaneval():
     from north_lightning.envs.images import build_base_image
 
     return build_base_image()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_leaked_humaneval_containers():
+    """generate runs episodes in this process: none of their sandboxes may outlive the session."""
+    yield
+    if not docker_ok():
+        return
+    from north_lightning.envs.docker_host import labelled_containers
+    from north_lightning.envs.sandbox import wait_for_removals
+
+    wait_for_removals()
+    leaked = labelled_containers(owner_pid=os.getpid())
+    assert not leaked, f"sandbox containers left behind: {leaked}"
