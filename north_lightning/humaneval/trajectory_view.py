@@ -18,13 +18,17 @@ PYGMENTS_CSS = _FORMATTER.get_style_defs(".hl")
 MAX_OBSERVATION_CHARS = 4000
 
 
-def _observation_text(content: str) -> str:
-    """OpenCode tool results are JSON `{"output": ..., "metadata": ...}`; show the output."""
+def _observation(content: str) -> tuple[str, int | None]:
+    """OpenCode tool results are JSON `{"output": ..., "metadata": {"exit": ...}}`: the output and exit code."""
     try:
         parsed = json.loads(content)
     except (TypeError, ValueError):
-        return content
-    return str(parsed.get("output", content)) if isinstance(parsed, dict) else content
+        return content, None
+    if not isinstance(parsed, dict):
+        return content, None
+    meta = parsed.get("metadata") if isinstance(parsed.get("metadata"), dict) else {}
+    code = meta.get("exit")
+    return str(parsed.get("output", content)), code if isinstance(code, int) else None
 
 
 def turns(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -47,10 +51,10 @@ def turns(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
                               else args})
             out.append({"text": msg.get("content") or "", "calls": calls, "observations": []})
         elif role == "tool" and out:
-            text = _observation_text(msg.get("content") or "")
+            text, code = _observation(msg.get("content") or "")
             if len(text) > MAX_OBSERVATION_CHARS:
                 text = text[:MAX_OBSERVATION_CHARS] + f"\n... ({len(text) - MAX_OBSERVATION_CHARS} more characters)"
-            out[-1]["observations"].append({"name": msg.get("name", "tool"), "text": text})
+            out[-1]["observations"].append({"name": msg.get("name", "tool"), "text": text, "exit": code})
     return out
 
 
