@@ -73,7 +73,7 @@ def _generate(args: argparse.Namespace) -> int:
                              max_context=args.max_context, max_tokens_per_turn=args.max_tokens_per_turn,
                              max_steps=args.max_steps, temperature=args.temperature, concurrency=args.concurrency)
         summary = run_generate(cfg)
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, FileNotFoundError, RuntimeError) as err:  # RuntimeError: the engine / server refused
         print(f"error: {err}", file=sys.stderr)
         return 1
     print(json.dumps(summary))
