@@ -55,6 +55,7 @@ def test_tokens_isolation_and_blind_layout(eval_db):
     assert page.status_code == 200 and RUBRICS["edit"] in page.text or RUBRICS["explain"] in page.text
     assert "sys-a" not in page.text and "sys-b" not in page.text  # blind: no system ids on the page
     assert 'class="hl"' in page.text and "Turn 1" in page.text and "item 1 of 40" in page.text
+    assert "<script>window.pwned" not in page.text and "&lt;script&gt;window.pwned" in page.text
 
     conn = db.connect(path)
     alice_id, bob_id = db.annotator_id_by_name(conn, "alice"), db.annotator_id_by_name(conn, "bob")

@@ -61,8 +61,10 @@ def many_responses(n_prompts: int) -> list[dict]:
                         {"role": "tool", "tool_call_id": "c0", "name": "bash",
                          "content": '{"output": "a.py", "metadata": {"exit": 0}}'},
                         {"role": "assistant", "content": f"answer of {system[-1]} to {i}"}]
+            # the policy is untrusted: its text must reach the page escaped
+            answer = f"answer of {system[-1]} to {i} <script>window.pwned = 1</script>"
             out.append({"response_id": f"q{i}-{system}", "prompt_id": f"q{i}", "system": system,
                         "category": "explain" if i % 2 else "edit", "prompt": f"task {i}", "task_id": None,
-                        "passed": None, "final_answer": f"answer of {system[-1]} to {i}",
+                        "passed": None, "final_answer": answer, "end_reason": "submitted",
                         "diff": "--- a/a.py\n+++ b/a.py\n@@ -1 +1 @@\n-x = 1\n+x = 2\n", "messages": messages})
     return out
