@@ -273,7 +273,8 @@ def run_prompt(policy: Any, tokenizer: Any, task: Task, prompt: Prompt, cfg: Gen
         "reward": episode.reward if has_tests else None,
         "test_log": ((verdict.get("output") or "")[-8000:] if episode.verifier is not None
                      else f"tests not run: the episode ended with {episode.end_reason}") if has_tests else "",
-        "final_answer": _final_answer(episode.messages, episode.end_reason), "diff": (sessions[0].final_diff or "") if sessions else "",
+        "final_answer": _final_answer(episode.messages, episode.end_reason),
+        "diff": (sessions[0].final_diff or "") if sessions else "",
         "messages": episode.messages, "end_reason": episode.end_reason, "steps": episode.steps,
         "tokens": {"prompt": len(episode.segments[0].token_ids) if episode.segments else 0,
                    "generated": generated, "total": episode.num_tokens},
@@ -290,6 +291,9 @@ def run_generate(cfg: GenerateConfig, policies: dict[str, tuple[Any, Any]] | Non
 
     prompts, rubrics = load_prompts(cfg.prompts)
     out = Path(cfg.out)
+    if (out / "humaneval.db").exists() or (out / "responses.jsonl").exists():
+        raise ValueError(f"{out}: already holds a generate run (new blind ids would mix with its votes); "
+                         "choose a new --out")
     out.mkdir(parents=True, exist_ok=True)
     try:
         tasks = [materialise_task(p, out / "tasks") for p in prompts]

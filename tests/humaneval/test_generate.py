@@ -60,6 +60,12 @@ def test_prompt_and_model_errors_name_the_entry(tmp_path):
         parse_model_specs(["a=http://127.0.0.1:1", f"b={tmp_path}"])
     specs = parse_model_specs(["a=http://127.0.0.1:1/v1", "b=https://x"])
     assert [(s.name, s.is_url) for s in specs] == [("a", True), ("b", True)]
+    from north_lightning.humaneval.generate import BUNDLED_PROMPTS, GenerateConfig, run_generate
+
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "humaneval.db").write_text("")
+    with pytest.raises(ValueError, match="already holds a generate run"):
+        run_generate(GenerateConfig(models=specs, prompts=str(BUNDLED_PROMPTS), out=str(tmp_path / "out")))
 
 
 @pytest.mark.docker
