@@ -11,9 +11,9 @@ import pytest
 from north_lightning.humaneval import db
 from north_lightning.humaneval.generate import load_prompts, parse_model_specs
 
-pytestmark = [pytest.mark.docker, pytest.mark.vllm, pytest.mark.slow]
-
-
+@pytest.mark.docker
+@pytest.mark.vllm
+@pytest.mark.slow
 def test_generate_stores_blind_full_trajectories(generated, tiny_export):
     out, summary = generated
     assert summary["responses"] == 8 and summary["items"] == 4
