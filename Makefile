@@ -7,7 +7,7 @@ VPY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install docker demo test test-gpu bench clean
+.PHONY: install docker browser demo test test-gpu bench clean
 
 $(STAMP): pyproject.toml scripts/install.sh
 	bash scripts/install.sh $(PY) $(VENV)
@@ -23,7 +23,11 @@ docker: $(STAMP)
 demo: install docker
 	bash scripts/demo.sh
 
-test: install docker
+# Debian's chromium + chromium-driver for the humaneval browser test.
+browser:
+	bash scripts/ensure_browser.sh
+
+test: install docker browser
 	CI=$${CI:-} $(VPY) -m pytest -m "not gpu" -q -rs --durations=25 $(PYTEST_ARGS)
 
 # On a lent GPU machine (torch with CUDA already installed): gpu tests + GPU benchmarks.

@@ -19,6 +19,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "data": ("north_lightning.cli.data", "SFT data tools: `data report --config ...`"),
     "tasks": ("north_lightning.cli.tasks", "task tools: `tasks verify DIR [--oracle]`, `tasks filter`"),
     "eval": ("north_lightning.cli.eval", "pass@k evaluation of a model on tasks"),
+    "humaneval": ("north_lightning.cli.humaneval", "blind pairwise human evaluation: generate | serve | "
+                  "add-annotator | report"),
     "report": ("north_lightning.cli.report", "plots from a run directory"),
     "slurm": ("north_lightning.cli.slurm", "render sbatch scripts for a config"),
     "plan": ("north_lightning.cli.plan", "per-GPU memory plan for a config and strategy"),

@@ -6,7 +6,8 @@ build-base [--force]    build the registry-free base image (cached by recipe has
 toy OUT --n N           write N seeded toy tasks (Harbor dirs) of a split into OUT
 list PATH               the tasks found under PATH (Harbor dirs, SWE-style .jsonl)
 filter REPORT --out F   keep tasks whose pass@k lies in a band, give each a step budget from its successful
-                        trajectories (REPORT = the JSON written by `eval`)
+                        trajectories (REPORT = the JSON written by `eval`); `--drop FILE` also drops the task ids
+                        listed in FILE (one per line, `#` comments; e.g. `humaneval report`'s flagged_task_ids.txt)
 sweep [--all]           remove sandbox containers whose owner process is gone (or all of ours)
 """
 
@@ -82,11 +83,15 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def filter_tasks(report: dict[str, Any], *, low: float, high: float, k: int, step_slack: float = 1.5,
-                 min_steps: int = 2) -> dict[str, Any]:
+                 min_steps: int = 2, drop: set[str] | frozenset[str] = frozenset()) -> dict[str, Any]:
     """Keep tasks with `low <= pass@k <= high`; budget = ceil(slack * longest successful trajectory).
-    Dropped tasks are counted by reason (`no_samples`, `never_solved`, `too_hard`, `too_easy`)."""
-    kept, dropped = [], {"no_samples": 0, "never_solved": 0, "too_hard": 0, "too_easy": 0}
+    Dropped tasks are counted by reason (`listed` in `drop`, `no_samples`, `never_solved`, `too_hard`,
+    `too_easy`)."""
+    kept, dropped = [], {"listed": 0, "no_samples": 0, "never_solved": 0, "too_hard": 0, "too_easy": 0}
     for task in report["tasks"]:
+        if task["task_id"] in drop:
+            dropped["listed"] += 1
+            continue
         samples = task.get("samples", [])
         if not samples:
             dropped["no_samples"] += 1
@@ -124,11 +129,22 @@ def _filter(args: argparse.Namespace) -> int:
     except TaskError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    result = filter_tasks(report, low=args.low, high=args.high, k=args.k, step_slack=args.step_slack)
+    try:
+        drop = read_task_ids(args.drop) if args.drop else set()
+    except OSError as err:
+        print(f"error: --drop {args.drop}: {err}", file=sys.stderr)
+        return 1
+    result = filter_tasks(report, low=args.low, high=args.high, k=args.k, step_slack=args.step_slack, drop=drop)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     print(f"kept {result['counts']['kept']} of {result['counts']['input']} tasks; dropped {result['dropped']}; "
           f"wrote {args.out}")
     return 0
+
+
+def read_task_ids(path: str | Path) -> set[str]:
+    """Task ids, one per line; blank lines and `#` comments ignored."""
+    lines = (line.split("#", 1)[0].strip() for line in Path(path).read_text().splitlines())
+    return {line for line in lines if line}
 
 
 def _sweep(args: argparse.Namespace) -> int:
@@ -170,6 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--high", type=float, default=0.95, help="drop tasks with pass@k above (trivially solved)")
     p.add_argument("--k", type=int, default=8)
     p.add_argument("--step-slack", type=float, default=1.5, help="budget = ceil(slack * longest success)")
+    p.add_argument("--drop", metavar="FILE", help="also drop the task ids listed in FILE (one per line)")
     p.set_defaults(fn=_filter)
     p = sub.add_parser("sweep", help="remove orphaned sandbox containers")
     p.add_argument("--all", action="store_true", help="remove every container with our label")

@@ -99,17 +99,21 @@ class OpenAIServerPolicy:
     `weights_dir` (default: a temporary directory, i.e. only for a server on this machine)."""
 
     def __init__(self, base_url: str, *, model: str = "policy", model_dir: str | Path | None = None,
-                 timeout: float = 600.0, policy_version: int = 0, weights_dir: str | Path | None = None) -> None:
+                 timeout: float = 600.0, policy_version: int = 0, weights_dir: str | Path | None = None,
+                 api_key: str | None = None) -> None:
         url = base_url.rstrip("/")
         self.base_url = url[: -len("/v1")] if url.endswith("/v1") else url
         self.model, self.model_dir, self.timeout = model, model_dir, timeout
+        self._headers = {"Content-Type": "application/json"}
+        if api_key:  # an OpenAI-compatible endpoint that wants a key (`humaneval generate` reads it from the env)
+            self._headers["Authorization"] = f"Bearer {api_key}"
         self.policy_version = policy_version
         self.generated_tokens = 0
         self._writer = WeightsWriter(model_dir, weights_dir, prefix="north_server_weights_")
 
     def _post(self, route: str, body: dict[str, Any]) -> dict[str, Any]:
         req = urllib.request.Request(f"{self.base_url}{route}", data=json.dumps(body).encode(),
-                                     headers={"Content-Type": "application/json"})
+                                     headers=self._headers)
         try:
             with urllib.request.urlopen(req, timeout=self.timeout) as resp:
                 text = resp.read().decode()

@@ -1,0 +1,45 @@
+"""Start and stop `python -m north_lightning humaneval serve` as a real process (for SIGKILL and browser tests)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(db_path: str | Path, port: int, log_path: str | Path | None = None,
+                 timeout: float = 60.0) -> subprocess.Popen:
+    log = open(log_path, "ab") if log_path else subprocess.DEVNULL
+    proc = subprocess.Popen([sys.executable, "-m", "north_lightning", "humaneval", "serve", "--db", str(db_path),
+                             "--host", "127.0.0.1", "--port", str(port)], stdout=log, stderr=subprocess.STDOUT,
+                            env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}, start_new_session=True)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"humaneval serve exited with {proc.returncode} (log: {log_path})")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as resp:
+                if resp.status == 200:
+                    return proc
+        except OSError:
+            time.sleep(0.2)
+    kill_server(proc)
+    raise TimeoutError(f"humaneval serve did not answer on port {port} within {timeout} s")
+
+
+def kill_server(proc: subprocess.Popen) -> None:
+    """SIGKILL: no shutdown hook runs, as when the machine or the process dies."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
