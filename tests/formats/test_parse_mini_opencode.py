@@ -21,9 +21,11 @@ def test_mini_exactly_one_bash_block():
 
 def test_mini_submission():
     h = get_harness("mini_swe_agent")
+    act = h.parse("Done.\n```bash\necho COMPLETE_TASK_AND_SUBMIT_FINAL_OUTPUT\n```")
+    # the command `render` writes for submit{} maps back to it; it ends the episode only once run
+    assert not act.submit and h.canonical(act) == [ToolCall("submit", {})]
     act = h.parse("Done.\n```bash\necho COMPLETE_TASK_AND_SUBMIT_FINAL_OUTPUT && git diff\n```")
-    assert act.submit and h.canonical(act) == [ToolCall("submit", {})]
-    assert not h.parse("```bash\necho COMPLETE_TASK\n```").submit
+    assert h.canonical(act) == [act.tool_calls[0]]
     assert is_submission_output("COMPLETE_TASK_AND_SUBMIT_FINAL_OUTPUT\ndiff --git a b\n")
     assert not is_submission_output("hello\nCOMPLETE_TASK_AND_SUBMIT_FINAL_OUTPUT")
 
@@ -55,7 +57,7 @@ def test_opencode_typed_tools_camel_case():
     assert isinstance(h.parse({"tool_calls": [_call("todowrite", todo)]}), Action)
     # snake_case is not OpenCode's schema
     assert h.parse({"tool_calls": [_call("read", {"file_path": "/a"})]}).reason == "missing_argument"
-    assert h.parse({"tool_calls": [_call("bash", {"command": "ls"})]}).reason == "missing_argument"
+    assert isinstance(h.parse({"tool_calls": [_call("bash", {"command": "ls"})]}), Action)  # no description today
     assert h.parse({"tool_calls": [_call("edit", {"filePath": "/a", "oldString": "a", "newString": "b",
                                                   "replaceAll": "yes"})]}).reason == "bad_argument_type"
     assert h.parse({"tool_calls": [_call("submit", {})]}).reason == "unknown_tool"

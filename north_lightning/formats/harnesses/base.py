@@ -46,7 +46,10 @@ class FormatError:
 
 @runtime_checkable
 class Harness(Protocol):
-    """Render canonical trajectories into messages; parse responses into actions."""
+    """Render canonical trajectories into messages; parse responses into actions.
+
+    Optional: `submission(call, output, exit_code) -> str | None`, for harnesses whose episode ends on what a
+    command *printed* rather than on a submit call (mini-SWE-agent); the agent loop asks it after each call."""
 
     name: str
 
