@@ -63,18 +63,18 @@ def convert(item: Any, where: str, options: ImportOptions) -> Trajectory:
         elif role == "user" and task is None:
             task = _task_text(text)
         elif role == "assistant":
-            if pending is not None:  # the previous reply got no observation: a format error, skipped
-                format_errors += 1
+            if pending is not None:
+                raise Drop("malformed", f"messages[{i}]: a reply follows a command that got no observation")
             pending, thought = _action(msg, text, version, f"messages[{i}]")
         elif role in ("user", "tool", "exit") and pending is not None:
-            if _is_format_error(text):
+            if _is_format_error(text):  # upstream refused the reply after all (e.g. a block it did not accept)
                 pending, format_errors = None, format_errors + 1
                 continue
             final = role == "exit" or i == len(messages) - 1
             steps.append(Step(thought, (pending,), (_observation(msg, text, final),)))
             pending = None
         elif role in ("user", "tool") and _is_format_error(text):
-            continue
+            format_errors += 1  # the refused reply (no parsable action) and upstream's error message
         elif role not in ("user", "tool", "exit"):
             raise Drop("malformed", f"messages[{i}]: unknown role {role!r}")
     if task is None or not steps:
