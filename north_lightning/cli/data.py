@@ -13,10 +13,12 @@ import argparse
 import json
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from north_lightning.cli.data_import import add_import_arguments, run_import_command
-from north_lightning.datamodules.sft import SFTDataModule
+
+if TYPE_CHECKING:  # imported where used: `data import` should not pay for Lightning and torch
+    from north_lightning.datamodules.sft import SFTDataModule
 
 
 def load_data_args(configs: list[str]) -> dict[str, Any]:
@@ -124,6 +126,8 @@ def main(argv: list[str]) -> int:
     if args.max_records:
         init_args["max_records_per_component"] = args.max_records
     init_args["allow_missing_init"] = True  # a report reads data only; it needs no previous-stage weights
+    from north_lightning.datamodules.sft import SFTDataModule
+
     dm = SFTDataModule(**init_args)
     dm.setup("fit")
     report = epoch_report(dm, args.rows)
