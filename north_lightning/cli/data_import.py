@@ -2,7 +2,7 @@
 
 Reads public agent trajectories (SWE-agent, mini-SWE-agent, OpenHands, Harbor / Terminus-2, OpenAI chat
 messages) from files, a saved HF dataset directory, or `--hf NAME`, and writes canonical records as Parquet
-shards plus `import_report.json` (kept; dropped as unresolved / truncated / unsupported_tool / malformed with
+shards `<source>-NNNNN.parquet` plus `import_report-<source>.json` (kept; dropped as unresolved / truncated / unsupported_tool / malformed with
 file:line examples). Last line: `kept=... dropped=... unresolved=... truncated=... unsupported_tool=...
 malformed=... shards=...`.
 """
@@ -22,7 +22,8 @@ def add_import_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--split", help="dataset split (when the dataset has several)")
     parser.add_argument("--include-unresolved", action="store_true",
                         help="keep trajectories the format marks as failed (as verified: false)")
-    parser.add_argument("--source", help="mixture source name of the records (default: the format name)")
+    parser.add_argument("--source", help="mixture source name of the records and prefix of the shard and report "
+                                          "files (default: the format name, e.g. swe_agent)")
     parser.add_argument("--shard-size", type=int, default=10_000, help="records per Parquet shard")
 
 
@@ -30,7 +31,8 @@ def run_import_command(args: argparse.Namespace) -> int:
     report = import_trajectories(args.format, args.src, args.out, hf=args.hf, split=args.split,
                                  include_unresolved=args.include_unresolved, source=args.source,
                                  shard_size=args.shard_size)
-    print(f"{args.format}: {report.total} items from {args.src}; report in {args.out}/{REPORT_NAME}")
+    name = REPORT_NAME.format(source=args.source or args.format.replace("-", "_"))
+    print(f"{args.format}: {report.total} items from {args.src}; report in {args.out}/{name}")
     for reason in DROP_REASONS:
         for example in report.examples[reason][:3]:
             print(f"  dropped ({reason}) {example}")

@@ -8,6 +8,7 @@ datasets and hub datasets; `base.py` runs the loop and writes the per-reason rep
 from __future__ import annotations
 
 import importlib
+import re
 from pathlib import Path
 
 from north_lightning.datamodules.importers.base import (DROP_REASONS, REPORT_NAME, Drop, ImportOptions,
@@ -35,7 +36,10 @@ def import_trajectories(fmt: str, src: str | Path, out: str | Path, *, hf: bool 
     if custom is not None and hf:
         raise ValueError(f"format {fmt!r} reads directories; it cannot come from --hf")
     items = custom(src) if custom is not None else iter_items(src, hf=hf, split=split)
-    options = ImportOptions(source=source or fmt.replace("-", "_"), include_unresolved=include_unresolved)
+    source = source or fmt.replace("-", "_")
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", source):
+        raise ValueError(f"source name {source!r} must be letters, digits, '_', '.', '-' (it names the shard files)")
+    options = ImportOptions(source=source, include_unresolved=include_unresolved)
     return run_import(fmt, items, module.convert, out, options=options, sources=[str(src)], shard_size=shard_size)
 
 

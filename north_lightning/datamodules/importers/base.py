@@ -20,7 +20,7 @@ from typing import Any
 from north_lightning.formats.records import RecordError, Trajectory, write_parquet
 
 DROP_REASONS = ("unresolved", "truncated", "unsupported_tool", "malformed")
-REPORT_NAME = "import_report.json"
+REPORT_NAME = "import_report-{source}.json"  # per source, so several imports can share a directory
 
 
 class Drop(Exception):
@@ -75,13 +75,15 @@ Converter = Callable[[Any, str, ImportOptions], Trajectory]
 
 def run_import(fmt: str, items: Iterator[tuple[Any, str]], convert: Converter, out: str | Path, *,
                options: ImportOptions, sources: list[str], shard_size: int = 10_000) -> ImportReport:
-    """Convert every item, write `fmt-NNNNN.parquet` shards of `shard_size` records and `import_report.json`
-    into `out`, and return the report. Shards of an earlier import into `out` are replaced."""
+    """Convert every item, write `<source>-NNNNN.parquet` shards of `shard_size` records and
+    `import_report-<source>.json` into `out`, and return the report. Shards of an earlier import of the same
+    source name into `out` are replaced; other sources' shards there are left alone."""
     from north_lightning.datamodules.importers.sources import SourceError
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    for old in out.glob(f"{fmt}-*.parquet"):
+    prefix = options.source
+    for old in out.glob(f"{prefix}-[0-9][0-9][0-9][0-9][0-9].parquet"):
         old.unlink()
     report = ImportReport(fmt, sources)
     buffer: list[Trajectory] = []
@@ -89,7 +91,7 @@ def run_import(fmt: str, items: Iterator[tuple[Any, str]], convert: Converter, o
 
     def flush() -> None:
         if buffer:
-            path = out / f"{fmt}-{len(report.shards):05d}.parquet"
+            path = out / f"{prefix}-{len(report.shards):05d}.parquet"
             write_parquet(path, buffer)
             report.shards.append(path.name)
             buffer.clear()
@@ -117,7 +119,7 @@ def run_import(fmt: str, items: Iterator[tuple[Any, str]], convert: Converter, o
         if len(buffer) >= shard_size:
             flush()
     flush()
-    (out / REPORT_NAME).write_text(json.dumps(report.to_dict(), indent=2) + "\n")
+    (out / REPORT_NAME.format(source=prefix)).write_text(json.dumps(report.to_dict(), indent=2) + "\n")
     return report
 
 

@@ -18,8 +18,8 @@ def _records(out: Path):
     return [r for r, _ in iter_records(sorted(out.glob("*.parquet")), on_error="fail")]
 
 
-def _report(out: Path) -> dict:
-    return json.loads((out / REPORT_NAME).read_text())
+def _report(out: Path, source: str) -> dict:
+    return json.loads((out / REPORT_NAME.format(source=source)).read_text())
 
 
 def _roundtrip(record, harness_name: str | None = None):
@@ -48,7 +48,7 @@ def test_swe_agent_traj_function_calling_and_thought_action(tmp_path):
     (src / "broken.traj").write_text("{not json")
     report = import_trajectories("swe-agent", src, tmp_path / "out")
     assert (report.kept, report.dropped["truncated"], report.dropped["malformed"]) == (2, 1, 1)
-    r = _report(tmp_path / "out")
+    r = _report(tmp_path / "out", "swe_agent")
     assert r["total"] == 4 and any("cost.traj" in e and "exit_cost" in e for e in _drops(r, "truncated"))
     assert any("broken.traj" in e for e in _drops(r, "malformed"))
     fc, old = sorted(_records(tmp_path / "out"), key=lambda rec: rec.meta["function_calling"], reverse=True)
@@ -68,7 +68,7 @@ def test_swe_agent_dataset_rows_jsonl_saved_dataset_and_hf(tmp_path):
     src = S.write_jsonl(tmp_path / "rows" / "train.jsonl", rows, extra_lines=('{"instance_id": ',))
     report = import_trajectories("swe-agent", src, tmp_path / "out")
     assert report.kept == 1 and report.dropped == {"unresolved": 1, "truncated": 1, "unsupported_tool": 1, "malformed": 1}
-    r = _report(tmp_path / "out")
+    r = _report(tmp_path / "out", "swe_agent")
     assert any(e.startswith(f"{src}:2: target is False") for e in _drops(r, "unresolved"))
     assert any(e.startswith(f"{src}:3:") and "'open'" in e for e in _drops(r, "unsupported_tool"))
     assert any(e.startswith(f"{src}:5: malformed JSON line") for e in _drops(r, "malformed"))
@@ -175,6 +175,8 @@ def test_messages_jsonl(tmp_path):
 def test_unknown_format_and_missing_source(tmp_path):
     with pytest.raises(ValueError, match="unknown import format 'sweagent'"):
         import_trajectories("sweagent", tmp_path, tmp_path / "o")
+    with pytest.raises(ValueError, match="source name '../x'"):
+        import_trajectories("messages", tmp_path, tmp_path / "o", source="../x")
     with pytest.raises(FileNotFoundError, match="nope.jsonl"):
         import_trajectories("messages", tmp_path / "nope.jsonl", tmp_path / "o")
 
@@ -187,4 +189,9 @@ def test_cli_data_import(tmp_path, capsys):
                  "--include-unresolved"]) == 0
     last = capsys.readouterr().out.strip().splitlines()[-1]
     assert last == "kept=2 dropped=0 unresolved=0 truncated=0 unsupported_tool=0 malformed=0 shards=1"
-    assert _report(tmp_path / "o")["kept_unresolved"] == 1
+    assert _report(tmp_path / "o", "swe_agent")["kept_unresolved"] == 1
+    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["import_report-swe_agent.json", "swe_agent-00000.parquet"]
+    # another source into the same directory keeps the first one's shards
+    assert main(["data", "import", "--format", "messages", str(S.write_jsonl(tmp_path / "m.jsonl", [S.messages_bash_row()])),
+                 "--out", str(tmp_path / "o"), "--source", "chats"]) == 0
+    assert len(list((tmp_path / "o").glob("*.parquet"))) == 2 and len(_records(tmp_path / "o")) == 3
