@@ -14,7 +14,8 @@ Terminus-2 asks to confirm `task_complete`: a completion followed by another com
 submission (the confirmation is not a step of the record; the harness renders it again); a completion the
 agent did not confirm is not one. Keystrokes that are one newline-terminated line become `bash{command}`,
 others stay `keystrokes{keystrokes, duration}` (the record is then fixed to the Terminus-2 harness). Harbor's
-terminal capture of a reply is kept as the output of its last command.
+terminal capture of a reply is cut at the echoed commands into each command's output (the harness renders
+prompt and command itself); a capture it cannot cut stays whole on the reply's last command.
 
 Kept: trials with a verifier reward of 1 or more; a lower reward is `unresolved`; a trial with an exception
 (agent timeout, environment error) or no verifier result is `truncated`.
@@ -23,6 +24,7 @@ Kept: trials with a verifier reward of 1 or more; a lower reward is `unresolved`
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -124,7 +126,7 @@ def _reply(step: dict[str, Any], harness: Any, where: str) -> tuple[str, list[To
     """One agent reply as (thought, calls, task_complete, terminal output); None for a reply Terminus-2
     could not parse (it answered with the error; no command ran)."""
     results = (step.get("observation") or {}).get("results") or []
-    output = "".join(text_of(r.get("content")) for r in results if isinstance(r, dict))
+    output = _screen_of("".join(text_of(r.get("content")) for r in results if isinstance(r, dict)))
     tool_calls = step.get("tool_calls")
     if tool_calls is None:  # raw_content trajectories: the reply text itself
         action = harness.parse(text_of(step.get("message")))
@@ -144,8 +146,11 @@ def _reply(step: dict[str, Any], harness: Any, where: str) -> tuple[str, list[To
             calls.append(ToolCall("keystrokes", {"keystrokes": keys, "duration": float(duration)}))
         else:
             raise Drop("unsupported_tool", f"{where}: Terminus-2 tool {name!r}")
-    thought = "\n".join(t for t in (text_of(step.get("reasoning_content")).strip(),
-                                     text_of(step.get("message")).strip()) if t)
+    message = text_of(step.get("message")).strip()
+    found = _ANALYSIS_PLAN.match(message)
+    if found:  # Terminus-2 logs a parsed reply as "Analysis: ...\nPlan: ..."
+        message = "\n".join(t for t in (found.group(1).strip(), found.group(2).strip()) if t)
+    thought = "\n".join(t for t in (text_of(step.get("reasoning_content")).strip(), message) if t)
     return thought, calls, complete, output
 
 
@@ -156,13 +161,54 @@ def _steps(replies: list[tuple[str, list[ToolCall], bool, str]]) -> list[Step]:
         if k > 0 and replies[k - 1][2] and complete and steps and steps[-1].calls[-1].name == "submit":
             break  # the confirmation of the submission just recorded
         canon = [_canonical(c) for c in calls]
-        obs = tuple(Observation(output if i == len(canon) - 1 else "") for i in range(len(canon)))
+        obs = tuple(Observation(o) for o in _split_screen(output, canon))
         if confirmed:
             steps.append(Step(thought, (*canon, ToolCall("submit", {})), obs))
         elif canon or not complete:
             steps.append(Step(thought, tuple(canon) or (ToolCall("keystrokes", {"keystrokes": "", "duration": 1.0}),),
                               obs or (Observation(output),)))
     return steps
+
+
+_ANALYSIS_PLAN = re.compile(r"Analysis:(.*?)\nPlan:(.*)", re.DOTALL)
+_OBSERVATION_WRAPPERS = (re.compile(r"^Previous response had warnings:\nWARNINGS:.*?\n\n(?=New Terminal Output:|Current terminal state:)", re.DOTALL),
+                         re.compile(r"^(New Terminal Output:\n\n|Current terminal state:\n)"),
+                         re.compile(r"\n*Are you sure you want to mark the task as complete\?.*$", re.DOTALL))
+
+
+def _screen_of(observation: str) -> str:
+    """The terminal capture inside what Terminus-2 sent back (its warnings, headers and the completion
+    question removed: the harness writes its own)."""
+    for wrapper in _OBSERVATION_WRAPPERS:
+        observation = wrapper.sub("", observation, count=1)
+    return observation
+
+
+def _split_screen(screen: str, calls: list[ToolCall]) -> list[str]:
+    """Harbor captures one terminal screen per reply: prompt, echoed command, output, for each command, then
+    the prompt. The harness renders that screen from each command's own output, so cut the capture at the
+    echoed commands; when a command's echo is not found (control keys, a wrapped line) the rest of the
+    capture goes to the last command."""
+    if not calls:
+        return []
+    outputs = [""] * len(calls)
+    starts: list[tuple[int, int]] = []  # (start of the echo line, start of the output) per command
+    pos = 0
+    for call in calls:
+        if call.name != "bash":
+            break
+        echo = screen.find(call.arguments["command"] + "\n", pos)
+        if echo < 0:
+            break
+        line = screen.rfind("\n", 0, echo) + 1
+        starts.append((line, echo + len(call.arguments["command"]) + 1))
+        pos = starts[-1][1]
+    if len(starts) < len(calls):  # not every command echoed: keep the capture whole on the last command
+        outputs[-1] = screen
+        return outputs
+    final_prompt = screen.rfind("\n") + 1 if not screen.endswith("\n") else len(screen)
+    ends = [nxt[0] for nxt in starts[1:]] + [max(final_prompt, starts[-1][1])]
+    return [screen[start:end] for (_, start), end in zip(starts, ends)]
 
 
 def _canonical(call: ToolCall) -> ToolCall:

@@ -150,7 +150,13 @@ def test_harbor_terminus2_trial_dirs(tmp_path):
     assert records["sum-task__aaa"].harness == "terminus2" and _roundtrip(records["sum-task__aaa"]) == expected
     assert records["sum-task__ddd"].harness == "terminus2_xml" and _roundtrip(records["sum-task__ddd"]) == expected
     assert _roundtrip(records["sum-task__eee"]) == expected
-    assert records["sum-task__aaa"].steps[0].observations[-1].output.endswith("42\nroot@4f2a:/app# ")
+    # Harbor's one screen per reply is cut into each command's output; the harness renders prompt and command
+    assert [o.output for o in records["sum-task__aaa"].steps[0].observations] == ["", "42\n"]
+    screen = get_harness("terminus2").render(records["sum-task__aaa"])[2]["content"]
+    assert screen.count("cat /app/answer.txt") == 1 and screen.endswith("42\nroot@sandbox:/app# ")
+    outputs = [o.output for r in records.values() for st in r.steps for o in st.observations]
+    assert not any("Are you sure" in o or o.startswith("Current terminal state") for o in outputs)
+    assert records["sum-task__aaa"].steps[0].thought == "Fresh shell.\ngo"  # "Analysis: ...\nPlan: ..." read back
 
 
 # -- generic messages -----------------------------------------------------------------------------------------
