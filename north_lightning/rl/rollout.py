@@ -248,6 +248,8 @@ def _act(session: TaskSession, harness: Harness, action: Action, awaiting_confir
         observations += [harness.format_observation(c, o, code) for c, o, code in outputs]
     if action.submit:  # Terminus-2's first task_complete: show the screen and ask to confirm
         observations = [confirm(session.terminal.screen())]
+    elif action.warning and hasattr(harness, "warn"):  # Terminus-2: "Previous response had warnings"
+        observations = [harness.warn(m, action.warning) for m in observations]
     return observations, False
 
 

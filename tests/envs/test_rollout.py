@@ -181,3 +181,15 @@ def test_opencode_bash_workdir_runs_there(bundled_tasks, tokenizer):
         missing = session.execute(ToolCall("bash", {"command": "pwd", "workdir": "/no/such dir"}))
     assert (out.output.strip(), out.exit_code) == ("/tmp", 0)
     assert missing.exit_code != 0 and "No such file or directory" in missing.output
+
+
+def test_terminus2_warning_is_shown_with_the_next_output(bundled_tasks, tokenizer):
+    """A reply that parses with warnings (here: no duration) runs, and Terminus-2's next observation starts with
+    "Previous response had warnings" as upstream's does."""
+    task = _task(bundled_tasks, "toy-arith-cbfa16cc")
+    reply = '{"analysis": "look", "plan": "list", "commands": [{"keystrokes": "ls /app\\n"}]}'
+    turn = assistant_text(tokenizer, {"role": "assistant", "content": reply}, None)
+    ep = run_episode(ScriptedPolicy(tokenizer, [turn]), "terminus2", tokenizer, task, config=RolloutConfig(max_steps=1))
+    observation = ep.messages[-1]["content"]
+    assert observation.startswith("Previous response had warnings:\nWARNINGS: - Command 1: Missing duration field")
+    assert "New Terminal Output:" in observation and "ls /app" in observation

@@ -139,3 +139,23 @@ def test_mini_render_stops_at_the_output_that_submitted():
     messages = get_harness("mini_swe_agent_v2").render(record)
     assert messages[-1]["role"] == "assistant" and "```mswea_bash_command\necho COMPLETE" in messages[-1]["content"]
     assert sum(m["role"] == "assistant" for m in messages) == 2
+
+
+def test_terminus2_warnings_as_upstream_words_them():
+    h = get_harness("terminus2")
+    act = h.parse('Here you go:\n{"analysis": "a", "plan": "b", "commands": [{"keystrokes": "ls"}, '
+                  '{"keystrokes": "pwd\\n", "duration": "soon"}]}')
+    assert act.warning == ("- Extra text detected before JSON object\n- Command 1: Missing duration field, using default "
+                           "1.0\n- Command 1 should end with newline when followed by another command. Otherwise the "
+                           "two commands will be concatenated together on the same line.\n- Command 2: Invalid "
+                           "duration value, using default 1.0")
+    repaired = h.parse('{"analysis": "a", "plan": "b", "commands": [{"keystrokes": "ls\\n", "duration": 0.1}]')
+    assert repaired.warning.startswith("- AUTO-CORRECTED: Fixed incomplete JSON by adding missing closing brace")
+    clean = h.parse('{"analysis": "a", "plan": "b", "commands": [{"keystrokes": "ls\\n", "duration": 0.1}]}')
+    assert clean.warning == ""
+    obs = h.warn(h.format_observation(clean.tool_calls[0], "$ "), act.warning)
+    assert obs["content"].startswith("Previous response had warnings:\nWARNINGS: - Extra text detected before JSON")
+    assert obs["content"].endswith("\n\nNew Terminal Output:\n\n$ ")
+    xml = get_harness("terminus2_xml").parse('<response><analysis>a</analysis><plan>b</plan><commands>'
+                                             '<keystrokes>ls\n</keystrokes></commands></response>')
+    assert xml.warning == "- Command 1: Missing duration attribute, using default 1.0"

@@ -13,7 +13,10 @@ ethanewer/deepswe-data-gen@677dcd1c086cd48f8c5f33958101bdcf070a04bd). `Terminus2
 Parsing follows upstream's leniency: a JSON reply whose closing braces are missing is repaired by appending
 them, then a flat JSON object is looked for in mixed content; a missing or non-numeric `duration` becomes 1.0
 (upstream warns, it does not refuse); `task_complete` may be a string ("true", "1", "yes"); a broken command
-list in a reply that says `task_complete` still completes; an XML reply may lack `</response>`.
+list in a reply that says `task_complete` still completes; an XML reply may lack `</response>`. What upstream
+warns about (text around the JSON, a missing duration, a command without its newline before another, an
+auto-correction) is kept in `Action.warning` and shown, as upstream does, before the next terminal output
+("Previous response had warnings:\nWARNINGS: - ...").
 The keystrokes go verbatim to a tmux pane (a command runs only if its keystrokes end in a newline), the
 environment answers with the new terminal output, a reply that does not parse is answered with the error so
 the model can fix it, and `task_complete: true` must be confirmed twice: the first time the harness shows the
@@ -123,7 +126,7 @@ class Terminus2Harness(PlainTextHarness):
         text = response_text(response)
         if self.parser == "xml":
             return _parse_xml(text)
-        obj = _json_reply(text)
+        obj, warnings = _json_reply(text)
         if isinstance(obj, str):
             return FormatError("bad_json", PARSE_ERROR.format(error=obj))
         missing = [k for k in REQUIRED_KEYS if k not in obj]
@@ -143,7 +146,13 @@ class Terminus2Harness(PlainTextHarness):
                     return Action((), thought, submit=True)
                 return FormatError(error[0], PARSE_ERROR.format(error=error[1]))
             calls.append(ToolCall("keystrokes", {"keystrokes": cmd["keystrokes"], "duration": _duration(cmd.get("duration"))}))
-        return _action(calls, thought, bool(complete))
+            warnings += _command_warnings(i, len(obj["commands"]), cmd["keystrokes"], cmd, "field")
+        return _action(calls, thought, bool(complete), warnings)
+
+    def warn(self, observation: dict[str, Any], warning: str) -> dict[str, Any]:
+        """The observation that follows a reply with warnings, prefixed as Terminus-2 does."""
+        content = f"Previous response had warnings:\nWARNINGS: {warning}\n\n{observation['content']}"
+        return {**observation, "content": content}
 
     def canonical(self, action: Action) -> list[ToolCall]:
         out = []
@@ -234,11 +243,26 @@ def _limit(text: str) -> str:
     return f"{head}\n[... output limited to {MAX_OUTPUT_CHARS} bytes; {elided} interior bytes omitted ...]\n{tail}"
 
 
-def _action(calls: list[ToolCall], thought: str, complete: bool) -> Action:
+def _action(calls: list[ToolCall], thought: str, complete: bool, warnings: list[str]) -> Action:
+    warning = "- " + "\n- ".join(warnings) if warnings else ""
     if not calls and not complete:
         # Legal in Terminus-2 (the model may just wait), so an action, not an error.
-        return Action((ToolCall("keystrokes", {"keystrokes": "", "duration": DEFAULT_DURATION}),), thought)
-    return Action(tuple(calls), thought, submit=complete)
+        return Action((ToolCall("keystrokes", {"keystrokes": "", "duration": DEFAULT_DURATION}),), thought,
+                      warning=warning)
+    return Action(tuple(calls), thought, submit=complete, warning=warning)
+
+
+def _command_warnings(i: int, n: int, keys: str, given: dict[str, Any], kind: str) -> list[str]:
+    """Upstream's warnings on one command (kind: "field" in JSON, "attribute" in XML)."""
+    out = []
+    if "duration" not in given:
+        out.append(f"Command {i + 1}: Missing duration {kind}, using default 1.0")
+    elif _duration(given["duration"]) == DEFAULT_DURATION and given["duration"] != DEFAULT_DURATION:
+        out.append(f"Command {i + 1}: Invalid duration value, using default 1.0")
+    if i < n - 1 and not keys.endswith("\n"):
+        out.append(f"Command {i + 1} should end with newline when followed by another command. Otherwise the two "
+                   "commands will be concatenated together on the same line.")
+    return out
 
 
 def _duration(value: Any) -> float:
@@ -261,26 +285,38 @@ def _command_error(i: int, cmd: Any) -> tuple[str, str] | None:
 _FLAT_OBJECT = re.compile(r"\{[^{}]*(?:\{[^{}]*\}[^{}]*)*\}", re.DOTALL)
 
 
-def _json_reply(text: str) -> dict[str, Any] | str:
-    """The reply's JSON object, with upstream's two repairs when it does not parse as written: append the
-    missing closing braces, then take the first shallow object that parses out of mixed content. As upstream,
-    a repair counts only when its result is a complete reply; otherwise the original error stands."""
+def _json_reply(text: str) -> tuple[dict[str, Any] | str, list[str]]:
+    """The reply's JSON object and upstream's warnings, with upstream's two repairs when it does not parse as
+    written: append the missing closing braces, then take the first shallow object that parses out of mixed
+    content. As upstream, a repair counts only when its result is a complete reply; otherwise the original
+    error stands."""
     obj = _extract_json(text)
     if not isinstance(obj, str):
-        return obj
+        return obj, _extra_text(text)
     missing = text.count("{") - text.count("}")
     if missing > 0:
         fixed = _extract_json(text + "}" * missing)
         if _complete_reply(fixed):
-            return fixed
+            note = "AUTO-CORRECTED: Fixed incomplete JSON by adding missing closing brace - please fix this in future responses"
+            return fixed, [note, *_extra_text(text + "}" * missing)]
     for match in _FLAT_OBJECT.findall(text):
         try:
             candidate = json.loads(match)
         except json.JSONDecodeError:
             continue
         if _complete_reply(candidate):
-            return candidate
-    return obj
+            return candidate, ["AUTO-CORRECTED: Extracted JSON from mixed content - please fix this in future responses"]
+    return obj, []
+
+
+def _extra_text(text: str) -> list[str]:
+    start, end = text.find("{"), text.rfind("}")
+    out = []
+    if text[:start].strip():
+        out.append("Extra text detected before JSON object")
+    if text[end + 1 :].strip():
+        out.append("Extra text detected after JSON object")
+    return out
 
 
 def _complete_reply(obj: Any) -> bool:
@@ -332,6 +368,9 @@ def _parse_xml(text: str) -> Action | FormatError:
     if start < 0:
         return FormatError("no_action", XML_PARSE_ERROR.format(error="No <response> tag found"))
     end = text.find("</response>", start)
+    warnings = ["Extra text detected before <response> tag"] if text[:start].strip() else []
+    if end >= 0 and text[end + len("</response>") :].strip():
+        warnings.append("Extra text detected after </response> tag")
     body = text[start + len("<response>") : end if end >= 0 else len(text)].strip()
     complete = bool(_XML_COMPLETE.search(body))
     sections: dict[str, str | None] = {}
@@ -344,11 +383,17 @@ def _parse_xml(text: str) -> Action | FormatError:
             return Action((), thought, submit=True)
         return FormatError("missing_argument", XML_PARSE_ERROR.format(error="Missing <commands> section"))
     calls = []
-    for attributes, keys in _XML_KEYSTROKES.findall(sections["commands"]):
+    found_keys = _XML_KEYSTROKES.findall(sections["commands"])
+    for i, (attributes, keys) in enumerate(found_keys):
         found = _XML_DURATION.search(attributes)
-        try:
-            duration = float(found.group(1)) if found else DEFAULT_DURATION
-        except ValueError:
-            duration = DEFAULT_DURATION
+        duration = DEFAULT_DURATION
+        if found is None:
+            warnings.append(f"Command {i + 1}: Missing duration attribute, using default 1.0")
+        else:
+            try:
+                duration = float(found.group(1))
+            except ValueError:
+                warnings.append(f"Command {i + 1}: Invalid duration value '{found.group(1)}', using default 1.0")
         calls.append(ToolCall("keystrokes", {"keystrokes": keys, "duration": duration}))
-    return _action(calls, thought, complete)
+        warnings += _command_warnings(i, len(found_keys), keys, {"duration": duration}, "attribute")
+    return _action(calls, thought, complete, warnings)
