@@ -2,9 +2,9 @@
 
 Reads public agent trajectories (SWE-agent, mini-SWE-agent, OpenHands, Harbor / Terminus-2, OpenAI chat
 messages) from files, a saved HF dataset directory, or `--hf NAME`, and writes canonical records as Parquet
-shards `<source>-NNNNN.parquet` plus `import_report-<source>.json` (kept; dropped as unresolved / truncated / unsupported_tool / malformed with
-file:line examples). Last line: `kept=... dropped=... unresolved=... truncated=... unsupported_tool=...
-malformed=... shards=...`.
+shards `<source>-NNNNN.parquet` plus `import_report-<source>.json` (kept; dropped as unresolved / truncated /
+unsupported_tool / malformed, with file:line examples). Last line: `kept=... dropped=... unresolved=...
+truncated=... unsupported_tool=... malformed=... shards=...`.
 """
 
 from __future__ import annotations

@@ -109,7 +109,10 @@ def _reward(verifier: Any) -> float | None:
     if not isinstance(verifier, dict):
         return None
     rewards = verifier.get("rewards")
-    value = rewards.get("reward", next(iter(rewards.values()), None)) if isinstance(rewards, dict) else verifier.get("reward")
+    if isinstance(rewards, dict):
+        value = rewards.get("reward", next(iter(rewards.values()), None))
+    else:
+        value = verifier.get("reward")
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
@@ -171,7 +174,8 @@ def _steps(replies: list[tuple[str, list[ToolCall], bool, str]]) -> list[Step]:
 
 
 _ANALYSIS_PLAN = re.compile(r"Analysis:(.*?)\nPlan:(.*)", re.DOTALL)
-_OBSERVATION_WRAPPERS = (re.compile(r"^Previous response had warnings:\nWARNINGS:.*?\n\n(?=New Terminal Output:|Current terminal state:)", re.DOTALL),
+_OBSERVATION_WRAPPERS = (re.compile(r"^Previous response had warnings:\nWARNINGS:.*?\n\n"
+                                    r"(?=New Terminal Output:|Current terminal state:)", re.DOTALL),
                          re.compile(r"^(New Terminal Output:\n\n|Current terminal state:\n)"),
                          re.compile(r"\n*Are you sure you want to mark the task as complete\?.*$", re.DOTALL))
 
