@@ -38,7 +38,8 @@ def test_mini_observation_elision():
     head = obs.split("<output_head>\n")[1].split("\n</output_head>")[0]
     tail = obs.split("<output_tail>\n")[1].split("\n</output_tail>")[0]
     assert head == "H" * 5000 and tail == "T" * 5000 and "M" not in obs
-    assert len(observation_text("x" * 10_000, 0)) < 10_100  # exactly at the limit: not elided
+    assert len(observation_text("x" * 9_999, 0)) < 10_100  # under the limit: not elided
+    assert "0 characters elided" in observation_text("x" * 10_000, 0)  # upstream elides from `length < 10000` on
 
 
 def _call(name, args, cid="c"):

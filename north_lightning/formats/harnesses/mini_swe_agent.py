@@ -25,7 +25,7 @@ from typing import Any
 
 from north_lightning.formats.harnesses.base import (Action, FormatError, PlainTextHarness, ToolCall,
                                                      check_record_harness, response_text)
-from north_lightning.formats.harnesses.common import head_tail, pick, rng_for
+from north_lightning.formats.harnesses.common import pick, rng_for
 
 SUBMIT_MARKER = "COMPLETE_TASK_AND_SUBMIT_FINAL_OUTPUT"
 # v1 also accepts the marker of its earliest releases.
@@ -149,12 +149,13 @@ class MiniSweAgentHarness(PlainTextHarness):
 
 
 def observation_text(output: str, exit_code: int | None) -> str:
-    """`<returncode>` and `<output>`; past 10,000 characters a warning, head, elided count and tail."""
+    """`<returncode>` and `<output>`; from 10,000 characters on (upstream's `length < 10000` test) a warning,
+    the first and last 5,000 characters and the elided count."""
     code = 0 if exit_code is None else exit_code
-    cut = head_tail(output, MAX_OUTPUT_CHARS)
-    if cut is None:
+    if len(output) < MAX_OUTPUT_CHARS:
         return f"<returncode>{code}</returncode>\n<output>\n{output}</output>"
-    head, tail, elided = cut
+    half = MAX_OUTPUT_CHARS // 2
+    head, tail, elided = output[:half], output[len(output) - half :], len(output) - MAX_OUTPUT_CHARS
     return (
         f"<returncode>{code}</returncode>\n<warning>\nThe output of your last command was too long.\n"
         "Please try a different command that produces less output.\nIf you are looking at a file, use head, "
