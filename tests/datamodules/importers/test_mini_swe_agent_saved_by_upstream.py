@@ -8,6 +8,7 @@ import json
 import os
 from pathlib import Path
 
+import pytest
 import yaml
 
 from north_lightning.datamodules.importers import import_trajectories
@@ -19,21 +20,30 @@ COMMANDS = ["printf 'a - b\\n' > calc.txt && cat calc.txt",
             "echo 'COMPLETE_TASK_AND_SUBMIT_FINAL_OUTPUT'\ncat calc.txt"]
 
 
-def test_import_a_trajectory_saved_by_mini_swe_agent(tmp_path):
+@pytest.mark.parametrize("mode", ["text", "toolcall"])
+def test_import_a_trajectory_saved_by_mini_swe_agent(tmp_path, mode):
     os.environ["MSWEA_SILENT_STARTUP"] = "1"
     os.environ["MSWEA_GLOBAL_CONFIG_DIR"] = str(tmp_path / "mswea")
     import minisweagent
     from minisweagent.agents.default import DefaultAgent
     from minisweagent.environments.local import LocalEnvironment
-    from minisweagent.models.test_models import DeterministicModel, make_output
+    from minisweagent.models import test_models
 
-    config = yaml.safe_load((Path(minisweagent.__file__).parent / "config" / "mini_textbased.yaml").read_text())
+    name = "mini_textbased.yaml" if mode == "text" else "mini.yaml"
+    config = yaml.safe_load((Path(minisweagent.__file__).parent / "config" / name).read_text())
     agent_config = {k: v for k, v in config["agent"].items() if k in ("system_template", "instance_template")}
-    outputs = [make_output(f"THOUGHT: step {i}.\n\n```mswea_bash_command\n{c}\n```", [{"command": c}])
-               for i, c in enumerate(COMMANDS)]
+    if mode == "text":
+        outputs = [test_models.make_output(f"THOUGHT: step {i}.\n\n```mswea_bash_command\n{c}\n```", [{"command": c}])
+                   for i, c in enumerate(COMMANDS)]
+        model = test_models.DeterministicModel(outputs=outputs)
+    else:  # v2's default mode: native tool calls of its `bash` tool
+        outputs = [test_models.make_toolcall_output(
+            f"step {i}", [{"id": f"call_{i}", "type": "function",
+                           "function": {"name": "bash", "arguments": json.dumps({"command": c})}}],
+            [{"command": c, "tool_call_id": f"call_{i}"}]) for i, c in enumerate(COMMANDS)]
+        model = test_models.DeterministicToolcallModel(outputs=outputs)
     (tmp_path / "work").mkdir()
-    agent = DefaultAgent(DeterministicModel(outputs=outputs), LocalEnvironment(cwd=str(tmp_path / "work")),
-                         **agent_config)
+    agent = DefaultAgent(model, LocalEnvironment(cwd=str(tmp_path / "work")), **agent_config)
     result = agent.run("add() in calc.py subtracts instead of adding.")
     assert result["exit_status"] == "Submitted" and result["submission"] == "a + b\n"
     saved = tmp_path / "runs" / "calc__add-1.traj.json"
