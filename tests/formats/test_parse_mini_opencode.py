@@ -66,8 +66,9 @@ def test_opencode_typed_tools_camel_case():
     assert final.submit and final.tool_calls == () and final.thought == "All done."
 
 
-def test_opencode_structured_results():
+def test_opencode_results_are_the_output_text():
+    """OpenCode hands the model a completed tool's output text (`{type: "text", value: part.state.output}`),
+    not its UI metadata."""
     h = get_harness("opencode")
     msg = h.format_observation(ToolCall("bash", {"command": "ls", "description": "List"}, "c7"), "a\n", 0)
-    assert msg["role"] == "tool" and msg["tool_call_id"] == "c7"
-    assert json.loads(msg["content"]) == {"output": "a\n", "metadata": {"exit": 0, "description": "List"}}
+    assert msg == {"role": "tool", "tool_call_id": "c7", "name": "bash", "content": "a\n"}

@@ -10,14 +10,14 @@ as an unknown argument rather than silently run in the foreground.) The other to
 OpenCode's tool definitions: `read{filePath, offset?, limit?}`, `write{filePath, content}`,
 `edit{filePath, oldString, newString, replaceAll?}`, `grep{pattern, path?, include?}`, `glob{pattern, path?}`,
 `todowrite{todos}`, `task{description, prompt, subagent_type}`. Several calls per reply are allowed (OpenCode
-runs them in parallel); the agent finishes by replying with text and no tool call. Tool results are JSON
-objects (`{"output": ..., "metadata": {...}}`), so the model reads structured results the way OpenCode
-shows them.
+runs them in parallel); the agent finishes by replying with text and no tool call. A tool result reaches the
+model as the tool's output text only (OpenCode's session code turns a completed tool part into a
+`tool-result` whose output is `{type: "text", value: part.state.output}`); the metadata OpenCode keeps beside
+it (exit code, description) is for its UI.
 """
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from north_lightning.formats.harnesses.base import Action, FormatError, ToolCall, check_record_harness
@@ -115,15 +115,9 @@ class OpenCodeHarness:
         return out
 
     def format_observation(self, call: ToolCall, output: str, exit_code: int | None = None) -> dict[str, Any]:
-        metadata: dict[str, Any] = {}
-        if call.name == "bash":
-            metadata = {"exit": exit_code}
-            if "description" in call.arguments:
-                metadata["description"] = call.arguments["description"]
-        elif "filePath" in call.arguments:
-            metadata = {"filePath": call.arguments["filePath"]}
-        content = json.dumps({"output": output, "metadata": metadata}, ensure_ascii=False)
-        return {"role": "tool", "tool_call_id": call.call_id or "call_0", "name": call.name, "content": content}
+        """The tool's output text, as OpenCode hands a completed tool part to the model (`tool-result` with
+        `{type: "text", value: part.state.output}`); its metadata (exit code, title) is for the UI only."""
+        return {"role": "tool", "tool_call_id": call.call_id or "call_0", "name": call.name, "content": output}
 
     def native_call(self, call: ToolCall, rng: Any, call_id: str) -> ToolCall:
         """Canonical `bash{command}` is already OpenCode's call; native calls pass through."""
