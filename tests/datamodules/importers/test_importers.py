@@ -201,3 +201,18 @@ def test_cli_data_import(tmp_path, capsys):
     assert main(["data", "import", "--format", "messages", str(S.write_jsonl(tmp_path / "m.jsonl", [S.messages_bash_row()])),
                  "--out", str(tmp_path / "o"), "--source", "chats"]) == 0
     assert len(list((tmp_path / "o").glob("*.parquet"))) == 2 and len(_records(tmp_path / "o")) == 3
+
+
+def test_saved_dataset_dict_needs_a_split(tmp_path):
+    import datasets
+
+    rows = [S.messages_bash_row()]
+    datasets.DatasetDict({"train": datasets.Dataset.from_list(rows), "test": datasets.Dataset.from_list(rows)}
+                         ).save_to_disk(str(tmp_path / "dd"))
+    with pytest.raises(ValueError, match="several splits \\(train, test\\); choose one with --split"):
+        import_trajectories("messages", tmp_path / "dd", tmp_path / "o")
+    assert import_trajectories("messages", tmp_path / "dd", tmp_path / "o", split="test").kept == 1
+    with pytest.raises(ValueError, match="no split 'dev'"):
+        import_trajectories("messages", tmp_path / "dd", tmp_path / "o", split="dev")
+    with pytest.raises(ValueError, match="reads directories; it cannot come from --hf"):
+        import_trajectories("harbor", "org/name", tmp_path / "o", hf=True)
