@@ -12,7 +12,7 @@ parsed here with our Terminus-2 parser (json or xml, from the agent's `parser_na
 
 Terminus-2 asks to confirm `task_complete`: a completion followed by another completing reply is one
 submission (the confirmation is not a step of the record; the harness renders it again); a completion the
-agent did not confirm is not one. Keystrokes that are one newline-terminated line become `bash{command}`,
+agent did not confirm is not one. Newline-terminated keystrokes become `bash{command}` (as the harness maps them),
 others stay `keystrokes{keystrokes, duration}` (the record is then fixed to the Terminus-2 harness). Harbor's
 terminal capture of a reply is cut at the echoed commands into each command's output (the harness renders
 prompt and command itself); a capture it cannot cut stays whole on the reply's last command.
@@ -217,7 +217,7 @@ def _split_screen(screen: str, calls: list[ToolCall]) -> list[str]:
 
 def _canonical(call: ToolCall) -> ToolCall:
     keys = call.arguments["keystrokes"]
-    if keys.endswith("\n") and keys.strip() and "\n" not in keys[:-1]:
+    if keys.endswith("\n") and keys.strip():  # the Terminus-2 harness's own canonical mapping
         return ToolCall("bash", {"command": keys[:-1]})
     return ToolCall("keystrokes", {"keystrokes": keys, "duration": float(call.arguments.get("duration", 1.0))})
 
