@@ -12,8 +12,9 @@ parsed here with our Terminus-2 parser (json or xml, from the agent's `parser_na
 
 Terminus-2 asks to confirm `task_complete`: a completion followed by another completing reply is one
 submission (the confirmation is not a step of the record; the harness renders it again); a completion the
-agent did not confirm is not one. Newline-terminated keystrokes become `bash{command}` (as the harness maps them),
-others stay `keystrokes{keystrokes, duration}` (the record is then fixed to the Terminus-2 harness). Harbor's
+agent did not confirm is not one. Records are fixed to the Terminus-2 harness (json or xml) and keep every
+command as the `keystrokes{keystrokes, duration}` call it was, durations included (a canonical `bash{command}`
+would render with the harness's default wait, and a long build would be cut short). Harbor's
 terminal capture of a reply is cut at the echoed commands into each command's output (the harness renders
 prompt and command itself); a capture it cannot cut stays whole on the reply's last command.
 
@@ -83,10 +84,9 @@ def convert(item: Any, where: str, options: ImportOptions) -> Trajectory:
     steps = _steps(replies)
     if not steps or steps[-1].calls[-1].name != "submit":
         raise Drop("truncated", "the agent never confirmed task_complete")
-    fixed = any(c.name not in ("bash", "submit") for s in steps for c in s.calls)
     return Trajectory(
         id=str(result.get("trial_name") or trial.name), task=task, source=options.source, steps=tuple(steps),
-        harness=harness.name if fixed else None, verified=reward >= 1.0,
+        harness=harness.name, verified=reward >= 1.0,
         meta={"format": "harbor-terminus2", "origin": where, "task_name": result.get("task_name"),
               "reward": reward, "parser": parser, "parse_errors": parse_errors,
               "agent": (atif.get("agent") or {}).get("name"), **resolved},
@@ -163,7 +163,7 @@ def _steps(replies: list[tuple[str, list[ToolCall], bool, str]]) -> list[Step]:
         confirmed = complete and k + 1 < len(replies) and replies[k + 1][2]
         if k > 0 and replies[k - 1][2] and complete and steps and steps[-1].calls[-1].name == "submit":
             break  # the confirmation of the submission just recorded
-        canon = [_canonical(c) for c in calls]
+        canon = list(calls)
         obs = tuple(Observation(o) for o in _split_screen(output, canon))
         if confirmed:
             steps.append(Step(thought, (*canon, ToolCall("submit", {})), obs))
@@ -199,13 +199,14 @@ def _split_screen(screen: str, calls: list[ToolCall]) -> list[str]:
     starts: list[tuple[int, int]] = []  # (start of the echo line, start of the output) per command
     pos = 0
     for call in calls:
-        if call.name != "bash":
+        keys = call.arguments["keystrokes"]
+        if not keys.endswith("\n") or not keys.strip():
             break
-        echo = screen.find(call.arguments["command"] + "\n", pos)
+        echo = screen.find(keys, pos)
         if echo < 0:
             break
         line = screen.rfind("\n", 0, echo) + 1
-        starts.append((line, echo + len(call.arguments["command"]) + 1))
+        starts.append((line, echo + len(keys)))
         pos = starts[-1][1]
     if len(starts) < len(calls):  # not every command echoed: keep the capture whole on the last command
         outputs[-1] = screen
@@ -213,13 +214,6 @@ def _split_screen(screen: str, calls: list[ToolCall]) -> list[str]:
     final_prompt = screen.rfind("\n") + 1 if not screen.endswith("\n") else len(screen)
     ends = [nxt[0] for nxt in starts[1:]] + [max(final_prompt, starts[-1][1])]
     return [screen[start:end] for (_, start), end in zip(starts, ends)]
-
-
-def _canonical(call: ToolCall) -> ToolCall:
-    keys = call.arguments["keystrokes"]
-    if keys.endswith("\n") and keys.strip():  # the Terminus-2 harness's own canonical mapping
-        return ToolCall("bash", {"command": keys[:-1]})
-    return ToolCall("keystrokes", {"keystrokes": keys, "duration": float(call.arguments.get("duration", 1.0))})
 
 
 def _task_text(text: str) -> str:

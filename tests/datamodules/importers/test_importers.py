@@ -148,6 +148,9 @@ def test_harbor_terminus2_trial_dirs(tmp_path):
     expected = S.HARBOR_ACTIONS + [[("submit", {})]]  # Terminus-2 confirms completion a second time
     assert records["sum-task__aaa"].task == "Write the sum of 17 and 25 to /app/answer.txt"
     assert records["sum-task__aaa"].harness == "terminus2" and _roundtrip(records["sum-task__aaa"]) == expected
+    # the commands are kept as sent, durations included
+    assert records["sum-task__aaa"].steps[0].calls[0].arguments == {
+        "keystrokes": "echo $((17 + 25)) > /app/answer.txt\n", "duration": 0.1}
     assert records["sum-task__ddd"].harness == "terminus2_xml" and _roundtrip(records["sum-task__ddd"]) == expected
     assert _roundtrip(records["sum-task__eee"]) == expected
     # Harbor's one screen per reply is cut into each command's output; the harness renders prompt and command
