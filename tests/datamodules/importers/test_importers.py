@@ -219,3 +219,37 @@ def test_saved_dataset_dict_needs_a_split(tmp_path):
         import_trajectories("messages", tmp_path / "dd", tmp_path / "o", split="dev")
     with pytest.raises(ValueError, match="reads directories; it cannot come from --hf"):
         import_trajectories("harbor", "org/name", tmp_path / "o", hf=True)
+
+
+def test_imported_records_pass_the_sft_filters_in_every_harness_that_selects_them(tmp_path):
+    """What `data import` writes is trainable as is: every record renders, tokenises and passes the SFT
+    filters (valid tool calls, whitespace, grounding) in each agent harness component that selects it."""
+    from transformers import AutoTokenizer
+
+    from north_lightning.assets import tiny_tokenizer_path
+    from north_lightning.datamodules.mixture import MixtureSpec
+    from north_lightning.datamodules.sft import build_pools
+    from north_lightning.formats.harnesses import AGENT_HARNESSES
+
+    (tmp_path / "swe").mkdir()
+    (tmp_path / "swe" / "a.traj").write_text(json.dumps(S.swe_agent_fc_traj()))
+    (tmp_path / "swe" / "b.traj").write_text(json.dumps(S.swe_agent_thought_action_traj()))
+    out = tmp_path / "out"
+    import_trajectories("swe-agent", tmp_path / "swe", out)
+    import_trajectories("swe-agent", S.write_jsonl(tmp_path / "rows.jsonl", [S.swe_agent_row()]), out, source="rows")
+    (tmp_path / "mini").mkdir()
+    (tmp_path / "mini" / "x.traj.json").write_text(json.dumps(S.mini_v1_traj()))
+    (tmp_path / "mini" / "y.traj.json").write_text(json.dumps(S.mini_v2_traj()))
+    import_trajectories("mini-swe-agent", tmp_path / "mini", out)
+    import_trajectories("openhands", S.write_jsonl(tmp_path / "oh.jsonl", [S.openhands_row()]), out)
+    S.write_harbor_trial(tmp_path / "job", "t1")
+    S.write_harbor_trial(tmp_path / "job", "t2", raw=True, parser="xml")
+    import_trajectories("harbor", tmp_path / "job", out)
+    import_trajectories("messages", S.write_jsonl(tmp_path / "m.jsonl", [S.messages_bash_row(), S.messages_opencode_row()]), out)
+    assert len(_records(out)) == 10
+    comps = [{"name": h, "paths": [str(out / "*.parquet")], "harness": h, "share": 1 / len(AGENT_HARNESSES)}
+             for h in AGENT_HARNESSES]
+    pools = build_pools(MixtureSpec.load({"components": comps}), AutoTokenizer.from_pretrained(tiny_tokenizer_path()), 8192)
+    report = pools.filters.to_dict()
+    assert report["dropped_total"] == {} and not pools.bad_records.counts, report
+    assert all(len(docs) >= 3 for docs in pools.train), [len(d) for d in pools.train]
