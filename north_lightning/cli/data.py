@@ -1,4 +1,5 @@
 """`python -m north_lightning data report --config <stage.yaml>`: what an SFT stage will actually train on.
+(`data import --format F SRC --out DIR`: public trajectory files into canonical records, see `data_import.py`.)
 
 Builds the stage's datamodule exactly as `fit` would (same YAML, same filters, same seed), samples an
 epoch-sized stream of packed rows and prints per-component, per-source and per-harness shares of trainable
@@ -12,9 +13,12 @@ import argparse
 import json
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from north_lightning.datamodules.sft import SFTDataModule
+from north_lightning.cli.data_import import add_import_arguments, run_import_command
+
+if TYPE_CHECKING:  # imported where used: `data import` should not pay for Lightning and torch
+    from north_lightning.datamodules.sft import SFTDataModule
 
 
 def load_data_args(configs: list[str]) -> dict[str, Any]:
@@ -105,7 +109,11 @@ def main(argv: list[str]) -> int:
     rep.add_argument("--rows", type=int, help="rows to sample (default: one epoch of trainable tokens)")
     rep.add_argument("--max-records", type=int, help="read at most this many records per component (quick look)")
     rep.add_argument("--json", help="also write the report as JSON here")
+    imp = sub.add_parser("import", help="public trajectory files -> canonical records (Parquet) + report")
+    add_import_arguments(imp)
     args = parser.parse_args(argv)
+    if args.command == "import":
+        return run_import_command(args)
     if not args.config and not args.mixture:
         parser.error("data report needs --config STAGE.yaml or --mixture MIXTURE.yaml")
     init_args = load_data_args(args.config) if args.config else {}
@@ -118,6 +126,8 @@ def main(argv: list[str]) -> int:
     if args.max_records:
         init_args["max_records_per_component"] = args.max_records
     init_args["allow_missing_init"] = True  # a report reads data only; it needs no previous-stage weights
+    from north_lightning.datamodules.sft import SFTDataModule
+
     dm = SFTDataModule(**init_args)
     dm.setup("fit")
     report = epoch_report(dm, args.rows)

@@ -39,7 +39,10 @@ log = logging.getLogger(__name__)
 
 
 # Records fixed to the key harness may also be rendered by these (same tools, other spelling).
-COMPATIBLE = {"swe_agent_xml": ("swe_agent", "swe_agent_xml"), "swe_agent": ("swe_agent", "swe_agent_xml")}
+COMPATIBLE = {"swe_agent_xml": ("swe_agent", "swe_agent_xml"), "swe_agent": ("swe_agent", "swe_agent_xml"),
+              "mini_swe_agent": ("mini_swe_agent", "mini_swe_agent_v2"),
+              "mini_swe_agent_v2": ("mini_swe_agent", "mini_swe_agent_v2"),
+              "terminus2": ("terminus2", "terminus2_xml"), "terminus2_xml": ("terminus2", "terminus2_xml")}
 
 
 def stable_seed(*parts: object) -> int:

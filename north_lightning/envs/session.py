@@ -8,6 +8,7 @@ observation; `verify()` scores the final state; `close()` removes the container 
 
 from __future__ import annotations
 
+import shlex
 import threading
 from dataclasses import dataclass
 from typing import Any
@@ -130,7 +131,13 @@ class TaskSession:
         if call.name == "bash":
             timeout = args.get("timeout")  # OpenCode states it in milliseconds
             timeout = float(timeout) / 1000 if isinstance(timeout, (int, float)) and timeout > 0 else None
-            code, out = self.box.exec(str(args.get("command", "")), timeout=timeout)
+            command = str(args.get("command", ""))
+            workdir = args.get("workdir")  # OpenCode: run there instead of `cd` (relative to the task's dir)
+            if isinstance(workdir, str) and workdir:
+                # a shell `cd`, not the exec's working dir: a missing directory is the agent's error to read,
+                # not a failure of the sandbox
+                command = f"cd -- {shlex.quote(workdir)} && {command}"
+            code, out = self.box.exec(command, timeout=timeout)
             return StepResult(out, code)
         if call.name == "str_replace_editor":
             return StepResult(self.editor(**args))

@@ -221,7 +221,7 @@ def _act(session: TaskSession, harness: Harness, action: Action, awaiting_confir
     """Execute an action; returns the observation messages and whether the episode is over."""
     confirm = getattr(harness, "confirmation_message", None)
     if action.submit and confirm is None:
-        # SWE-agent's submit call (its diff is recorded), mini-SWE-agent's submit command, OpenCode's final reply
+        # SWE-agent's submit call (its diff is recorded), OpenCode's final reply
         for call in action.tool_calls:
             if call.name == "submit":
                 session.execute(call)
@@ -229,9 +229,14 @@ def _act(session: TaskSession, harness: Harness, action: Action, awaiting_confir
     if action.submit and awaiting_confirmation:
         return [], True  # Terminus-2: the second consecutive task_complete ends the episode
     outputs: list[tuple[ToolCall, str, int | None]] = []
+    submission = getattr(harness, "submission", None)  # mini-SWE-agent: decided by the command's output
     for call in action.tool_calls:
         result = session.execute(call)
         outputs.append((call, result.output, result.exit_code))
+        submitted = submission(call, result.output, result.exit_code) if submission is not None else None
+        if submitted is not None:
+            session.submission = submitted
+            return [], True
     observations: list[dict[str, Any]] = []
     if harness.tools() is None and outputs:  # text harnesses answer a reply with one observation
         call, _, code = outputs[-1]
@@ -243,6 +248,8 @@ def _act(session: TaskSession, harness: Harness, action: Action, awaiting_confir
         observations += [harness.format_observation(c, o, code) for c, o, code in outputs]
     if action.submit:  # Terminus-2's first task_complete: show the screen and ask to confirm
         observations = [confirm(session.terminal.screen())]
+    elif action.warning and hasattr(harness, "warn"):  # Terminus-2: "Previous response had warnings"
+        observations = [harness.warn(m, action.warning) for m in observations]
     return observations, False
 
 

@@ -144,3 +144,52 @@ def test_terminus2_reply_with_two_commands_gets_one_screen(bundled_tasks, tokeni
                      config=RolloutConfig(max_steps=1))
     assert ep.messages[-1]["content"] == ("New Terminal Output:\n\nagent@sandbox:/app# echo one\none\n"
                                           "agent@sandbox:/app# echo two\ntwo\nagent@sandbox:/app# ")
+
+
+class _KeptSession:
+    """A real TaskSession whose last instance the test can read after the episode (its `submission`)."""
+
+    last = None
+
+    def __new__(cls, *args, **kwargs):
+        from north_lightning.envs.session import TaskSession
+
+        cls.last = TaskSession(*args, **kwargs)
+        return cls.last
+
+
+@pytest.mark.parametrize("harness", ["mini_swe_agent", "mini_swe_agent_v2"])
+def test_mini_submission_runs_the_command_and_reads_its_output(bundled_tasks, tokenizer, harness):
+    """As upstream: the submitting command is run, and its output's first line decides. The quoted marker
+    (upstream's own tests send it so) submits; a suffixed one does not and the episode goes on."""
+    task = _task(bundled_tasks, "toy-arith-cbfa16cc")
+    suffixed = _bash_turn(tokenizer, harness, "echo COMPLETE_TASK_AND_SUBMIT_FINAL_OUTPUTx")
+    quoted = _bash_turn(tokenizer, harness, "echo 'COMPLETE_TASK_AND_SUBMIT_FINAL_OUTPUT' && echo ran > /tmp/r && cat /tmp/r")
+    ep = run_episode(ScriptedPolicy(tokenizer, [suffixed, quoted]), harness, tokenizer, task,
+                     config=RolloutConfig(max_steps=4), session_factory=_KeptSession)
+    assert (ep.end_reason, ep.steps) == ("submitted", 2)
+    assert "COMPLETE_TASK_AND_SUBMIT_FINAL_OUTPUTx" in ep.messages[-2]["content"]  # shown as a normal output
+    assert _KeptSession.last.submission == "ran\n"  # the command ran; the rest of its output is the submission
+
+
+def test_opencode_bash_workdir_runs_there(bundled_tasks, tokenizer):
+    from north_lightning.formats.harnesses import ToolCall
+
+    task = _task(bundled_tasks, "toy-arith-cbfa16cc")
+    with _KeptSession(task) as session:
+        out = session.execute(ToolCall("bash", {"command": "pwd", "workdir": "/tmp"}))
+        missing = session.execute(ToolCall("bash", {"command": "pwd", "workdir": "/no/such dir"}))
+    assert (out.output.strip(), out.exit_code) == ("/tmp", 0)
+    assert missing.exit_code != 0 and "No such file or directory" in missing.output
+
+
+def test_terminus2_warning_is_shown_with_the_next_output(bundled_tasks, tokenizer):
+    """A reply that parses with warnings (here: no duration) runs, and Terminus-2's next observation starts with
+    "Previous response had warnings" as upstream's does."""
+    task = _task(bundled_tasks, "toy-arith-cbfa16cc")
+    reply = '{"analysis": "look", "plan": "list", "commands": [{"keystrokes": "ls /app\\n"}]}'
+    turn = assistant_text(tokenizer, {"role": "assistant", "content": reply}, None)
+    ep = run_episode(ScriptedPolicy(tokenizer, [turn]), "terminus2", tokenizer, task, config=RolloutConfig(max_steps=1))
+    observation = ep.messages[-1]["content"]
+    assert observation.startswith("Previous response had warnings:\nWARNINGS: - Command 1: Missing duration field")
+    assert "New Terminal Output:" in observation and "ls /app" in observation

@@ -13,11 +13,15 @@ HARNESSES: dict[str, tuple[str, str, dict[str, Any]]] = {
     "swe_agent": ("north_lightning.formats.harnesses.swe_agent", "SweAgentHarness", {}),
     "swe_agent_xml": ("north_lightning.formats.harnesses.swe_agent", "SweAgentHarness", {"variant": "xml"}),
     "mini_swe_agent": ("north_lightning.formats.harnesses.mini_swe_agent", "MiniSweAgentHarness", {}),
+    "mini_swe_agent_v2": ("north_lightning.formats.harnesses.mini_swe_agent", "MiniSweAgentHarness",
+                          {"version": 2}),
     "opencode": ("north_lightning.formats.harnesses.opencode", "OpenCodeHarness", {}),
     "terminus2": ("north_lightning.formats.harnesses.terminus2", "Terminus2Harness", {}),
+    "terminus2_xml": ("north_lightning.formats.harnesses.terminus2", "Terminus2Harness", {"parser": "xml"}),
     "chat": ("north_lightning.formats.harnesses.chat", "ChatHarness", {}),
 }
-AGENT_HARNESSES = ("swe_agent", "swe_agent_xml", "mini_swe_agent", "opencode", "terminus2")
+AGENT_HARNESSES = ("swe_agent", "swe_agent_xml", "mini_swe_agent", "mini_swe_agent_v2", "opencode", "terminus2",
+                   "terminus2_xml")
 
 
 def get_harness(name: str, **kwargs: Any) -> Harness:

@@ -27,11 +27,13 @@ class Action:
 
     `tool_calls` may be empty only when `submit` is True (the agent declares it is done).
     `thought` is the free text around the call (kept for logging, never executed).
+    `warning` is feedback on a reply that parsed but not cleanly (Terminus-2 shows it with the next output).
     """
 
     tool_calls: tuple[ToolCall, ...]
     thought: str = ""
     submit: bool = False
+    warning: str = ""
 
 
 @dataclass(frozen=True)
@@ -46,7 +48,10 @@ class FormatError:
 
 @runtime_checkable
 class Harness(Protocol):
-    """Render canonical trajectories into messages; parse responses into actions."""
+    """Render canonical trajectories into messages; parse responses into actions.
+
+    Optional: `submission(call, output, exit_code) -> str | None`, for harnesses whose episode ends on what a
+    command *printed* rather than on a submit call (mini-SWE-agent); the agent loop asks it after each call."""
 
     name: str
 

@@ -55,6 +55,8 @@ def validate_call(call: ToolCall, tools: list[dict[str, Any]]) -> FormatError | 
         bad_bool = isinstance(value, bool) and spec.get("type") in ("integer", "number")
         if not isinstance(value, types) or bad_bool:
             return FormatError("bad_argument_type", f"Argument {key!r} of {call.name!r} must be {spec.get('type')}.")
+        if "minimum" in spec and value < spec["minimum"]:
+            return FormatError("bad_argument_value", f"Argument {key!r} of {call.name!r} must be >= {spec['minimum']}.")
         if "enum" in spec and value not in spec["enum"]:
             allowed = ", ".join(map(str, spec["enum"]))
             return FormatError("bad_argument_value", f"Argument {key!r} of {call.name!r} must be one of: {allowed}.")

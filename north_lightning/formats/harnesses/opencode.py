@@ -1,16 +1,23 @@
 """OpenCode: native function calling with typed tools and camelCase arguments, JSON tool results.
 
-Written from OpenCode's public tool definitions: `bash{command, description, timeout?}`,
-`read{filePath, offset?, limit?}`, `write{filePath, content}`, `edit{filePath, oldString, newString,
-replaceAll?}`, `grep{pattern, path?, include?}`, `glob{pattern, path?}`, `todowrite{todos}`,
-`task{description, prompt, subagent_type}`. Several calls per reply are allowed (OpenCode runs them in
-parallel); the agent finishes by replying with text and no tool call. Tool results are JSON objects
-(`{"output": ..., "metadata": {...}}`), so the model reads structured results the way OpenCode shows them.
+The `bash` tool follows OpenCode as published today (anomalyco/opencode, formerly sst/opencode, commit
+a6fd1bc3cc2e417fc537b8edeeb54f235b0c60f7, `packages/opencode/src/tool/shell/prompt.ts`):
+`bash{command, timeout?, workdir?}` with `timeout` a positive number of milliseconds and `workdir` the
+directory to run in (OpenCode's prompt tells the model to use it instead of `cd`); the `description` field of
+earlier releases is gone from the schema, and is still accepted here so older trajectories parse.
+(`run_in_background` is left out: the sandbox has no job control to back it, so a call using it is refused
+as an unknown argument rather than silently run in the foreground.) The other tools keep the shapes of
+OpenCode's tool definitions: `read{filePath, offset?, limit?}`, `write{filePath, content}`,
+`edit{filePath, oldString, newString, replaceAll?}`, `grep{pattern, path?, include?}`, `glob{pattern, path?}`,
+`todowrite{todos}`, `task{description, prompt, subagent_type}`. Several calls per reply are allowed (OpenCode
+runs them in parallel); the agent finishes by replying with text and no tool call. A tool result reaches the
+model as the tool's output text only (OpenCode's session code turns a completed tool part into a
+`tool-result` whose output is `{type: "text", value: part.state.output}`); the metadata OpenCode keeps beside
+it (exit code, description) is for its UI.
 """
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from north_lightning.formats.harnesses.base import Action, FormatError, ToolCall, check_record_harness
@@ -36,9 +43,14 @@ TODO_ITEM = {
     "required": ["content", "status", "priority", "id"],
 }
 TOOLS = [
-    function_tool("bash", "Execute a bash command in a persistent shell with an optional timeout (ms).",
-                  {"command": _S, "description": {**_S, "description": "What the command does, in 5-10 words."},
-                   "timeout": _I}, ["command", "description"]),
+    function_tool("bash", "Execute a bash command with an optional timeout (ms). All commands run in the working "
+                  "directory by default; use the `workdir` parameter instead of `cd` to run elsewhere.",
+                  {"command": {**_S, "description": "The command to execute"},
+                   "timeout": {**_I, "minimum": 1, "description": "Optional timeout in milliseconds"},
+                   "workdir": {**_S, "description": "The working directory to run the command in. Defaults to the "
+                                                    "current directory. Use this instead of 'cd' commands."},
+                   "description": {**_S, "description": "What the command does, in 5-10 words (older OpenCode)."}},
+                  ["command"]),
     function_tool("read", "Read a file; returns numbered lines. `offset`/`limit` select a line window.",
                   {"filePath": _S, "offset": _I, "limit": _I}, ["filePath"]),
     function_tool("write", "Write a file, replacing it if it exists.", {"filePath": _S, "content": _S},
@@ -69,7 +81,6 @@ SYSTEM_PROMPTS = [
     "answers short, and stop calling tools once the work is complete.\n\n<env>\nWorking directory: "
     "{workdir}\nPlatform: linux\n</env>",
 ]
-DESCRIPTIONS = ["Run {verb} command", "Execute {verb} in the shell", "{Verb} via shell"]
 DONE = ["Done: the task is complete.", "The task is finished.", "All changes are in place."]
 
 
@@ -95,7 +106,7 @@ class OpenCodeHarness:
     def canonical(self, action: Action) -> list[ToolCall]:
         out = []
         for c in action.tool_calls:
-            if c.name == "bash":
+            if c.name == "bash" and set(c.arguments) <= {"command", "description"}:
                 out.append(ToolCall("bash", {"command": c.arguments["command"]}))
             else:
                 out.append(ToolCall(c.name, dict(c.arguments)))
@@ -104,20 +115,12 @@ class OpenCodeHarness:
         return out
 
     def format_observation(self, call: ToolCall, output: str, exit_code: int | None = None) -> dict[str, Any]:
-        metadata: dict[str, Any] = {}
-        if call.name == "bash":
-            metadata = {"exit": exit_code, "description": call.arguments.get("description", "")}
-        elif "filePath" in call.arguments:
-            metadata = {"filePath": call.arguments["filePath"]}
-        content = json.dumps({"output": output, "metadata": metadata}, ensure_ascii=False)
-        return {"role": "tool", "tool_call_id": call.call_id or "call_0", "name": call.name, "content": content}
+        """The tool's output text, as OpenCode hands a completed tool part to the model (`tool-result` with
+        `{type: "text", value: part.state.output}`); its metadata (exit code, title) is for the UI only."""
+        return {"role": "tool", "tool_call_id": call.call_id or "call_0", "name": call.name, "content": output}
 
     def native_call(self, call: ToolCall, rng: Any, call_id: str) -> ToolCall:
-        """Canonical `bash{command}` gains OpenCode's required `description`; native calls pass through."""
-        if call.name == "bash" and "description" not in call.arguments:
-            verb = call.arguments["command"].split()[0] if call.arguments["command"].split() else "shell"
-            desc = pick(DESCRIPTIONS, rng).format(verb=verb, Verb=verb.capitalize())
-            return ToolCall("bash", {"command": call.arguments["command"], "description": desc}, call_id)
+        """Canonical `bash{command}` is already OpenCode's call; native calls pass through."""
         if call.name not in TOOL_NAMES:
             raise ValueError(f"OpenCode cannot render tool {call.name!r}")
         return ToolCall(call.name, dict(call.arguments), call_id)

@@ -1,8 +1,11 @@
 """SWE-agent: native function calling with `bash`, `str_replace_editor` and `submit`.
 
-Written from SWE-agent's public tool bundle and templates: exactly one tool call per response, observations
-come back as tool messages prefixed `OBSERVATION:`, an empty output is replaced by a sentence saying the
-command succeeded silently, and over-long output is cut with a note. The XML variant
+Written from SWE-agent's public tool bundle and templates, as of SWE-agent v1.1.0 (SWE-agent/SWE-agent commit
+3ea751c087f32b16e039a2233dd6eefecef325d5, `config/default.yaml`: bundles `tools/registry`,
+`tools/edit_anthropic`, `tools/review_on_submit_m`, `parse_function: function_calling`): exactly one tool call
+per response, observations come back as tool messages prefixed `OBSERVATION:`, an empty output is replaced by
+a sentence saying the command succeeded silently, and over-long output is cut with a note. Not reproduced:
+review_on_submit's first `submit` (answered with a review request); here `submit` ends the episode. The XML variant
 (`<function=bash>\n<parameter=command>ls</parameter>\n</function>` inside the text, observations as user
 messages) serves models without native tool calling; `SweAgentHarness(variant="xml")`, registry name
 `swe_agent_xml`.
