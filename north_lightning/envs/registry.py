@@ -122,10 +122,15 @@ def pull_with_retry(client: docker.DockerClient, reference: str, retry: PullRetr
             else:
                 image = client.images.pull(repository, tag=tag or "latest")
             return image, attempt + 1, errors
-        except docker.errors.NotFound as err:  # the registry answered: it has no such image; asking again won't help
-            errors.append(f"attempt {attempt + 1}: not found: {err.explanation or err}")
-            break
-        except (docker.errors.APIError, docker.errors.DockerException, OSError) as err:
+        except docker.errors.APIError as err:
+            if err.is_client_error():  # 404 the registry has no such image, 400 a malformed name: asking again won't help
+                kind = "not found" if err.status_code == 404 else f"rejected ({err.status_code})"
+                errors.append(f"attempt {attempt + 1}: {kind}: {err.explanation or err}")
+                break
+            errors.append(f"attempt {attempt + 1}: {type(err).__name__}: {err.explanation or err}")
+            if attempt + 1 < retry.attempts:
+                sleep(retry.delay(attempt))
+        except (docker.errors.DockerException, OSError) as err:  # the engine itself did not answer
             detail = getattr(err, "explanation", None) or str(err)
             errors.append(f"attempt {attempt + 1}: {type(err).__name__}: {detail}")
             if attempt + 1 < retry.attempts:
@@ -197,7 +202,10 @@ class ImageResolver:
         attempts = 0
         result: ResolvedImage | None = None
         if reference is not None:
-            present = image_exists(self.client, reference)
+            try:
+                present = image_exists(self.client, reference)
+            except docker.errors.APIError:  # a malformed name: the pull below says why
+                present = False
             if present and self.pull_policy != "always":
                 result = self._local(reference)
             elif self.pull_policy != "never":

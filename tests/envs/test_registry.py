@@ -181,6 +181,13 @@ def test_pull_records_the_registry_digest_then_uses_the_local_image(client, push
     assert json.loads(record.read_text())[reference]["digest"] == digest
     again = resolver.resolve(reference)  # pull policy `missing`: present now, no registry round trip
     assert (again.source, again.digest, again.attempts) == ("local", digest, 0)
+    always = ImageResolver(client=client, retry=FAST, pull_policy="always")
+    assert (always.resolve(reference).source, always.resolve(reference).attempts) == ("pulled", 1)
+    # `always` with the registry away: the image the engine has still serves, the failed attempts are reported
+    moved = f"127.0.0.1:{_free_port()}/nltest-{UID}/alpha:1"
+    client.images.get(reference).tag(moved)
+    stale = ImageResolver(client=client, retry=PullRetry(2, base_delay_sec=0.01), pull_policy="always").resolve(moved)
+    assert (stale.source, stale.attempts, len(stale.errors)) == ("local", 2, 2)
 
 
 def test_registry_that_fails_then_recovers_is_retried_with_backoff(client, registry, pushed):
@@ -229,6 +236,9 @@ def test_no_registry_and_no_recipe_is_an_infrastructure_error(client, registry, 
     assert "attempt 2" not in str(err.value)
     with pytest.raises(ImageUnavailable, match="pull_policy='never'"):
         ImageResolver(client=client, pull_policy="never").resolve(missing)
+    with pytest.raises(ImageUnavailable, match=r"attempt 1: rejected \(400\).*lowercase") as err:
+        ImageResolver(client=client, retry=FAST).resolve(f"NLTEST-{UID}/Upper:1")
+    assert "attempt 2" not in str(err.value)
 
 
 def test_prefetcher_warms_each_image_once_and_keeps_errors(client, registry, pushed, tmp_path):
