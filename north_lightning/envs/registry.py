@@ -65,6 +65,24 @@ class PullRetry:
         return min(self.base_delay_sec * self.factor ** attempt, self.max_delay_sec)
 
 
+def resolver_settings(options: dict[str, Any] | None, where: str = "images") -> dict[str, Any]:
+    """A config's `images:` mapping (`pull_policy`, `attempts`, `base_delay_sec`, `factor`, `max_delay_sec`) as
+    `ImageResolver` keyword arguments; an unknown key or a bad value is named with `where`."""
+    options = dict(options or {})
+    known = {"pull_policy", *PullRetry.__dataclass_fields__}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise ValueError(f"{where}: unknown keys {unknown}; known: {sorted(known)}")
+    policy = options.pop("pull_policy", "missing")
+    if policy not in PULL_POLICIES:
+        raise ValueError(f"{where}.pull_policy must be one of {PULL_POLICIES}, got {policy!r}")
+    try:
+        retry = PullRetry(**options)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{where}: {err}") from err
+    return {"retry": retry, "pull_policy": policy}
+
+
 @dataclass(frozen=True)
 class ImageRecipe:
     """How to build an image when no registry serves it: a context directory and its Dockerfile (the file

@@ -32,6 +32,7 @@ _IMAGES_LOCK = threading.Lock()
 _KEY_LOCKS: dict[tuple[str, str], threading.Lock] = {}
 _BUILDER: ImageBuilder | None = None
 _RESOLVER: ImageResolver | None = None
+_RESOLVER_SETTINGS: dict[str, Any] = {}
 
 
 def image_builder() -> ImageBuilder:
@@ -48,18 +49,22 @@ def image_resolver() -> ImageResolver:
     builder = image_builder()
     with _IMAGES_LOCK:
         if _RESOLVER is None:
-            _RESOLVER = ImageResolver(builder=builder)
+            _RESOLVER = ImageResolver(builder=builder, **_RESOLVER_SETTINGS)
         return _RESOLVER
 
 
-def configure_image_resolver(**kwargs: Any) -> ImageResolver:
-    """Replace the process-wide resolver: `retry=PullRetry(...)`, `pull_policy=`, `record_path=` (the JSON of
-    digests, e.g. beside the pool or in the run directory); see `envs.registry.ImageResolver`."""
+def configure_image_resolver(**settings: Any) -> None:
+    """Settings of the process-wide resolver, made on first use: `retry=PullRetry(...)`, `pull_policy=`,
+    `record_path=` (the JSON of digests, e.g. beside the pool or in the run directory); see
+    `envs.registry.ImageResolver`. Images already resolved in this process stay as they are."""
     global _RESOLVER
-    resolver = ImageResolver(builder=kwargs.pop("builder", None) or image_builder(), **kwargs)
+    unknown = set(settings) - {"retry", "pull_policy", "record_path"}
+    if unknown:
+        raise ValueError(f"configure_image_resolver: unknown settings {sorted(unknown)}")
     with _IMAGES_LOCK:
-        _RESOLVER = resolver
-    return resolver
+        _RESOLVER_SETTINGS.clear()
+        _RESOLVER_SETTINGS.update(settings)
+        _RESOLVER = None
 
 
 def task_recipe(task: Task) -> ImageRecipe | None:

@@ -301,3 +301,32 @@ def test_prefetcher_bounds_the_work_in_flight():
 def test_recipe_without_dockerfile_is_unavailable(client, tmp_path):
     with pytest.raises(ImageUnavailable, match=r"recipe build of .*no Dockerfile"):
         ImageResolver(client=client).resolve(None, ImageRecipe(tmp_path, name=f"empty-{UID}"))
+
+
+def test_resolver_settings_name_bad_keys_and_values():
+    from north_lightning.envs.registry import resolver_settings
+
+    settings = resolver_settings({"attempts": 6, "base_delay_sec": 0.5, "pull_policy": "always"})
+    assert settings == {"retry": PullRetry(attempts=6, base_delay_sec=0.5), "pull_policy": "always"}
+    assert [settings["retry"].delay(k) for k in range(3)] == [0.5, 1.0, 2.0]
+    assert PullRetry(base_delay_sec=10, max_delay_sec=15).delay(3) == 15
+    with pytest.raises(ValueError, match=r"images: unknown keys \['retries'\]"):
+        resolver_settings({"retries": 3})
+    with pytest.raises(ValueError, match=r"images: PullRetry.attempts must be >= 1"):
+        resolver_settings({"attempts": 0})
+    with pytest.raises(ValueError, match=r"images.pull_policy must be one of"):
+        resolver_settings({"pull_policy": "sometimes"})
+
+
+def test_configured_process_resolver_records_what_episodes_resolve(client, pushed, tmp_path):
+    from north_lightning.envs.session import configure_image_resolver, task_image
+
+    reference, digest = pushed["alpha"]
+    task = _swe_task(tmp_path, reference, with_recipe=False)
+    configure_image_resolver(retry=FAST, record_path=tmp_path / "run" / "images.json")  # as the RL sidecar does
+    try:
+        assert task_image(task) == reference
+    finally:
+        configure_image_resolver()
+    entry = json.loads((tmp_path / "run" / "images.json").read_text())[reference]
+    assert entry["digest"] == digest and entry["source"] in ("pulled", "local") and entry["resolved_at"]
