@@ -93,7 +93,8 @@ class _RolloutCallback(L.Callback):
                  export_every_n_steps: int | None = None, engine: str = "inprocess", engine_kwargs: dict[str, Any] | None = None,
                  num_workers: int = 2, window: float = 0.1, max_staleness: int = 4, on_stale: str = "drop",
                  prefetch_batches: int = 1, rollout: dict[str, Any] | None = None, seed: int = 0,
-                 work_dir: str | None = None, shutdown_timeout_s: float = 120.0, max_engine_restarts: int = 3) -> None:
+                 work_dir: str | None = None, shutdown_timeout_s: float = 120.0, max_engine_restarts: int = 3,
+                 image_prefetch: int = 0, images: dict[str, Any] | None = None) -> None:
         if export_every_n_steps is None:
             export_every_n_steps = self.default_export_every
         if export_every_n_steps < 1:
@@ -119,6 +120,10 @@ class _RolloutCallback(L.Callback):
         self.prefetch_batches, self.rollout_kwargs, self.seed = prefetch_batches, dict(rollout or {}), seed
         self.work_dir, self.shutdown_timeout_s = work_dir, shutdown_timeout_s
         self.max_engine_restarts = max_engine_restarts
+        self.image_prefetch = image_prefetch
+        from north_lightning.envs.registry import resolver_settings
+
+        self.images = resolver_settings(images)
         self.service: RolloutService | None = None
         self.engine: Any = None
         self.policy_version = 0
@@ -199,6 +204,9 @@ class _RolloutCallback(L.Callback):
         from transformers import AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        from north_lightning.envs.session import configure_image_resolver
+
+        configure_image_resolver(**self.images, record_path=work / "images.json")
         tasks = {spec.name: load_env_tasks(spec, work / "tasks") for spec in self.env_specs}
         journal = work / "dispatch_journal.jsonl"
         if self._restored is None:
@@ -213,7 +221,7 @@ class _RolloutCallback(L.Callback):
             num_workers=self.num_workers, window=self.window, max_staleness=self.max_staleness,
             on_stale=self.on_stale, prefetch_batches=self.prefetch_batches,
             rollout_config=RolloutConfig(**self.rollout_kwargs), seed=self.seed, restart_engine=self._restart_engine,
-            max_engine_restarts=self.max_engine_restarts, journal=journal)
+            max_engine_restarts=self.max_engine_restarts, journal=journal, image_prefetch=self.image_prefetch)
         if self._restored is not None:
             self.service.load_state_dict(self._restored["service"])
         self.service.start(step)
@@ -379,6 +387,11 @@ class VLLMSidecar(_RolloutCallback):
             which vLLM keeps the failed requests and never answers again) is replaced and its groups re-queued;
             after this many restarts the next death ends the run with its reason.
         prefetch_batches: how many batches the batcher may write ahead of the trainer.
+        images: how instance images are pulled: `pull_policy` (missing / always / never), `attempts`,
+            `base_delay_sec`, `factor`, `max_delay_sec` (exponential backoff); every resolution (source, digest,
+            attempts) is recorded in `<work_dir>/images.json`.
+        image_prefetch: look-ahead window of the image prefetcher: the images of the next N tasks in the dispatch
+            order are pulled or built in the background (`envs/registry.py`); 0 = each episode resolves its own.
         rollout: `RolloutConfig` fields (max_context, max_tokens_per_turn, temperature, ...).
     """
 

@@ -1,6 +1,7 @@
 """One episode's environment: a task's image, its sandbox, the tools the agent calls, and the verifier.
 
-`TaskSession(task).start()` builds the task image (cached by content), starts the sandbox with the task's
+`TaskSession(task).start()` finds, pulls or builds the task image (`envs/registry.py`; built images are cached
+by content; no image at all raises `ImageUnavailable`), starts the sandbox with the task's
 limits, and for SWE tasks checks that the repository sits at the record's `base_commit`. `execute(call)` runs
 one tool call (terminal keystrokes, bash, the SWE-agent editor, OpenCode file tools, submit) and returns the
 observation; `verify()` scores the final state; `close()` removes the container (also via `with`).
@@ -8,22 +9,30 @@ observation; `verify()` scores the final state; `close()` removes the container 
 
 from __future__ import annotations
 
+import logging
 import shlex
 import threading
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from north_lightning.formats.harnesses.base import ToolCall
 from north_lightning.envs.images import ImageBuilder
+from north_lightning.envs.registry import ImageRecipe, ImageResolver, ResolvedImage
 from north_lightning.envs.sandbox import DockerSandbox, SandboxConfig, SandboxError
 from north_lightning.envs.swe_tools import StrReplaceEditor, opencode_tool, submit_diff
 from north_lightning.envs.tasks import HarborTask, SWETask, Task, TaskError, swe_dockerfile
 from north_lightning.envs.terminal import TmuxTerminal
 from north_lightning.envs.verifier import VerifierResult, run_oracle, verify
 
-_IMAGES: dict[tuple[str, str], str] = {}
+log = logging.getLogger(__name__)
+
+_IMAGES: dict[tuple[str, str], ResolvedImage] = {}
 _IMAGES_LOCK = threading.Lock()
+_KEY_LOCKS: dict[tuple[str, str], threading.Lock] = {}
 _BUILDER: ImageBuilder | None = None
+_RESOLVER: ImageResolver | None = None
+_RESOLVER_SETTINGS: dict[str, Any] = {}
 
 
 def image_builder() -> ImageBuilder:
@@ -34,26 +43,75 @@ def image_builder() -> ImageBuilder:
         return _BUILDER
 
 
-def task_image(task: Task, builder: ImageBuilder | None = None) -> str:
-    """The task's image tag, built on first use (per process memo on top of the content-hash cache)."""
-    builder = builder or image_builder()
+def image_resolver() -> ImageResolver:
+    """The process-wide resolver `task_image` uses (see `configure_image_resolver`)."""
+    global _RESOLVER
+    builder = image_builder()
+    with _IMAGES_LOCK:
+        if _RESOLVER is None:
+            _RESOLVER = ImageResolver(builder=builder, **_RESOLVER_SETTINGS)
+        return _RESOLVER
+
+
+def configure_image_resolver(**settings: Any) -> None:
+    """Settings of the process-wide resolver, made on first use: `retry=PullRetry(...)`, `pull_policy=`,
+    `record_path=` (the JSON of digests, e.g. beside the pool or in the run directory); see
+    `envs.registry.ImageResolver`. Images already resolved in this process stay as they are."""
+    global _RESOLVER
+    unknown = set(settings) - {"retry", "pull_policy", "record_path"}
+    if unknown:
+        raise ValueError(f"configure_image_resolver: unknown settings {sorted(unknown)}")
+    with _IMAGES_LOCK:
+        _RESOLVER_SETTINGS.clear()
+        _RESOLVER_SETTINGS.update(settings)
+        _RESOLVER = None
+
+
+def task_recipe(task: Task) -> ImageRecipe | None:
+    """What the task's image is built from when no registry serves it: a Harbor task's environment/ directory,
+    a SWE task's repository copy (None when the record names only an image)."""
+    if isinstance(task, SWETask):
+        if task.repo_dir is None:
+            return None
+        return ImageRecipe(Path(task.repo_dir), swe_dockerfile(), ((".dockerignore", "Dockerfile\n.dockerignore\n"),),
+                           name=f"swe-{task.repo.replace('/', '-')}")
+    return ImageRecipe(task.environment_dir, name=task.task_id)
+
+
+def image_key(task: Task) -> str:
+    """Names the image a task runs in: tasks with the same key share one resolution (used by the prefetcher)."""
+    if isinstance(task, SWETask) and task.image:
+        return task.image
+    return f"{task.kind}:{getattr(task, 'path', None) or task.source or task.task_id}:{task.task_id}"
+
+
+def resolve_task_image(task: Task, builder: ImageBuilder | None = None,
+                       resolver: ImageResolver | None = None) -> ResolvedImage:
+    """The task's image: found, pulled or built on first use (per process memo on top of the content-hash cache);
+    raises `ImageUnavailable` (an infrastructure failure) when none of these works."""
+    resolver = resolver or (ImageResolver(builder=builder) if builder is not None else image_resolver())
     key = (task.kind, str(getattr(task, "path", None) or task.source or task.task_id) + ":" + task.task_id)
     with _IMAGES_LOCK:
         if key in _IMAGES:
             return _IMAGES[key]
-    if isinstance(task, SWETask):
-        if task.image:
-            tag = task.image
-        else:
-            tag = builder.build(task.repo_dir, name=f"swe-{task.repo.replace('/', '-')}", dockerfile_text=swe_dockerfile(),
-                                extra_files={".dockerignore": "Dockerfile\n.dockerignore\n"})
-    else:
-        tag = builder.build(task.environment_dir, name=task.task_id)
-        if task.workdir is None:  # the Dockerfile's WORKDIR, as Harbor runs the agent there
-            task.workdir = builder.client.images.get(tag).attrs["Config"].get("WorkingDir") or "/"
-    with _IMAGES_LOCK:
-        _IMAGES[key] = tag
-    return tag
+        key_lock = _KEY_LOCKS.setdefault(key, threading.Lock())
+    with key_lock:  # the prefetcher and an episode asking at once: one resolution, the other waits for it
+        with _IMAGES_LOCK:
+            if key in _IMAGES:
+                return _IMAGES[key]
+        result = resolver.resolve(task.image if isinstance(task, SWETask) else None, task_recipe(task))
+        log.info("task %s: image %s (%s, digest %s, %d pull attempt(s), %.1f s)", task.task_id, result.tag,
+                 result.source, result.digest, result.attempts, result.seconds)
+        if not isinstance(task, SWETask) and task.workdir is None:  # the Dockerfile's WORKDIR, as Harbor runs there
+            task.workdir = resolver.client.images.get(result.tag).attrs["Config"].get("WorkingDir") or "/"
+        with _IMAGES_LOCK:
+            _IMAGES[key] = result
+    return result
+
+
+def task_image(task: Task, builder: ImageBuilder | None = None, resolver: ImageResolver | None = None) -> str:
+    """The tag of the task's image (see `resolve_task_image`)."""
+    return resolve_task_image(task, builder, resolver).tag
 
 
 def sandbox_config(task: Task, image: str, **overrides: Any) -> SandboxConfig:
@@ -174,4 +232,5 @@ def verify_task(task: Task, *, oracle: bool, builder: ImageBuilder | None = None
         return session.verify()
 
 
-__all__ = ["HarborTask", "SWETask", "StepResult", "TaskSession", "sandbox_config", "task_image", "verify_task"]
+__all__ = ["HarborTask", "SWETask", "StepResult", "TaskSession", "configure_image_resolver", "image_key",
+           "resolve_task_image", "sandbox_config", "task_image", "task_recipe", "verify_task"]

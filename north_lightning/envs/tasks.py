@@ -74,7 +74,8 @@ class HarborTask:
 @dataclass
 class SWETask:
     """A SWE-bench-style instance. `image` names a prebuilt image holding the repo at `base_commit` in
-    /testbed; otherwise `repo_dir` (a local copy of the repository at that commit) is built into one."""
+    /testbed (pulled from its registry when the engine lacks it); `repo_dir` (a local copy of the repository
+    at that commit) is the recipe built into one when there is no `image` or no registry serves it."""
 
     instance_id: str
     repo: str
@@ -198,8 +199,8 @@ def _test_list(value: Any, where: str) -> list[str]:
 
 def load_swe_jsonl(path: str | Path) -> list[SWETask]:
     """Read SWE-bench-style records. Optional keys: `image`, `max_steps`, `agent_timeout_sec`,
-    `verifier_timeout_sec`, `memory_mb`, `cpus`. Without `image`, the repository is looked up at
-    `<jsonl dir>/repos/<repo with / replaced by __>`."""
+    `verifier_timeout_sec`, `memory_mb`, `cpus`. The repository copy (the image recipe; required without
+    `image`) is looked up at `<jsonl dir>/repos/<repo with / replaced by __>`."""
     path = Path(path)
     tasks: list[SWETask] = []
     seen: set[str] = set()
@@ -225,11 +226,12 @@ def load_swe_jsonl(path: str | Path) -> list[SWETask]:
         f2p = _test_list(record["FAIL_TO_PASS"], f"{where}: key 'FAIL_TO_PASS'")
         if not f2p:
             raise TaskError(f"{where}: key 'FAIL_TO_PASS' is empty (nothing would prove the fix)")
-        repo_dir = None
-        if not record.get("image"):
-            repo_dir = path.parent / "repos" / record["repo"].replace("/", "__")
-            if not repo_dir.is_dir():
+        # The repository copy is the recipe an instance image is built from when no registry serves `image`.
+        repo_dir: Path | None = path.parent / "repos" / record["repo"].replace("/", "__")
+        if not repo_dir.is_dir():
+            if not record.get("image"):
                 raise TaskError(f"{where}: no key 'image' and no repository directory {repo_dir}")
+            repo_dir = None
         tasks.append(SWETask(
             instance_id=record["instance_id"], repo=record["repo"], base_commit=record["base_commit"],
             patch=record["patch"], test_patch=record["test_patch"], problem_statement=record["problem_statement"],

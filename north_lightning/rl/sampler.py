@@ -119,7 +119,8 @@ class RolloutService:
                  num_workers: int = 2, window: float = 0.1, max_staleness: int = 4, on_stale: str = "drop",
                  prefetch_batches: int = 1, rollout_config: Any = None, seed: int = 0,
                  run_episode: Callable[..., Any] | None = None, restart_engine: Callable[[], Any] | None = None,
-                 max_engine_restarts: int = 3, journal: str | Path | None = None) -> None:
+                 max_engine_restarts: int = 3, journal: str | Path | None = None, image_prefetch: int = 0,
+                 image_prefetch_workers: int = 2, prefetch_image: Callable[[Any], Any] | None = None) -> None:
         if mode not in ("async", "sync"):
             raise ValueError(f"mode must be 'async' or 'sync', got {mode!r}")
         if group_size < 2:
@@ -152,6 +153,15 @@ class RolloutService:
         self._threads: list[threading.Thread] = []
         self._started_at = time.monotonic()
         self.errors: list[str] = []
+        # Warms the images of the next `image_prefetch` tasks in the dispatch order (pull or build in the
+        # background while earlier tasks' episodes run); 0 = off, each episode resolves its image itself.
+        self.prefetcher: Any = None
+        if image_prefetch > 0:
+            from north_lightning.envs.registry import ImagePrefetcher
+            from north_lightning.envs.session import image_key, task_image
+
+            self.prefetcher = ImagePrefetcher(prefetch_image or task_image, key=image_key, window=image_prefetch,
+                                              max_workers=image_prefetch_workers)
 
     # -- lifecycle ------------------------------------------------------------------------------------------
     def start(self, trainer_step: int) -> None:
@@ -159,6 +169,8 @@ class RolloutService:
         self.spool.restart_at(trainer_step)  # a resumed run starts a fresh sampler
         if self.mode == "sync":
             self._dispatch_allowance = self.groups_per_step
+        with self._cond:
+            self._warm_images()
         for i in range(self.num_workers):
             self._spawn(self._worker_loop, f"rollout-worker-{i}")
         self._spawn(self._batcher_loop, "rollout-batcher")
@@ -184,6 +196,8 @@ class RolloutService:
         """Stop dispatching, let running episodes end (their containers are removed by the session), join."""
         self._stop.set()
         self.queue.close()
+        if self.prefetcher is not None:
+            self.prefetcher.close()
         with self._cond:
             self._cond.notify_all()
         deadline = time.monotonic() + timeout
@@ -216,6 +230,8 @@ class RolloutService:
             "rl/failed_total": sum(v for k, v in counters.items() if k.startswith("failed")),
             "rl/requeued_total": sum(v for k, v in counters.items() if k.startswith("requeued")),
             "rl/engine_restarts": self.engine_restarts,
+            **({"rl/images_prefetched": self.prefetcher.stats()["ready"],
+                "rl/image_prefetch_failed": self.prefetcher.stats()["failed"]} if self.prefetcher else {}),
         }
 
     # -- workers ------------------------------------------------------------------------------------------------
@@ -231,11 +247,27 @@ class RolloutService:
                     continue
                 if self.mode == "sync":
                     self._dispatch_allowance -= 1
-                env = self.rng.choices(self.envs, weights=[e.weight for e in self.envs])[0]
-                task = self.rng.choice(self.tasks[env.name])
-                prompt = {"env": env.name, "task_id": task.task_id, "seed": self.rng.randrange(2**31)}
+                env, task, seed = self._draw(self.rng)
+                prompt = {"env": env.name, "task_id": task.task_id, "seed": seed}
+                self._warm_images()
                 return self.queue.dispatch(prompt, env.name, version), 1, prompt
         return None
+
+    def _draw(self, rng: random.Random) -> tuple[EnvSpec, Any, int]:
+        """The next prompt of the seeded dispatch order: env by weight, task, episode seed."""
+        env = rng.choices(self.envs, weights=[e.weight for e in self.envs])[0]
+        task = rng.choice(self.tasks[env.name])
+        return env, task, rng.randrange(2**31)
+
+    def upcoming_tasks(self, n: int) -> list[Any]:
+        """The next `n` tasks the dispatcher will draw (a copy of its RNG replays the draws; nothing consumed)."""
+        peek = random.Random()
+        peek.setstate(self.rng.getstate())
+        return [self._draw(peek)[1] for _ in range(n)]
+
+    def _warm_images(self) -> None:
+        if self.prefetcher is not None:
+            self.prefetcher.warm(self.upcoming_tasks(self.prefetcher.window))
 
     def _task(self, prompt: dict[str, Any]) -> tuple[EnvSpec, Any]:
         env = next(e for e in self.envs if e.name == prompt["env"])

@@ -125,6 +125,8 @@ def test_sync_rollouts_swap_in_by_class_path_and_stay_on_policy(tmp_path, init_d
     _wait(_fit(override), 400, run)
     exports = [json.loads(line) for line in (run / "rl" / "exports.jsonl").read_text().splitlines()]
     assert [(e["step"], e["version"]) for e in exports] == [(1, 1), (2, 2)]
+    images = json.loads((run / "rl" / "images.json").read_text())  # every task image the run resolved, recorded
+    assert images and all(e["source"] == "built" and e["digest"].startswith("sha256:") for e in images.values())
     for i in range(2):
         batch = torch.load(run / "rollouts" / f"batch_{i:08d}.pt", weights_only=False)
         assert batch["policy_version"] == i
