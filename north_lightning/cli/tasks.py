@@ -9,6 +9,9 @@ filter REPORT --out F   keep tasks whose pass@k lies in a band, give each a step
                         trajectories (REPORT = the JSON written by `eval`); `--drop FILE` also drops the task ids
                         listed in FILE (one per line, `#` comments; e.g. `humaneval report`'s flagged_task_ids.txt)
 sweep [--all]           remove sandbox containers whose owner process is gone (or all of ours)
+import --format F SRC --out POOL
+                        SWE-bench-family rows (JSONL, Parquet, `datasets` save_to_disk dir) -> a pool JSONL;
+                        rows missing a field the grader needs are listed with file:line and skipped
 """
 
 from __future__ import annotations
@@ -155,6 +158,23 @@ def _sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+def _import(args: argparse.Namespace) -> int:
+    from north_lightning.envs.swe_pool import import_pool
+
+    try:
+        report = import_pool(args.format, args.src, args.out, strict=args.strict)
+    except TaskError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    for line in report.rejected + report.duplicates:
+        print(f"skipped {line}", file=sys.stderr)
+    if args.report:
+        Path(args.report).write_text(json.dumps(report.to_dict(), indent=2) + "\n")
+    print(f"imported={report.imported} rejected={len(report.rejected)} duplicates={len(report.duplicates)} "
+          f"out={args.out}")
+    return 0 if report.imported else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m north_lightning tasks", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -191,6 +211,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sweep", help="remove orphaned sandbox containers")
     p.add_argument("--all", action="store_true", help="remove every container with our label")
     p.set_defaults(fn=_sweep)
+    p = sub.add_parser("import", help="import a SWE-bench-family dataset into a task pool")
+    p.add_argument("src", help=".jsonl, .parquet, or a `datasets` save_to_disk directory")
+    p.add_argument("--format", required=True, choices=("swe-bench", "swe-smith", "r2e-gym", "swe-rebench"))
+    p.add_argument("--out", required=True, help="pool JSONL to write")
+    p.add_argument("--strict", action="store_true", help="stop at the first row that cannot be imported")
+    p.add_argument("--report", default=None, help="also write the counts and skipped rows as JSON here")
+    p.set_defaults(fn=_import)
     return parser
 
 
