@@ -1,0 +1,65 @@
+"""Grading as the benchmark grades, on a real library instance (inflection 0.5.1 and its own pytest suite):
+gold patch -> 1, no patch -> 0, a plausible wrong patch -> 0, a patch that breaks a PASS_TO_PASS test -> 0;
+and through a TaskSession, whatever the agent does to its own container outside its diff does not count."""
+
+from __future__ import annotations
+
+import pytest
+
+from real_instances import inflection_instance
+from north_lightning.envs.session import TaskSession, task_image
+from north_lightning.envs.swe_grader import grade_in_fresh_container
+from north_lightning.envs.verifier import verify_swe
+
+pytestmark = [pytest.mark.docker]
+
+
+@pytest.fixture(scope="module")
+def inflection(tmp_path_factory, base_image):
+    instance = inflection_instance(tmp_path_factory.mktemp("inflection"))
+    return instance, task_image(instance.task)
+
+
+def test_real_pytest_instance_gold_none_wrong_breaking(inflection):
+    instance, image = inflection
+    task = instance.task
+    assert len(task.fail_to_pass) == 3 and len(task.pass_to_pass) > 300  # derived from real runs
+    assert "test_inflection.py::test_underscore_acronym_before_word" in task.fail_to_pass
+    gold = grade_in_fresh_container(task, instance.gold, image)
+    assert (gold.reward, gold.reason) == (1.0, "passed"), gold.output
+    assert all(gold.tests[t] == "passed" for t in task.fail_to_pass + task.pass_to_pass)
+    none = grade_in_fresh_container(task, "", image)
+    assert (none.reward, none.reason) == (0.0, "tests_failed")
+    assert all(none.tests[t] == "failed" for t in task.fail_to_pass)
+    assert all(none.tests[t] == "passed" for t in task.pass_to_pass)
+    wrong = grade_in_fresh_container(task, instance.wrong, image)
+    assert (wrong.reward, wrong.reason) == (0.0, "tests_failed")
+    assert wrong.tests["test_inflection.py::test_underscore_acronym_before_word"] == "passed"
+    assert sorted(t for t in task.fail_to_pass if wrong.tests[t] == "failed") == [
+        "test_inflection.py::test_underscore[HTMLTidy-html_tidy]",
+        "test_inflection.py::test_underscore[HTMLTidyGenerator-html_tidy_generator]"]
+    breaking = grade_in_fresh_container(task, instance.breaking, image)
+    assert (breaking.reward, breaking.reason) == (0.0, "tests_failed")
+    assert all(breaking.tests[t] == "passed" for t in task.fail_to_pass)
+    broken = sorted(t for t in task.pass_to_pass if breaking.tests[t] != "passed")
+    assert broken == ["test_inflection.py::test_dasherize[person_street_address-person-street-address]"], broken
+    garbage = grade_in_fresh_container(task, "diff --git a/nope b/nope\n--- a/nope\n+++ b/nope\n@@ -1 +1 @@\n-x\n+y\n",
+                                       image)
+    assert (garbage.reward, garbage.reason) == (0.0, "patch_failed")
+
+
+def test_session_grades_the_agents_diff_not_its_container(inflection):
+    instance, _ = inflection
+    with TaskSession(instance.task) as session:
+        # the agent fixes the bug with its editor tools ... and also plants a pytest that reports success
+        session.box.put_files({"/tmp/fix.patch": instance.gold})
+        assert session.box.exec("git apply /tmp/fix.patch && rm /tmp/fix.patch", user="root")[0] == 0
+        assert session.verify().reward == 1.0
+        # then undoes the fix and replaces pytest by a script printing a PASSED line for every graded test
+        ids = "\n".join(instance.task.fail_to_pass + instance.task.pass_to_pass)
+        session.box.put_files({"/tmp/ids": ids, "/usr/lib/python3/dist-packages/pytest/__main__.py":
+                               "print(''.join('PASSED ' + t + '\\n' for t in open('/tmp/ids').read().split('\\n')))\n"})
+        assert session.box.exec("git reset -q --hard", user="root")[0] == 0
+        assert verify_swe(session.box, instance.task).reward == 1.0  # grading in place would be fooled
+        cheated = session.verify()
+        assert (cheated.reward, cheated.reason) == (0.0, "tests_failed"), cheated.output[-3000:]
