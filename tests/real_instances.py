@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -119,6 +120,74 @@ def inflection_instance(root: Path) -> RealInstance:
               "base_commit": repo_commit(task_repo), "patch": gold, "test_patch": test_patch,
               "problem_statement": "underscore('HTMLTidy') gives 'htmltidy'; runs of capitals before a word are "
                                    "not split", "FAIL_TO_PASS": f2p, "PASS_TO_PASS": p2p, "version": "0.5.1"}
+    (root / "tasks.jsonl").write_text(json.dumps(record) + "\n")
+    (task,) = load_swe_jsonl(root / "tasks.jsonl")
+    return RealInstance(task, gold, wrong, breaking)
+
+
+GO_LIBRARY = "golang-github-pmezard-go-difflib-dev"  # Debian's package of github.com/pmezard/go-difflib (BSD-3)
+GO_DOCKERFILE = """FROM north-lightning/base:latest
+RUN apt-get update -qq && apt-get install -y -qq --no-install-recommends golang-go \\
+    && rm -rf /var/lib/apt/lists/*
+ENV GOPROXY=off GOFLAGS=-mod=mod GOTOOLCHAIN=local
+COPY . /testbed/
+WORKDIR /testbed
+RUN {env} GIT_CONFIG_GLOBAL=/dev/null bash -c '{commit}' && git config --system --add safe.directory '*'
+RUN go test ./... > /dev/null 2>&1; git status --short  # warm the build cache: graders recompile one package
+"""
+
+
+def debian_package_sources(package: str, dest: Path) -> Path:
+    """Unpack a Debian package (fetched with `apt-get download`, cached) into `dest`."""
+    SDIST_CACHE.mkdir(parents=True, exist_ok=True)
+    debs = sorted(SDIST_CACHE.glob(f"{package}_*.deb"))
+    if not debs:
+        subprocess.run(["apt-get", "download", "-q", package], cwd=SDIST_CACHE, check=True, capture_output=True)
+        debs = sorted(SDIST_CACHE.glob(f"{package}_*.deb"))
+    subprocess.run(["dpkg-deb", "-x", str(debs[-1]), str(dest)], check=True)
+    return dest
+
+
+def go_difflib_instance(root: Path, builder) -> RealInstance:
+    """go-difflib 1.0.0 from Debian, graded with `go test -v` (Debian's golang-go in the image, no network):
+    `formatRangeUnified` forgets that an empty range begins at the line before it ("3,0" becomes "4,0")."""
+    from north_lightning.envs.tasks import GIT_COMMIT_SCRIPT, GIT_ENV as IMAGE_GIT_ENV
+
+    unpacked = debian_package_sources(GO_LIBRARY, root / "deb")
+    repo = root / "work" / "go-difflib"
+    shutil.copytree(unpacked / "usr/share/gocode/src/github.com/pmezard/go-difflib", repo)
+    (repo / "go.mod").write_text("module github.com/pmezard/go-difflib\n\ngo 1.19\n")
+    source = repo / "difflib" / "difflib.go"
+    empty_rule = "\tif length == 0 {\n\t\tbeginning -= 1 // empty ranges begin at line just before the range\n\t}\n"
+    tail = '\treturn fmt.Sprintf("%d,%d", beginning, length)\n'  # formatRangeContext has the same rule
+    replace_in(source, empty_rule + tail, tail)
+    git(repo, "init", "-q")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", "base")
+    fix = lambda r: replace_in(r / "difflib" / "difflib.go", tail, empty_rule + tail)
+    gold = diff_of(repo, fix)
+    test_patch = diff_of(repo, lambda r: (r / "difflib" / "range_test.go").write_text(
+        "package difflib\n\nimport \"testing\"\n\nfunc TestEmptyRangeBeginsBeforeIt(t *testing.T) {\n"
+        "\tif got := formatRangeUnified(5, 5); got != \"5,0\" {\n\t\tt.Fatalf(\"got %q, want 5,0\", got)\n\t}\n}\n"))
+    # guards only the start of the file: "3,0" is right again, the empty range at the start ("0,0") is not
+    wrong = diff_of(repo, lambda r: replace_in(r / "difflib" / "difflib.go", tail, empty_rule.replace(
+        "length == 0", "length == 0 && start > 0") + tail))
+    breaking = diff_of(repo, lambda r: (fix(r), replace_in(r / "difflib" / "difflib.go",
+                                                           "\treturn 1.0\n}", "\treturn 0.0\n}")))
+    task_repo = root / "repos" / "pmezard__go-difflib"
+    shutil.copytree(repo, task_repo, ignore=shutil.ignore_patterns(".git"))
+    env = " ".join(f"{k}={json.dumps(v)}" for k, v in IMAGE_GIT_ENV.items())
+    image = builder.build(task_repo, name="swe-go-difflib", dockerfile_text=GO_DOCKERFILE.format(
+        env=env, commit=GIT_COMMIT_SCRIPT), extra_files={".dockerignore": "Dockerfile\n.dockerignore\n"})
+    tests = re.findall(r"^func (Test\w+)\(", (repo / "difflib" / "difflib_test.go").read_text(), re.MULTILINE)
+    # the new test, the range-format test, and the one that diffs against an empty file
+    f2p = ["TestOutputFormatRangeFormatUnified", "TestOmitFilenames", "TestEmptyRangeBeginsBeforeIt"]
+    record = {"instance_id": "pmezard__go-difflib-empty-range", "repo": "pmezard/go-difflib",
+              "base_commit": repo_commit(task_repo), "patch": gold, "test_patch": test_patch,
+              "problem_statement": "formatRangeUnified(3, 3) returns \"4,0\": an empty range must begin at the "
+                                   "line before it (\"3,0\"), as the diff spec says",
+              "FAIL_TO_PASS": f2p, "PASS_TO_PASS": sorted(set(tests) - set(f2p)), "version": "1.0.0",
+              "image": image, "log_parser": "go", "test_cmd": "go test -v ./... 2>&1"}
     (root / "tasks.jsonl").write_text(json.dumps(record) + "\n")
     (task,) = load_swe_jsonl(root / "tasks.jsonl")
     return RealInstance(task, gold, wrong, breaking)

@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import pytest
 
-from real_instances import inflection_instance
+from real_instances import go_difflib_instance, inflection_instance
 from north_lightning.envs.session import TaskSession, task_image
+from north_lightning.envs.log_parsers import parse_log
 from north_lightning.envs.swe_grader import grade_in_fresh_container
 from north_lightning.envs.verifier import verify_swe
 
@@ -63,3 +64,38 @@ def test_session_grades_the_agents_diff_not_its_container(inflection):
         assert verify_swe(session.box, instance.task).reward == 1.0  # grading in place would be fooled
         cheated = session.verify()
         assert (cheated.reward, cheated.reason) == (0.0, "tests_failed"), cheated.output[-3000:]
+
+
+@pytest.fixture(scope="module")
+def go_difflib(tmp_path_factory, base_image):
+    from north_lightning.envs.session import image_builder
+
+    return go_difflib_instance(tmp_path_factory.mktemp("go_difflib"), image_builder())
+
+
+@pytest.mark.slow  # the first run builds an image with Debian's golang-go (cached by content afterwards)
+def test_real_go_instance_gold_none_wrong_breaking(go_difflib):
+    from swebench.harness.log_parsers import PARSER_REGISTRY
+
+    task = go_difflib.task
+    gold = grade_in_fresh_container(task, go_difflib.gold, task.image)
+    assert (gold.reward, gold.reason) == (1.0, "passed"), gold.output
+    assert all(gold.tests[t] == "passed" for t in task.fail_to_pass + task.pass_to_pass)
+    # conformance on this real `go test -v` log too
+    upper = {"passed": "PASSED", "failed": "FAILED", "skipped": "SKIPPED"}
+    assert {t: upper[s] for t, s in parse_log(gold.output, "go").items()} == \
+        PARSER_REGISTRY["parse_log_gotest"](gold.output, None)
+    none = grade_in_fresh_container(task, "", task.image)
+    assert (none.reward, none.reason) == (0.0, "tests_failed")
+    assert all(none.tests[t] == "failed" for t in task.fail_to_pass), none.tests
+    assert all(none.tests[t] == "passed" for t in task.pass_to_pass), [
+        t for t in task.pass_to_pass if none.tests[t] != "passed"]
+    wrong = grade_in_fresh_container(task, go_difflib.wrong, task.image)
+    assert (wrong.reward, wrong.reason) == (0.0, "tests_failed")
+    assert wrong.tests["TestEmptyRangeBeginsBeforeIt"] == "passed"
+    assert wrong.tests["TestOutputFormatRangeFormatUnified"] == "failed"  # fm(0, 0) gives "1,0"
+    assert all(wrong.tests[t] == "passed" for t in task.pass_to_pass)
+    breaking = grade_in_fresh_container(task, go_difflib.breaking, task.image)
+    assert (breaking.reward, breaking.reason) == (0.0, "tests_failed")
+    assert all(breaking.tests[t] == "passed" for t in task.fail_to_pass)
+    assert sorted(t for t in task.pass_to_pass if breaking.tests[t] != "passed") == ["TestSFBugsRatioForNullSeqn"]
