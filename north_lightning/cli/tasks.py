@@ -12,6 +12,12 @@ sweep [--all]           remove sandbox containers whose owner process is gone (o
 import --format F SRC --out POOL
                         SWE-bench-family rows (JSONL, Parquet, `datasets` save_to_disk dir) -> a pool JSONL;
                         rows missing a field the grader needs are listed with file:line and skipped
+decontaminate POOL --against swe-bench,swe-bench-verified,swe-bench-pro --out CLEAN [--instances F --ngram 13]
+                        drop instances of benchmark repositories (and problem statements sharing an n-gram with
+                        a benchmark instance file); the report counts each reason and lists the dropped ids
+split POOL --sft-fraction F --out-dir DIR [--seed S]
+                        whole repositories to DIR/sft.jsonl or DIR/rl.jsonl (hash of seed + repository),
+                        checked disjoint; DIR/split.json records seed, fraction, counts, sides
 """
 
 from __future__ import annotations
@@ -175,6 +181,36 @@ def _import(args: argparse.Namespace) -> int:
     return 0 if report.imported else 1
 
 
+def _decontaminate(args: argparse.Namespace) -> int:
+    from north_lightning.envs.decontamination import decontaminate
+
+    try:
+        report = decontaminate(args.pool, args.out, [n for n in args.against.split(",") if n],
+                               instances=args.instances, ngram=args.ngram)
+    except TaskError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    data = report.to_dict()
+    Path(args.report or str(args.out) + ".report.json").write_text(json.dumps(data, indent=2) + "\n")
+    for name in data["lists"]:
+        print(f"list {name['name']}: {name['source']} ({name['date']})")
+    print(f"input={report.input} kept={report.kept} dropped={sum(report.dropped_by_reason.values())} "
+          + " ".join(f"{k}={v}" for k, v in sorted(report.dropped_by_reason.items())))
+    return 0
+
+
+def _split(args: argparse.Namespace) -> int:
+    from north_lightning.envs.pool_split import split_pool
+
+    try:
+        summary = split_pool(args.pool, args.out_dir, sft_fraction=args.sft_fraction, seed=args.seed)
+    except TaskError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print(f"seed={summary['seed']} " + " ".join(f"{k}={v}" for k, v in summary["counts"].items()))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m north_lightning tasks", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -218,6 +254,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--strict", action="store_true", help="stop at the first row that cannot be imported")
     p.add_argument("--report", default=None, help="also write the counts and skipped rows as JSON here")
     p.set_defaults(fn=_import)
+    p = sub.add_parser("decontaminate", help="drop pool instances of benchmark repositories / overlapping text")
+    p.add_argument("pool")
+    p.add_argument("--against", default="swe-bench,swe-bench-verified,swe-bench-pro",
+                   help="comma-separated shipped lists (envs/benchmark_repos/) or JSON files")
+    p.add_argument("--out", required=True)
+    p.add_argument("--instances", default=None, help="benchmark instances (JSONL/Parquet/datasets dir) whose "
+                   "problem statements are checked for n-gram overlap")
+    p.add_argument("--ngram", type=int, default=13)
+    p.add_argument("--report", default=None, help="report JSON (default: OUT.report.json)")
+    p.set_defaults(fn=_decontaminate)
+    p = sub.add_parser("split", help="repository-disjoint SFT-generation / RL subsets")
+    p.add_argument("pool")
+    p.add_argument("--sft-fraction", type=float, required=True, help="expected fraction of repositories for SFT")
+    p.add_argument("--out-dir", required=True)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(fn=_split)
     return parser
 
 
