@@ -142,7 +142,9 @@ def debian_package_sources(package: str, dest: Path) -> Path:
     SDIST_CACHE.mkdir(parents=True, exist_ok=True)
     debs = sorted(SDIST_CACHE.glob(f"{package}_*.deb"))
     if not debs:
-        subprocess.run(["apt-get", "download", "-q", package], cwd=SDIST_CACHE, check=True, capture_output=True)
+        if subprocess.run(["apt-get", "download", "-q", package], cwd=SDIST_CACHE, capture_output=True).returncode:
+            subprocess.run(["apt-get", "update", "-qq"], check=True, capture_output=True)  # a fresh machine
+            subprocess.run(["apt-get", "download", "-q", package], cwd=SDIST_CACHE, check=True, capture_output=True)
         debs = sorted(SDIST_CACHE.glob(f"{package}_*.deb"))
     subprocess.run(["dpkg-deb", "-x", str(debs[-1]), str(dest)], check=True)
     return dest
@@ -188,6 +190,54 @@ def go_difflib_instance(root: Path, builder) -> RealInstance:
                                    "line before it (\"3,0\"), as the diff spec says",
               "FAIL_TO_PASS": f2p, "PASS_TO_PASS": sorted(set(tests) - set(f2p)), "version": "1.0.0",
               "image": image, "log_parser": "go", "test_cmd": "go test -v ./... 2>&1"}
+    (root / "tasks.jsonl").write_text(json.dumps(record) + "\n")
+    (task,) = load_swe_jsonl(root / "tasks.jsonl")
+    return RealInstance(task, gold, wrong, breaking)
+
+
+def idna_instance(root: Path) -> RealInstance:
+    """idna 3.10 (kjd/idna, BSD-3), graded by `python -m unittest -v` and the unittest/Django log parser:
+    `intranges_contain` loses its check for a code point that starts a range."""
+    repo = root / "work" / "idna"
+    with tarfile.open(sdist("idna", "3.10")) as tar:
+        tar.extractall(root / "src", filter="data")
+    src = root / "src" / "idna-3.10"
+    repo.mkdir(parents=True)
+    for name in ("idna", "tests", "LICENSE.md", "pyproject.toml"):
+        (shutil.copytree if (src / name).is_dir() else shutil.copy)(src / name, repo / name)
+    module = repo / "idna" / "intranges.py"
+    start_check = ("    # or we could be immediately behind a tuple (int_, end)\n    if pos < len(ranges):\n"
+                   "        left, _ = _decode_range(ranges[pos])\n        if left == int_:\n            return True\n")
+    replace_in(module, start_check, "")
+    git(repo, "init", "-q")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", "base")
+    tail = "    return False\n"
+    fix = lambda r: replace_in(r / "idna" / "intranges.py", tail, start_check + tail)
+    gold = diff_of(repo, fix)
+    test_patch = diff_of(repo, lambda r: replace_in(
+        r / "tests" / "test_intranges.py", "    def test_simple(self):\n",
+        "    def test_range_start(self):\n        self.assertTrue(intranges_contain(10, intranges_from_list([10, 11])))\n"
+        "\n    def test_simple(self):\n"))
+    # an off-by-one: looks behind the next range but only for code points after its start
+    wrong = diff_of(repo, lambda r: replace_in(r / "idna" / "intranges.py", tail, start_check.replace(
+        "left, _ = _decode_range(ranges[pos])\n        if left == int_:",
+        "left, right = _decode_range(ranges[pos])\n        if left < int_ < right:") + tail))
+    breaking = diff_of(repo, lambda r: (fix(r), replace_in(r / "idna" / "intranges.py", "    return tuple(ranges)\n",
+                                                           "    return tuple(ranges) or (0,)\n")))
+    cmd = [sys.executable, "-m", "unittest", "-v", "tests.test_intranges", "tests.test_idna"]
+    before = _host_statuses(repo, [test_patch], cmd, "unittest")
+    after = _host_statuses(repo, [test_patch, gold], cmd, "unittest")
+    task_repo = root / "repos" / "kjd__idna"
+    shutil.copytree(repo, task_repo, ignore=shutil.ignore_patterns(".git"))
+    record = {"instance_id": "kjd__idna-range-start", "repo": "kjd/idna", "base_commit": repo_commit(task_repo),
+              "patch": gold, "test_patch": test_patch,
+              "problem_statement": "intranges_contain(10, intranges_from_list([10, 11])) is False: a code point "
+                                   "that starts a range is reported absent",
+              "FAIL_TO_PASS": sorted(t for t, s in after.items() if s == "passed" and before.get(t) != "passed"),
+              "PASS_TO_PASS": sorted(t for t, s in after.items() if s == "passed" and before.get(t) == "passed"),
+              "version": "3.10", "log_parser": "unittest",
+              "test_cmd": "python -m unittest -v tests.test_intranges tests.test_idna 2>&1"}
     (root / "tasks.jsonl").write_text(json.dumps(record) + "\n")
     (task,) = load_swe_jsonl(root / "tasks.jsonl")
     return RealInstance(task, gold, wrong, breaking)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from real_instances import go_difflib_instance, inflection_instance
+from real_instances import go_difflib_instance, idna_instance, inflection_instance
 from north_lightning.envs.session import TaskSession, task_image
 from north_lightning.envs.log_parsers import parse_log
 from north_lightning.envs.swe_grader import grade_in_fresh_container
@@ -99,3 +99,21 @@ def test_real_go_instance_gold_none_wrong_breaking(go_difflib):
     assert (breaking.reward, breaking.reason) == (0.0, "tests_failed")
     assert all(breaking.tests[t] == "passed" for t in task.fail_to_pass)
     assert sorted(t for t in task.pass_to_pass if breaking.tests[t] != "passed") == ["TestSFBugsRatioForNullSeqn"]
+
+
+def test_real_unittest_instance_gold_none_wrong_breaking(tmp_path, base_image):
+    instance = idna_instance(tmp_path)
+    task = instance.task
+    image = task_image(task)
+    assert "test_range_start (tests.test_intranges.IntrangeContainsTests.test_range_start)" in task.fail_to_pass
+    assert len(task.pass_to_pass) > 5
+    results = {name: grade_in_fresh_container(task, diff, image) for name, diff in
+               (("gold", instance.gold), ("none", ""), ("wrong", instance.wrong), ("breaking", instance.breaking))}
+    assert {n: (r.reward, r.reason) for n, r in results.items()} == {
+        "gold": (1.0, "passed"), "none": (0.0, "tests_failed"), "wrong": (0.0, "tests_failed"),
+        "breaking": (0.0, "tests_failed")}, results["gold"].output
+    assert all(results["none"].tests[t] in ("failed", "error") for t in task.fail_to_pass)
+    assert all(results["breaking"].tests[t] == "passed" for t in task.fail_to_pass)
+    assert [t for t in task.pass_to_pass if results["breaking"].tests[t] != "passed"] == [
+        "test_empty (tests.test_intranges.IntrangeContainsTests.test_empty)",
+        "test_empty_range (tests.test_intranges.IntrangeTests.test_empty_range)"]
