@@ -8,6 +8,8 @@ checks the agreement on real logs.
 
 - `pytest`: `pytest -rA` short-summary lines (`PASSED id`, `FAILED id - message`); the `SKIPPED [N] file:line`
   summary form is not a test. `XPASS` is ours alone (swebench has no such status and drops the line).
+  `pytest-v2` (whole id after the status word, colour codes dropped), `pytest-options` (path parameters cut
+  to their last component) and `sympy` (SymPy's own runner) are the variants SWE-bench uses per repository.
 - `django` / `unittest`: Django's runner at verbosity 2 and `python -m unittest -v` print the same
   `name (module.Class) ... ok|FAIL|ERROR|skipped` lines, with `FAIL: name` / `ERROR: name` blocks after.
 - `go`: `go test -v` result lines `--- PASS|FAIL|SKIP: Name (0.00s)`, subtests indented and named `A/b`.
@@ -39,6 +41,53 @@ def parse_pytest(log: str) -> dict[str, str]:
         if tokens[0] == "SKIPPED" and re.fullmatch(r"\[\d+\]", tokens[1]):
             continue  # "SKIPPED [2] tests/t.py:10: reason" counts skips, it names no test
         statuses[tokens[1]] = _PYTEST_WORDS[tokens[0]]
+    return statuses
+
+
+def parse_pytest_v2(log: str) -> dict[str, str]:
+    """Later pytest logs (astropy, scikit-learn, sphinx): colour codes and control characters removed, the id
+    is everything after the status word (spaces included), and `id STATUS` lines of older pytest count too."""
+    statuses: dict[str, str] = {}
+    controls = str.maketrans("", "", "".join(chr(c) for c in range(1, 32)))
+    for line in log.split("\n"):
+        line = re.sub(r"\[(\d+)m", "", line).translate(controls)
+        word = next((w for w in _PYTEST_WORDS if w != "XPASS" and line.startswith(w)), None)
+        if word is not None:
+            if word == "FAILED":
+                line = line.split(" - ", 1)[0]
+            tokens = line.split()
+            if len(tokens) >= 2 and not (tokens[0] == "SKIPPED" and re.fullmatch(r"\[\d+\]", tokens[1])):
+                statuses[" ".join(tokens[1:])] = _PYTEST_WORDS.get(tokens[0], "failed")
+        elif any(line.endswith(w) for w in _PYTEST_WORDS if w != "XPASS"):
+            tokens = line.split()
+            if len(tokens) >= 2 and tokens[-1] in _PYTEST_WORDS:
+                statuses[" ".join(tokens[:-1])] = _PYTEST_WORDS[tokens[-1]]
+    return statuses
+
+
+def parse_pytest_options(log: str) -> dict[str, str]:
+    """pytest ids whose parameter is a path keep only its last component (requests, pylint, pydicom)."""
+    statuses = {}
+    for test, status in parse_pytest(log).items():
+        match = re.match(r"(.*?)\[(.*)\]", test)
+        if match:
+            main, option = match.groups()
+            if option.startswith("/") and not option.startswith("//") and "*" not in option:
+                option = "/" + option.split("/")[-1]
+            test = f"{main}[{option}]"
+        statuses[test] = status
+    return statuses
+
+
+def parse_sympy(log: str) -> dict[str, str]:
+    """SymPy's own runner: `test_name ok|F|E` lines and `____ file.py:test ____` failure headers."""
+    statuses = {f"{m[1]}.py:{m[2]}": "failed" for m in re.findall(r"(_*) (.*)\.py:(.*) (_*)", log)}
+    for raw in log.split("\n"):
+        line = raw.strip()
+        if line.startswith("test_"):
+            for suffix, status in ((" E", "error"), (" F", "failed"), (" ok", "passed")):
+                if line.endswith(suffix):
+                    statuses[line.split()[0]] = status
     return statuses
 
 
@@ -111,7 +160,8 @@ def parse_r2e_pytest(log: str) -> dict[str, str]:
 
 
 PARSERS: dict[str, Callable[[str], dict[str, str]]] = {
-    "pytest": parse_pytest, "django": parse_unittest, "unittest": parse_unittest, "go": parse_go_test,
+    "pytest": parse_pytest, "pytest-v2": parse_pytest_v2, "pytest-options": parse_pytest_options,
+    "sympy": parse_sympy, "django": parse_unittest, "unittest": parse_unittest, "go": parse_go_test,
     "jest": parse_jest, "r2e-pytest": parse_r2e_pytest,
 }
 

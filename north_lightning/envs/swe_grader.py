@@ -28,15 +28,22 @@ TEST_PATCH = "/tmp/north_test.patch"
 # the reasons that say the environment failed, not the policy
 INFRA_REASONS = ("container_failed", "base_commit_missing", "setup_failed", "test_patch_failed", "sandbox_error",
                  "verifier_timeout")
+# SWE-bench-family images keep the repository's environment in a conda env their eval scripts activate first
+CONDA_ACTIVATE = ("if [ -f /opt/miniconda3/bin/activate ]; then . /opt/miniconda3/bin/activate && "
+                  "conda activate testbed; fi; ")
 APPLY_COMMANDS = ("git apply --verbose {p}", "git apply --verbose --reject {p}", "patch --batch --fuzz=5 -p1 -i {p}")
 
 
 def default_test_command(task: SWETask) -> str:
     """The runner's command when the instance names none: pytest on the files of the test ids, `go test -v`
     on every package, `python -m unittest -v` discovering from the repository root."""
-    if task.log_parser in ("pytest", "r2e-pytest"):
+    if task.log_parser.startswith("pytest") or task.log_parser == "r2e-pytest":
         files = " ".join(shlex.quote(f) for f in task.test_files)
         return f"python -m pytest -rA -p no:cacheprovider {files}"
+    if task.log_parser == "sympy":  # as SWE-bench runs SymPy's own runner, on the files the test patch touches
+        files = " ".join(shlex.quote(f) for f in sorted(set(re.findall(r"^\+\+\+ b/(\S+)", task.test_patch,
+                                                                         re.MULTILINE))))
+        return f"PYTHONWARNINGS='ignore::UserWarning,ignore::SyntaxWarning' bin/test -C --verbose {files}"
     if task.log_parser == "go":
         return "go test -v ./... 2>&1"
     if task.log_parser in ("unittest", "django"):
@@ -102,7 +109,7 @@ def grade_in_fresh_container(task: SWETask, diff: str, image: str, *, timeout: f
                     timeout=120, user="root", workdir=wd, outside_episode_budget=True)
                 if code != 0:
                     return done(0.0, "test_patch_failed", output=out)
-            command = task.test_cmd or default_test_command(task)
+            command = CONDA_ACTIVATE + (task.test_cmd or default_test_command(task))
             code, output = box.exec(command, timeout=timeout, user="root", workdir=wd, max_output_bytes=2_000_000,
                                     outside_episode_budget=True)
             statuses = parse_log(output, task.log_parser)

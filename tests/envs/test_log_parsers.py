@@ -84,6 +84,13 @@ def test_pytest_logs_agree_with_swebench(tmp_path):
     # a captured print starting with a status word reads as a test, in swebench as in ours (no "- Captured" guard)
     assert ours["is"] == "passed"
     assert ours_as_theirs(log, "pytest") == theirs("parse_log_pytest", log)
+    # the per-repository variants SWE-bench uses, on the same log and on one with colour codes and paths
+    coloured = log + "\nPASSED test_suite.py::test_p[/tmp/a/b.txt]\nFAILED \x1b[31mtest_suite.py::test_q\x1b[0m - boom\n"
+    for ours_name, their_name in (("pytest-v2", "parse_log_pytest_v2"), ("pytest-options", "parse_log_pytest_options")):
+        for text in (log, coloured):
+            assert ours_as_theirs(text, ours_name) == theirs(their_name, text), ours_name
+    assert parse_log(coloured, "pytest-options")["test_suite.py::test_p[/b.txt]"] == "passed"
+    assert parse_log(coloured, "pytest-v2")["test_suite.py::test_q"] == "failed"
     # ids with a space are cut at the space, as in the datasets' FAIL_TO_PASS lists
     assert "test_suite.py::test_param[with" in ours
 
@@ -167,6 +174,24 @@ JEST_LOG = """ PASS  src/sum.test.js
     ○ skipped pending case
   ✓ top level test
 """
+
+
+SYMPY_LOG = """============================= test process starts ==============================
+executable:         /opt/miniconda3/envs/testbed/bin/python  (3.9.19-final-0) [CPython]
+sympy/core/tests/test_basic.py[3]
+test__aresame ok
+test_structure F
+test_equality E
+________________________________________________________________________________
+_______________ sympy/core/tests/test_basic.py:test_structure ________________
+Traceback (most recent call last):
+AssertionError
+"""
+
+
+def test_sympy_log_agrees_with_swebench():
+    assert parse_log(SYMPY_LOG, "sympy")["test__aresame"] == "passed"
+    assert ours_as_theirs(SYMPY_LOG, "sympy") == theirs("parse_log_sympy", SYMPY_LOG)
 
 
 def test_go_and_jest_logs_agree_with_swebench():
