@@ -94,16 +94,20 @@ def _list(args: argparse.Namespace) -> int:
 def filter_tasks(report: dict[str, Any], *, low: float, high: float, k: int, step_slack: float = 1.5,
                  min_steps: int = 2, drop: set[str] | frozenset[str] = frozenset()) -> dict[str, Any]:
     """Keep tasks with `low <= pass@k <= high`; budget = ceil(slack * longest successful trajectory).
-    Dropped tasks are counted by reason (`listed` in `drop`, `no_samples`, `never_solved`, `too_hard`,
-    `too_easy`)."""
-    kept, dropped = [], {"listed": 0, "no_samples": 0, "never_solved": 0, "too_hard": 0, "too_easy": 0}
+    Dropped tasks are counted by reason (`listed` in `drop`, `no_samples`, `infra_error`: every sample hit an
+    infrastructure failure, `never_solved`, `too_hard`, `too_easy`); infrastructure failures never count as
+    samples."""
+    kept = []
+    dropped = {"listed": 0, "no_samples": 0, "infra_error": 0, "never_solved": 0, "too_hard": 0, "too_easy": 0}
     for task in report["tasks"]:
         if task["task_id"] in drop:
             dropped["listed"] += 1
             continue
-        samples = task.get("samples", [])
+        all_samples = task.get("samples", [])
+        samples = [s for s in all_samples if not s.get("infra_error")
+                   and not str(s.get("end_reason", "")).startswith("infra_error:")]
         if not samples:
-            dropped["no_samples"] += 1
+            dropped["infra_error" if all_samples else "no_samples"] += 1
             continue
         n, c = len(samples), sum(1 for s in samples if s["reward"] >= 1.0)
         value = pass_at_k(n, c, min(k, n))
