@@ -115,6 +115,7 @@ def test_rl_groups_with_infra_errors_fail_once_and_are_not_trained(tokenizer, sw
         service.stop(timeout=120)
     assert not service.errors
     assert [g["task_id"] for g in batch["groups"]] == [good.task_id]  # only a working environment is trained on
+    assert "rl/infra_error_rate" in batch["sampler_stats"]  # logged by the RL module with the batch
     assert all(r["reward"] == 1.0 for r in batch["groups"][0]["rollouts"])
     assert service.queue.counters["failed/infra_error"] >= 1 and stats["rl/infra_error_rate"] > 0
     ledger = service.queue.ledger()

@@ -102,3 +102,24 @@ def test_split_keeps_repositories_whole_and_is_deterministic(tmp_path, capsys):
         check_split(tmp_path / "a" / "sft.jsonl", tmp_path / "a" / "rl.jsonl")
     with pytest.raises(TaskError, match=r"sft-fraction must lie in \[0, 1\]"):
         split_pool(pool, tmp_path / "g", sft_fraction=1.5)
+
+
+def test_import_decontaminate_split_flow_gives_loadable_pools(tmp_path, capsys):
+    rows = [dict(record(f"{owner}__{name}-{i}", f"{owner}/{name}"), FAIL_TO_PASS=json.dumps(["t.py::a"]),
+                 PASS_TO_PASS="[]", version="1.0") for owner, name in
+            [("django", "django"), ("encode", "httpx"), ("pallets", "click"), ("psf", "black"), ("tiangolo", "typer")]
+            for i in range(2)]
+    for row in rows:
+        del row["image"]  # SWE-bench rows name no image: the importer derives it
+    src = write(tmp_path / "rows.jsonl", rows)
+    assert tasks_main(["import", "--format", "swe-bench", str(src), "--out", str(tmp_path / "pool.jsonl")]) == 0
+    assert tasks_main(["decontaminate", str(tmp_path / "pool.jsonl"), "--out", str(tmp_path / "clean.jsonl")]) == 0
+    assert tasks_main(["split", str(tmp_path / "clean.jsonl"), "--sft-fraction", "0.5",
+                       "--out-dir", str(tmp_path / "split")]) == 0
+    assert "input=10 kept=8 dropped=2 repo:swe-bench=2" in capsys.readouterr().out
+    from north_lightning.envs.tasks import load_tasks
+
+    sides = {side: load_tasks(tmp_path / "split" / f"{side}.jsonl") for side in ("sft", "rl")}
+    assert sum(len(tasks) for tasks in sides.values()) == 8
+    assert not {t.repo for t in sides["sft"]} & {t.repo for t in sides["rl"]}
+    assert all(t.image.startswith("swebench/sweb.eval.x86_64.") for tasks in sides.values() for t in tasks)
