@@ -12,7 +12,7 @@ from north_lightning.envs.log_parsers import parse_log
 from north_lightning.envs.swe_grader import grade_in_fresh_container
 from north_lightning.envs.verifier import verify_swe
 
-pytestmark = [pytest.mark.docker]
+pytestmark = [pytest.mark.docker, pytest.mark.slow]  # real containers; the Go image build takes ~2 min once
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +73,7 @@ def go_difflib(tmp_path_factory, base_image):
     return go_difflib_instance(tmp_path_factory.mktemp("go_difflib"), image_builder())
 
 
-@pytest.mark.slow  # the first run builds an image with Debian's golang-go (cached by content afterwards)
+# the first run builds an image with Debian's golang-go (cached by content afterwards)
 def test_real_go_instance_gold_none_wrong_breaking(go_difflib):
     from swebench.harness.log_parsers import PARSER_REGISTRY
 
