@@ -8,8 +8,8 @@ the test patch, (4) runs the test command, and (5) the runner's log parser decid
 iff every FAIL_TO_PASS test passes and every PASS_TO_PASS test still passes (`log_parsers.resolve`).
 
 A diff that does not apply is the agent's failure (reward 0, `patch_failed`); a test patch that does not apply,
-a container that cannot start or a base commit that is not there is the environment's (`infra_error` reasons,
-which callers must not train on).
+a container that cannot start or a base commit that is not there is the environment's (`INFRA_REASONS`, which
+callers must not train on). Tests that outlive the time limit score 0 (`verifier_timeout`), as in SWE-bench.
 """
 
 from __future__ import annotations
@@ -25,9 +25,10 @@ from north_lightning.envs.verifier import VerifierResult
 
 AGENT_PATCH = "/tmp/north_agent.patch"
 TEST_PATCH = "/tmp/north_test.patch"
-# the reasons that say the environment failed, not the policy
-INFRA_REASONS = ("container_failed", "base_commit_missing", "setup_failed", "test_patch_failed", "sandbox_error",
-                 "verifier_timeout")
+# The reasons that say the environment failed, not the policy. A test run that times out is not among them:
+# a patch with an endless loop must cost reward (SWE-bench scores a timeout as unresolved), and the grader's
+# own time limit is generous; a grader that cannot set up, or whose container dies, is.
+INFRA_REASONS = ("container_failed", "base_commit_missing", "setup_failed", "test_patch_failed", "sandbox_error")
 # SWE-bench-family images keep the repository's environment in a conda env their eval scripts activate first
 CONDA_ACTIVATE = ("if [ -f /opt/miniconda3/bin/activate ]; then . /opt/miniconda3/bin/activate && "
                   "conda activate testbed; fi; ")

@@ -12,7 +12,7 @@ tests), a response cut at max_tokens (`truncated_response`, reward 0), or an env
 All but the reward-0 ones are scored by the verifier.
 
 Infrastructure failures are not rewards: an environment that cannot start (image missing or failing to build,
-container start), a sandbox that dies under the agent, a grader that cannot set up, crashes or times out end
+container start), a sandbox that is gone other than by the agent's own command, a grader that cannot set up end
 the episode as `infra_error:<what>` (reward 0, `Episode.infra_error`). `run_episode_retrying` runs such an
 episode again up to `RolloutConfig.infra_retries` times; what still fails is left out of advantages (the
 sampler fails the group, `failed/infra_error`), of pass@k denominators and of the task filter.
