@@ -117,3 +117,15 @@ def test_real_unittest_instance_gold_none_wrong_breaking(tmp_path, base_image):
     assert [t for t in task.pass_to_pass if results["breaking"].tests[t] != "passed"] == [
         "test_empty (tests.test_intranges.IntrangeContainsTests.test_empty)",
         "test_empty_range (tests.test_intranges.IntrangeTests.test_empty_range)"]
+
+
+def test_tests_that_hang_score_zero_not_an_infra_error(inflection):
+    from north_lightning.envs.swe_grader import INFRA_REASONS
+    from real_instances import diff_of, replace_in
+
+    instance, image = inflection
+    work = instance.task.repo_dir.parent.parent / "work" / "inflection"
+    hang = diff_of(work, lambda r: replace_in(r / "inflection" / "__init__.py", "import re\n",
+                                              "import re\nimport time\ntime.sleep(600)\n"))
+    result = grade_in_fresh_container(instance.task, hang, image, timeout=8)
+    assert (result.reward, result.reason) == (0.0, "verifier_timeout") and result.reason not in INFRA_REASONS
