@@ -129,3 +129,44 @@ def test_tests_that_hang_score_zero_not_an_infra_error(inflection):
                                               "import re\nimport time\ntime.sleep(600)\n"))
     result = grade_in_fresh_container(instance.task, hang, image, timeout=8)
     assert (result.reward, result.reason) == (0.0, "verifier_timeout") and result.reason not in INFRA_REASONS
+
+
+def test_swe_smith_shaped_instance_imports_and_grades(inflection, tmp_path):
+    """A SWE-smith-style row (bug patch, instance branch in a mirror repository inside the image) made from the
+    inflection instance: the importer reverses the bug patch into the fix, the grader checks out the branch."""
+    import json
+    import shutil
+
+    from real_instances import git
+    from north_lightning.envs.session import image_builder
+    from north_lightning.envs.swe_pool import import_pool
+    from north_lightning.envs.tasks import load_swe_jsonl
+
+    instance, _ = inflection
+    iid = "jpvanhal__inflection.1fd52536.func_pm_remove_assign__acr0"
+    mirror = tmp_path / "mirror"
+    shutil.copytree(instance.task.repo_dir.parent.parent / "work" / "inflection", mirror)
+    for patch in (instance.task.test_patch, instance.gold):  # the mirror's main branch: the library as released
+        git(mirror, "apply", "-", stdin=patch)
+    git(mirror, "commit", "-qam", "clean")
+    git(mirror, "checkout", "-qb", iid)
+    git(mirror, "apply", "-R", "-", stdin=instance.gold)  # SWE-smith's instance branch carries the bug
+    git(mirror, "commit", "-qam", "bug")
+    bug = git(mirror, "diff", "HEAD~1", "HEAD")
+    git(mirror, "checkout", "-q", "-")
+    image = image_builder().build(mirror, name="swesmith-inflection", dockerfile_text=(
+        "FROM north-lightning/base:latest\nCOPY . /testbed/\nWORKDIR /testbed\n"
+        "RUN git config --system --add safe.directory '*'\n"))
+    row = {"instance_id": iid, "repo": "swesmith/jpvanhal__inflection.1fd52536", "patch": bug,
+           "FAIL_TO_PASS": instance.task.fail_to_pass, "PASS_TO_PASS": instance.task.pass_to_pass,
+           "image_name": image, "problem_statement": "underscore() no longer splits HTMLTidy"}
+    (tmp_path / "smith.jsonl").write_text(json.dumps(row) + "\n")
+    assert import_pool("swe-smith", tmp_path / "smith.jsonl", tmp_path / "pool.jsonl").imported == 1
+    (task,) = load_swe_jsonl(tmp_path / "pool.jsonl")
+    assert task.repo == "jpvanhal/inflection" and task.setup_cmd == f"git checkout -q {iid}"
+    gold = grade_in_fresh_container(task, task.patch, image)
+    assert (gold.reward, gold.reason) == (1.0, "passed"), gold.output
+    none = grade_in_fresh_container(task, "", image)
+    assert (none.reward, none.reason) == (0.0, "tests_failed")
+    with TaskSession(task) as session:  # the agent starts on the instance branch too
+        assert session.box.exec("git rev-parse --abbrev-ref HEAD", user="root").output.strip() == iid
