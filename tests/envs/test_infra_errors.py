@@ -23,13 +23,24 @@ pytestmark = [pytest.mark.docker]
 MISSING_IMAGE = "north-lightning/missing-image:never-built"
 
 
+@pytest.fixture(scope="module", autouse=True)
+def no_registry():
+    """Images come from the engine or their recipe only: no pull is tried (nothing leaves this machine)."""
+    from north_lightning.envs.session import configure_image_resolver
+
+    configure_image_resolver(pull_policy="never")
+    yield
+    configure_image_resolver()
+
+
 @pytest.fixture(scope="module")
 def swe_pool(tmp_path_factory, bundled_tasks):
-    """The bundled SWE tasks plus one whose instance image does not exist (no registry is used)."""
+    """A bundled SWE task plus one whose instance image does not exist and which carries no recipe."""
     root = tmp_path_factory.mktemp("pool")
     shutil.copytree(BUNDLED_DIR / "swe", root / "swe")
     records = [json.loads(line) for line in (root / "swe" / "tasks.jsonl").read_text().splitlines()]
     missing = dict(records[0], instance_id="north-lightning__missing-1", image=MISSING_IMAGE,
+                   repo="north-lightning/missing",  # no repos/ copy: no recipe to build from
                    problem_statement="A task whose environment image was never built.")
     (root / "swe" / "tasks.jsonl").write_text("".join(json.dumps(r) + "\n" for r in [records[0], missing]))
     return root / "swe" / "tasks.jsonl"
@@ -47,8 +58,8 @@ def test_environment_that_never_starts_is_retried_then_infra_error(tokenizer, sw
     config = RolloutConfig(max_tokens_per_turn=1024, infra_retries=2)
     ep = run_episode_retrying(lambda: run_episode(policy, "swe_agent", tokenizer, missing, config=config,
                                                   session_factory=counting_session), missing, retries=2)
-    assert ep.infra_error and ep.end_reason == "infra_error:env_start:SandboxError" and ep.reward == 0.0
-    assert len(starts) == 3 and ep.timings["infra_attempts"] == 3 and "not found locally" in ep.verifier["error"]
+    assert ep.infra_error and ep.end_reason == "infra_error:env_start:ImageUnavailable" and ep.reward == 0.0
+    assert len(starts) == 3 and ep.timings["infra_attempts"] == 3 and "pull_policy='never'" in ep.verifier["error"]
 
 
 def test_start_fault_that_clears_is_retried_and_scored(tokenizer, swe_pool):
@@ -85,7 +96,7 @@ def test_pass_at_k_and_filter_leave_infra_errors_out(swe_pool, tmp_path):
     report = run_eval(cfg)
     summary = report["summary"]
     assert summary["pass@1"]["per_seed"] == [1.0]  # the task that never started is no 0 in the mean
-    assert summary["infra_errors"] == 2 and summary["end_reasons"]["infra_error:env_start:SandboxError"] == 2
+    assert summary["infra_errors"] == 2 and summary["end_reasons"]["infra_error:env_start:ImageUnavailable"] == 2
     assert summary["infra_error_rate"] == pytest.approx(6 / 8)  # 3 failing runs for each of 2 samples, 2 good runs
     missing = next(t for t in report["tasks"] if t["task_id"] == "north-lightning__missing-1")
     assert all(s["infra_error"] and s["infra_attempts"] == 3 for s in missing["samples"])
