@@ -148,16 +148,19 @@ def run_eval(cfg: EvalConfig) -> dict[str, Any]:
     ]
     for (seed, i, sample), ep in zip(keys, episodes):
         per_task[i]["samples"].append({"seed": seed, "sample": sample, "reward": ep.reward, "steps": ep.steps,
-                                       "end_reason": ep.end_reason, "tokens": ep.num_tokens})
+                                       "end_reason": ep.end_reason, "tokens": ep.num_tokens,
+                                       "infra_error": ep.infra_error,
+                                       "infra_attempts": int(ep.timings.get("infra_attempts", 0))})
     summary: dict[str, Any] = {"episodes": len(episodes), "seconds": round(elapsed, 2)}
     for k in cfg.k:
         per_seed = []
         for seed in cfg.seeds:
             values = []
-            for entry in per_task:
-                rewards = [s["reward"] for s in entry["samples"] if s["seed"] == seed]
-                values.append(pass_at_k(len(rewards), sum(r >= 1.0 for r in rewards), min(k, len(rewards))))
-            per_seed.append(sum(values) / len(values))
+            for entry in per_task:  # infrastructure failures are no samples: out of n (and of c)
+                rewards = [s["reward"] for s in entry["samples"] if s["seed"] == seed and not s["infra_error"]]
+                if rewards:  # a task with no valid sample under this seed is left out of its mean
+                    values.append(pass_at_k(len(rewards), sum(r >= 1.0 for r in rewards), min(k, len(rewards))))
+            per_seed.append(sum(values) / len(values) if values else float("nan"))
         summary[f"pass@{k}"] = {"mean": statistics.fmean(per_seed),
                                 "std": statistics.pstdev(per_seed) if len(per_seed) > 1 else 0.0,
                                 "per_seed": per_seed}
@@ -165,8 +168,13 @@ def run_eval(cfg: EvalConfig) -> dict[str, Any]:
     for ep in episodes:
         reasons[ep.end_reason] = reasons.get(ep.end_reason, 0) + 1
     summary["end_reasons"] = reasons
+    summary["infra_errors"] = sum(ep.infra_error for ep in episodes)
+    summary["infra_error_rate"] = (
+        sum(int(ep.timings.get("infra_attempts", 0)) for ep in episodes)
+        / max(1, sum(int(ep.timings.get("infra_attempts", 0)) + (not ep.infra_error) for ep in episodes)))
     for entry in per_task:
-        n, c = len(entry["samples"]), sum(s["reward"] >= 1.0 for s in entry["samples"])
+        valid = [s for s in entry["samples"] if not s["infra_error"]]
+        n, c = len(valid), sum(s["reward"] >= 1.0 for s in valid)
         for k in cfg.k:
             entry[f"pass@{k}"] = pass_at_k(n, c, min(k, n))
     return {"config": asdict(cfg), "summary": summary, "tasks": per_task}

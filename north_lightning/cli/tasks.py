@@ -9,6 +9,15 @@ filter REPORT --out F   keep tasks whose pass@k lies in a band, give each a step
                         trajectories (REPORT = the JSON written by `eval`); `--drop FILE` also drops the task ids
                         listed in FILE (one per line, `#` comments; e.g. `humaneval report`'s flagged_task_ids.txt)
 sweep [--all]           remove sandbox containers whose owner process is gone (or all of ours)
+import --format F SRC --out POOL
+                        SWE-bench-family rows (JSONL, Parquet, `datasets` save_to_disk dir) -> a pool JSONL;
+                        rows missing a field the grader needs are listed with file:line and skipped
+decontaminate POOL --against swe-bench,swe-bench-verified,swe-bench-pro --out CLEAN [--instances F --ngram 13]
+                        drop instances of benchmark repositories (and problem statements sharing an n-gram with
+                        a benchmark instance file); the report counts each reason and lists the dropped ids
+split POOL --sft-fraction F --out-dir DIR [--seed S]
+                        whole repositories to DIR/sft.jsonl or DIR/rl.jsonl (hash of seed + repository),
+                        checked disjoint; DIR/split.json records seed, fraction, counts, sides
 """
 
 from __future__ import annotations
@@ -85,16 +94,20 @@ def _list(args: argparse.Namespace) -> int:
 def filter_tasks(report: dict[str, Any], *, low: float, high: float, k: int, step_slack: float = 1.5,
                  min_steps: int = 2, drop: set[str] | frozenset[str] = frozenset()) -> dict[str, Any]:
     """Keep tasks with `low <= pass@k <= high`; budget = ceil(slack * longest successful trajectory).
-    Dropped tasks are counted by reason (`listed` in `drop`, `no_samples`, `never_solved`, `too_hard`,
-    `too_easy`)."""
-    kept, dropped = [], {"listed": 0, "no_samples": 0, "never_solved": 0, "too_hard": 0, "too_easy": 0}
+    Dropped tasks are counted by reason (`listed` in `drop`, `no_samples`, `infra_error`: every sample hit an
+    infrastructure failure, `never_solved`, `too_hard`, `too_easy`); infrastructure failures never count as
+    samples."""
+    kept = []
+    dropped = {"listed": 0, "no_samples": 0, "infra_error": 0, "never_solved": 0, "too_hard": 0, "too_easy": 0}
     for task in report["tasks"]:
         if task["task_id"] in drop:
             dropped["listed"] += 1
             continue
-        samples = task.get("samples", [])
+        all_samples = task.get("samples", [])
+        samples = [s for s in all_samples if not s.get("infra_error")
+                   and not str(s.get("end_reason", "")).startswith("infra_error:")]
         if not samples:
-            dropped["no_samples"] += 1
+            dropped["infra_error" if all_samples else "no_samples"] += 1
             continue
         n, c = len(samples), sum(1 for s in samples if s["reward"] >= 1.0)
         value = pass_at_k(n, c, min(k, n))
@@ -155,6 +168,53 @@ def _sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+def _import(args: argparse.Namespace) -> int:
+    from north_lightning.envs.swe_pool import import_pool
+
+    try:
+        report = import_pool(args.format, args.src, args.out, strict=args.strict)
+    except TaskError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    for line in report.rejected + report.duplicates:
+        print(f"skipped {line}", file=sys.stderr)
+    if args.report:
+        Path(args.report).write_text(json.dumps(report.to_dict(), indent=2) + "\n")
+    print(f"imported={report.imported} rejected={len(report.rejected)} duplicates={len(report.duplicates)} "
+          f"out={args.out}")
+    return 0 if report.imported else 1
+
+
+def _decontaminate(args: argparse.Namespace) -> int:
+    from north_lightning.envs.decontamination import decontaminate
+
+    try:
+        report = decontaminate(args.pool, args.out, [n for n in args.against.split(",") if n],
+                               instances=args.instances, ngram=args.ngram)
+    except TaskError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    data = report.to_dict()
+    Path(args.report or str(args.out) + ".report.json").write_text(json.dumps(data, indent=2) + "\n")
+    for name in data["lists"]:
+        print(f"list {name['name']}: {name['source']} ({name['date']})")
+    print(f"input={report.input} kept={report.kept} dropped={sum(report.dropped_by_reason.values())} "
+          + " ".join(f"{k}={v}" for k, v in sorted(report.dropped_by_reason.items())))
+    return 0
+
+
+def _split(args: argparse.Namespace) -> int:
+    from north_lightning.envs.pool_split import split_pool
+
+    try:
+        summary = split_pool(args.pool, args.out_dir, sft_fraction=args.sft_fraction, seed=args.seed)
+    except TaskError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print(f"seed={summary['seed']} " + " ".join(f"{k}={v}" for k, v in summary["counts"].items()))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m north_lightning tasks", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -191,6 +251,29 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sweep", help="remove orphaned sandbox containers")
     p.add_argument("--all", action="store_true", help="remove every container with our label")
     p.set_defaults(fn=_sweep)
+    p = sub.add_parser("import", help="import a SWE-bench-family dataset into a task pool")
+    p.add_argument("src", help=".jsonl, .parquet, or a `datasets` save_to_disk directory")
+    p.add_argument("--format", required=True, choices=("swe-bench", "swe-smith", "r2e-gym", "swe-rebench"))
+    p.add_argument("--out", required=True, help="pool JSONL to write")
+    p.add_argument("--strict", action="store_true", help="stop at the first row that cannot be imported")
+    p.add_argument("--report", default=None, help="also write the counts and skipped rows as JSON here")
+    p.set_defaults(fn=_import)
+    p = sub.add_parser("decontaminate", help="drop pool instances of benchmark repositories / overlapping text")
+    p.add_argument("pool")
+    p.add_argument("--against", default="swe-bench,swe-bench-verified,swe-bench-pro",
+                   help="comma-separated shipped lists (envs/benchmark_repos/) or JSON files")
+    p.add_argument("--out", required=True)
+    p.add_argument("--instances", default=None, help="benchmark instances (JSONL/Parquet/datasets dir) whose "
+                   "problem statements are checked for n-gram overlap")
+    p.add_argument("--ngram", type=int, default=13)
+    p.add_argument("--report", default=None, help="report JSON (default: OUT.report.json)")
+    p.set_defaults(fn=_decontaminate)
+    p = sub.add_parser("split", help="repository-disjoint SFT-generation / RL subsets")
+    p.add_argument("pool")
+    p.add_argument("--sft-fraction", type=float, required=True, help="expected fraction of repositories for SFT")
+    p.add_argument("--out-dir", required=True)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(fn=_split)
     return parser
 
 

@@ -20,6 +20,7 @@ from north_lightning.formats.harnesses.base import ToolCall
 from north_lightning.envs.images import ImageBuilder
 from north_lightning.envs.registry import ImageRecipe, ImageResolver, ResolvedImage
 from north_lightning.envs.sandbox import DockerSandbox, SandboxConfig, SandboxError
+from north_lightning.envs.swe_grader import grade_in_fresh_container
 from north_lightning.envs.swe_tools import StrReplaceEditor, opencode_tool, submit_diff
 from north_lightning.envs.tasks import HarborTask, SWETask, Task, TaskError, swe_dockerfile
 from north_lightning.envs.terminal import TmuxTerminal
@@ -144,13 +145,21 @@ class TaskSession:
         self._terminal: TmuxTerminal | None = None
         self._editor: StrReplaceEditor | None = None
         self.submission: str | None = None
+        self.image: str | None = None
 
     def start(self) -> "TaskSession":
-        image = task_image(self.task, self.builder)
+        image = self.image = task_image(self.task, self.builder)
         self.box = DockerSandbox(sandbox_config(self.task, image, **self.sandbox_overrides)).start()
         if isinstance(self.task, SWETask):
-            code, head = self.box.exec("git rev-parse HEAD", user="root")
-            if code != 0 or head.strip() != self.task.base_commit:
+            if self.task.setup_cmd:  # e.g. SWE-smith: check out the instance branch
+                code, out = self.box.exec(self.task.setup_cmd, timeout=300, user="root")
+                if code != 0:
+                    self.close()
+                    raise TaskError(f"{self.task.source}: setup_cmd failed (exit {code}): {out[-500:]}")
+            base = shlex.quote(self.task.base_commit + "^{commit}")
+            code, head = self.box.exec(f"git rev-parse HEAD && git rev-parse --verify -q {base}", user="root")
+            lines = head.split()
+            if code != 0 or len(lines) != 2 or lines[0] != lines[1]:
                 self.close()
                 raise TaskError(f"{self.task.source}: image {image} has {head.strip()!r} at {self.task.workdir} "
                                 f"(git exit {code}), not base_commit {self.task.base_commit!r}")
@@ -211,9 +220,16 @@ class TaskSession:
         return run_oracle(self.box, self.task)
 
     def verify(self) -> VerifierResult:
+        """Harbor tasks: their tests in this sandbox. SWE tasks: the agent's diff, graded in a fresh container
+        from the instance image (`swe_grader`), so nothing the agent did to its container but the diff counts."""
         if self.box is None or not self.box.is_running():
             return VerifierResult(0.0, "sandbox_gone")
         try:
+            if isinstance(self.task, SWETask):
+                diff = submit_diff(self.box, self.task.workdir, self.task.base_commit)
+                if diff.startswith("[submit: git diff failed"):
+                    return VerifierResult(0.0, "sandbox_error", output=diff[-4000:])
+                return grade_in_fresh_container(self.task, diff, self.image)
             return verify(self.box, self.task)
         except SandboxError as err:
             return VerifierResult(0.0, "sandbox_error", output=str(err))

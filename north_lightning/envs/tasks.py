@@ -96,6 +96,13 @@ class SWETask:
     allow_internet: bool = False
     user: str = "root"
     workdir: str = SWE_WORKDIR
+    # Imported pools (envs/swe_pool.py): how the benchmark runs and reads the tests. Empty test_cmd = pytest
+    # on the test files named by the ids; log_parser = a name in envs/log_parsers.PARSERS.
+    version: str = ""
+    test_cmd: str = ""
+    log_parser: str = "pytest"
+    setup_cmd: str = ""  # run once in a fresh container before anything (e.g. SWE-smith's branch checkout)
+    expected_status: dict[str, str] | None = None  # R2E-Gym: every listed test must end in this status
     kind: str = "swe"
 
     @property
@@ -197,9 +204,18 @@ def _test_list(value: Any, where: str) -> list[str]:
     return value
 
 
+def _expected_status(value: Any, where: str) -> dict[str, str] | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+        raise TaskError(f"{where}: expected an object of test id -> status")
+    return value
+
+
 def load_swe_jsonl(path: str | Path) -> list[SWETask]:
     """Read SWE-bench-style records. Optional keys: `image`, `max_steps`, `agent_timeout_sec`,
-    `verifier_timeout_sec`, `memory_mb`, `cpus`. The repository copy (the image recipe; required without
+    `verifier_timeout_sec`, `memory_mb`, `cpus`, and those `tasks import` writes (`version`, `test_cmd`,
+    `log_parser`, `setup_cmd`, `expected_status`). The repository copy (the image recipe; required without
     `image`) is looked up at `<jsonl dir>/repos/<repo with / replaced by __>`."""
     path = Path(path)
     tasks: list[SWETask] = []
@@ -241,6 +257,9 @@ def load_swe_jsonl(path: str | Path) -> list[SWETask]:
             agent_timeout_sec=float(record.get("agent_timeout_sec", DEFAULT_AGENT_TIMEOUT_SEC)),
             verifier_timeout_sec=float(record.get("verifier_timeout_sec", DEFAULT_VERIFIER_TIMEOUT_SEC)),
             cpus=float(record.get("cpus", 1.0)), memory_mb=int(record.get("memory_mb", 2048)),
+            version=str(record.get("version") or ""), test_cmd=str(record.get("test_cmd") or ""),
+            log_parser=str(record.get("log_parser") or "pytest"), setup_cmd=str(record.get("setup_cmd") or ""),
+            expected_status=_expected_status(record.get("expected_status"), f"{where}: key 'expected_status'"),
         ))
     return tasks
 

@@ -8,7 +8,14 @@ re-tokenised, so the trainer scores exactly the tokens the sampler produced.
 An episode ends on: submit (`submitted`), the task's step budget (`max_steps`), the context limit
 (`context_limit`), an unparseable or invalid response (`format_error:<reason>`, reward 0 without running the
 tests), a response cut at max_tokens (`truncated_response`, reward 0), or an environment failure
-(`episode_timeout`, `terminal_died`, `sandbox_error`). All but the reward-0 ones are scored by the verifier.
+(`episode_timeout`, `terminal_died`, `sandbox_error` when the agent's own command took the container down).
+All but the reward-0 ones are scored by the verifier.
+
+Infrastructure failures are not rewards: an environment that cannot start (image missing or failing to build,
+container start), a sandbox that is gone other than by the agent's own command, a grader that cannot set up end
+the episode as `infra_error:<what>` (reward 0, `Episode.infra_error`). `run_episode_retrying` runs such an
+episode again up to `RolloutConfig.infra_retries` times; what still fails is left out of advantages (the
+sampler fails the group, `failed/infra_error`), of pass@k denominators and of the task filter.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ from north_lightning.formats.records import Trajectory
 from north_lightning.envs.response import response_message
 from north_lightning.envs.sandbox import EpisodeTimeout, SandboxError
 from north_lightning.envs.session import TaskSession
+from north_lightning.envs.swe_grader import INFRA_REASONS
 from north_lightning.envs.images import ImageBuildError
 from north_lightning.envs.tasks import Task, TaskError
 from north_lightning.envs.terminal import TerminalDied
@@ -62,6 +70,11 @@ class Episode:
         return sum(len(seg.token_ids) for seg in self.segments)
 
     @property
+    def infra_error(self) -> bool:
+        """The environment failed, not the policy: never a reward to learn from or a sample to count."""
+        return self.end_reason.startswith("infra_error:")
+
+    @property
     def format_error(self) -> str | None:
         return self.end_reason.split(":", 1)[1] if self.end_reason.startswith("format_error:") else None
 
@@ -76,6 +89,7 @@ class RolloutConfig:
     max_steps: int | None = None  # None: the task's own budget
     command_timeout_sec: float = 60.0
     episode_timeout_sec: float | None = None  # None: the task's [agent] timeout_sec
+    infra_retries: int = 2  # runs of an episode again after an infrastructure failure (fresh sandbox)
 
 
 def make_harness(harness: str | Harness, task: Task) -> Harness:
@@ -191,8 +205,13 @@ def run_episode(policy: Policy, harness: str | Harness, tokenizer: Any, task: Ta
             except TerminalDied:
                 end_reason = "terminal_died"
                 break
-            except SandboxError:
-                end_reason = "sandbox_error"
+            except SandboxError as err:
+                # A container that dies under the agent's own command was killed by it (`kill -9 -1` as root):
+                # the policy's doing, scored (reward 0). Gone otherwise: an infrastructure failure.
+                if "while running a command" in str(err):
+                    end_reason = "sandbox_error"
+                else:
+                    end_reason, verified = "infra_error:sandbox_error", False
                 break
             finally:
                 timings["env_s"] += time.monotonic() - t0
@@ -209,7 +228,9 @@ def run_episode(policy: Policy, harness: str | Harness, tokenizer: Any, task: Ta
             verdict = session.verify()
             timings["verify_s"] = time.monotonic() - t0
     timings["total_s"] = time.monotonic() - started
-    reward = verdict.reward if verdict is not None else 0.0
+    if verdict is not None and end_reason != "sandbox_error" and verdict.reason in (*INFRA_REASONS, "sandbox_gone"):
+        end_reason = f"infra_error:{verdict.reason}"
+    reward = verdict.reward if verdict is not None and not end_reason.startswith("infra_error:") else 0.0
     return Episode(task_id=task.task_id, env_name=env_name or task.kind, reward=reward, end_reason=end_reason,
                    segments=convo.segments, policy_versions=versions, steps=steps,
                    verifier=verdict.to_dict() if verdict is not None else None, messages=convo.messages,
@@ -253,6 +274,29 @@ def _act(session: TaskSession, harness: Harness, action: Action, awaiting_confir
     return observations, False
 
 
+ENV_START_ERRORS = (SandboxError, TaskError, ImageBuildError, docker.errors.DockerException)
+
+
+def run_episode_retrying(run: Callable[[], Episode], task: Task, *, retries: int, env_name: str | None = None
+                         ) -> Episode:
+    """`run()` (one episode) until it ends without an infrastructure failure, at most `retries` times again; an
+    environment that cannot start becomes an `infra_error:env_start:<type>` episode. The last episode is
+    returned with `timings["infra_attempts"]` = the number of infrastructure failures it took."""
+    failures = 0
+    while True:
+        try:
+            episode = run()
+        except ENV_START_ERRORS as err:
+            episode = Episode(task_id=task.task_id, env_name=env_name or task.kind, reward=0.0,
+                              end_reason=f"infra_error:env_start:{type(err).__name__}", segments=[],
+                              policy_versions=[], steps=0, verifier={"error": str(err)[-2000:]})
+        if episode.infra_error:
+            failures += 1
+        episode.timings["infra_attempts"] = failures
+        if not episode.infra_error or failures > retries:
+            return episode
+
+
 @dataclass
 class EpisodeJob:
     """One episode to run: a task, its harness, and the sampling seed."""
@@ -266,18 +310,17 @@ class EpisodeJob:
 def run_episodes(policy: Policy, tokenizer: Any, jobs: list[EpisodeJob], *, config: RolloutConfig | None = None,
                  concurrency: int = 4) -> list[Episode]:
     """Run episodes on `concurrency` threads (sandbox time overlaps; the policy serialises its own calls when
-    it must); results in job order. An episode whose environment failed to start is returned with reward 0
-    and end reason `env_start_error:<type>` rather than aborting the batch."""
+    it must); results in job order. Infrastructure failures are retried (`config.infra_retries`); one that
+    persists is returned as an `infra_error:...` episode rather than aborting the batch."""
     from concurrent.futures import ThreadPoolExecutor
 
+    config = config or RolloutConfig()
+
     def one(job: EpisodeJob) -> Episode:
-        try:
-            return run_episode(policy, job.harness, tokenizer, job.task, config=config, seed=job.seed,
-                               env_name=job.env_name)
-        except (SandboxError, TaskError, ImageBuildError, docker.errors.DockerException) as err:
-            return Episode(task_id=job.task.task_id, env_name=job.env_name or job.task.kind, reward=0.0,
-                           end_reason=f"env_start_error:{type(err).__name__}", segments=[], policy_versions=[],
-                           steps=0, verifier={"error": str(err)})
+        return run_episode_retrying(
+            lambda: run_episode(policy, job.harness, tokenizer, job.task, config=config, seed=job.seed,
+                                env_name=job.env_name),
+            job.task, retries=config.infra_retries, env_name=job.env_name)
 
     with ThreadPoolExecutor(max_workers=max(1, concurrency), thread_name_prefix="rollout") as pool:
         return list(pool.map(one, jobs))

@@ -14,6 +14,9 @@ Two schedules share this code:
   step's weights were exported, and the batch is the whole set in input order (on-policy baseline).
 
 Failures never lose a prompt: an environment error fails the group with a reason (`failed/env_error:<type>`),
+an episode whose infrastructure failed after its retries (`rl/rollout.py: run_episode_retrying`) fails its
+group as `failed/infra_error` (no advantage is computed from a broken environment; `rl/infra_error_rate` is the
+share of episode runs that hit one),
 a dead engine re-queues it (`requeued/engine_died`) and is restarted, stale groups are dropped or resampled by
 the queue; `ledger_summary()` accounts for every dispatched prompt.
 """
@@ -162,6 +165,8 @@ class RolloutService:
 
             self.prefetcher = ImagePrefetcher(prefetch_image or task_image, key=image_key, window=image_prefetch,
                                               max_workers=image_prefetch_workers)
+        self.episode_runs = 0  # every run of an episode, retries included
+        self.infra_errors = 0  # runs that ended in an infrastructure failure
 
     # -- lifecycle ------------------------------------------------------------------------------------------
     def start(self, trainer_step: int) -> None:
@@ -232,6 +237,7 @@ class RolloutService:
             "rl/engine_restarts": self.engine_restarts,
             **({"rl/images_prefetched": self.prefetcher.stats()["ready"],
                 "rl/image_prefetch_failed": self.prefetcher.stats()["failed"]} if self.prefetcher else {}),
+            "rl/infra_error_rate": self.infra_errors / max(self.episode_runs, 1),
         }
 
     # -- workers ------------------------------------------------------------------------------------------------
@@ -277,6 +283,8 @@ class RolloutService:
     def _worker_loop(self) -> None:
         from dataclasses import replace
 
+        from north_lightning.rl.rollout import run_episode_retrying
+
         while not self._stop.is_set():
             item = self._next_prompt()
             if item is None:
@@ -287,8 +295,16 @@ class RolloutService:
             def episode(j: int, env: EnvSpec = env, task: Any = task, config: Any = config,
                         prompt: dict[str, Any] = prompt, attempt: int = attempt, gid: int = gid) -> Any:
                 with routing(group=gid, episode=j):  # a server pool keeps its turns on one server (rl/engines/affinity.py)
-                    return self.run_episode(self.engine, env.harness, self.tokenizer, task, config=config,
-                                            seed=prompt["seed"] + 7919 * j + 104729 * attempt, env_name=env.name)
+                    ep = run_episode_retrying(
+                        lambda: self.run_episode(self.engine, env.harness, self.tokenizer, task, config=config,
+                                                 seed=prompt["seed"] + 7919 * j + 104729 * attempt,
+                                                 env_name=env.name),
+                        task, retries=getattr(config, "infra_retries", 2), env_name=env.name)
+                failures = int(ep.timings.get("infra_attempts", 0))
+                with self._cond:
+                    self.episode_runs += failures + (0 if ep.infra_error else 1)
+                    self.infra_errors += failures
+                return ep
 
             try:
                 # the group's episodes run side by side: their turns meet in the engine's batches
@@ -311,6 +327,12 @@ class RolloutService:
             except Exception as err:  # environment could not run (image build, Docker): fail with the reason
                 log.warning("group %d (%s) failed: %s: %s", gid, prompt["task_id"], type(err).__name__, err)
                 self.queue.fail(gid, f"env_error:{type(err).__name__}")
+                continue
+            if any(ep.infra_error for ep in episodes):  # retries spent: no advantage from a broken environment
+                broken = next(ep for ep in episodes if ep.infra_error)
+                log.warning("group %d (%s): infrastructure failure after retries: %s", gid, prompt["task_id"],
+                            broken.end_reason)
+                self.queue.fail(gid, "infra_error")
                 continue
             versions = sorted({v for ep in episodes for v in ep.policy_versions}) or [int(self.engine.policy_version)]
             self.queue.complete(gid, [episode_record(ep) for ep in episodes], versions, attempt=attempt)

@@ -70,7 +70,8 @@ def test_eval_with_scripted_policy_writes_json_and_csv_then_filter(base_image, t
     assert tasks_main(["filter", str(tmp_path / "edited.json"), "--out", str(tmp_path / "pool.json"),
                        "--k", "1", "--low", "0.1", "--high", "0.9"]) == 0
     pool = json.loads((tmp_path / "pool.json").read_text())
-    assert pool["dropped"] == {"listed": 0, "no_samples": 0, "never_solved": 1, "too_hard": 0, "too_easy": 2}
+    assert pool["dropped"] == {"listed": 0, "no_samples": 0, "infra_error": 0, "never_solved": 1, "too_hard": 0,
+                               "too_easy": 2}
     assert [t["task_id"] for t in pool["kept"]] == [report["tasks"][1]["task_id"]]
     assert pool["kept"][0]["max_steps"] == 6  # ceil(1.5 x longest successful trajectory of 4 steps)
     (task,) = load_task_pool(tmp_path / "pool.json")
@@ -81,7 +82,8 @@ def test_filter_counts_every_drop_reason(tmp_path):
     tasks = [{"task_id": "none", "samples": []},
              {"task_id": "hard", "samples": [{"reward": 1.0, "steps": 3}] + [{"reward": 0.0, "steps": 9}] * 19}]
     out = filter_tasks({"tasks": tasks}, low=0.1, high=0.9, k=1)
-    assert out["dropped"] == {"listed": 0, "no_samples": 1, "never_solved": 0, "too_hard": 1, "too_easy": 0}
+    assert out["dropped"] == {"listed": 0, "no_samples": 1, "infra_error": 0, "never_solved": 0, "too_hard": 1,
+                              "too_easy": 0}
     assert out["counts"] == {"input": 2, "kept": 0}
     # --drop: a list of task ids (humaneval's flagged_task_ids.txt) dropped whatever their pass@k
     ok = {"task_id": "ok", "samples": [{"reward": 1.0, "steps": 2}, {"reward": 0.0, "steps": 5}]}
