@@ -243,10 +243,10 @@ class _RolloutCallback(L.Callback):
 
     def _sweep_orphans(self) -> None:
         """Remove the sandbox containers an earlier SIGKILLed run on this host left behind (owner process gone),
-        before ours start; live runs' containers, and other hosts' on a shared Docker engine, are kept."""
+        before ours start; live runs' containers, and other users' and hosts' on a shared engine, are kept."""
         from north_lightning.envs.docker_host import sweep_orphans
 
-        self.orphans_removed = sweep_orphans(this_host_only=True)
+        self.orphans_removed = sweep_orphans()
         if self.orphans_removed:
             log.warning("removed %d orphaned sandbox containers of dead runs: %s", len(self.orphans_removed),
                         ", ".join(self.orphans_removed))

@@ -8,7 +8,8 @@ list PATH               the tasks found under PATH (Harbor dirs, SWE-style .json
 filter REPORT --out F   keep tasks whose pass@k lies in a band, give each a step budget from its successful
                         trajectories (REPORT = the JSON written by `eval`); `--drop FILE` also drops the task ids
                         listed in FILE (one per line, `#` comments; e.g. `humaneval report`'s flagged_task_ids.txt)
-sweep [--all]           remove sandbox containers whose owner process is gone (or all of ours)
+sweep [--all]           remove this host's and user's sandbox containers whose owner process is gone (--all: live
+                        owners' too); other users' and hosts' containers are never touched
 """
 
 from __future__ import annotations
@@ -189,7 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--drop", metavar="FILE", help="also drop the task ids listed in FILE (one per line)")
     p.set_defaults(fn=_filter)
     p = sub.add_parser("sweep", help="remove orphaned sandbox containers")
-    p.add_argument("--all", action="store_true", help="remove every container with our label")
+    p.add_argument("--all", action="store_true", help="also those of live owners (this host and user only)")
     p.set_defaults(fn=_sweep)
     return parser
 

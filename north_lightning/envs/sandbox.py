@@ -4,8 +4,8 @@ Defaults: no network unless the task allows it, memory (no swap), CPU and pids l
 enforced twice (GNU `timeout` inside the container kills the command's whole process group, and a host-side
 deadline stops waiting if even that hangs), a wall-clock budget per episode, an optional non-root user, and
 removal that cannot be forgotten: a context manager, plus an atexit hook and SIGTERM/SIGINT handlers that remove
-every live sandbox of this process. Every container carries `SANDBOX_LABEL` and its owner's pid, so
-`sweep_orphans()` finds what a SIGKILLed process left behind.
+every live sandbox of this process. Every container carries `SANDBOX_LABEL` and its owner's host, uid, pid and
+pid start time, so `sweep_orphans()` finds what a SIGKILLed process left behind (and nothing else).
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ import atexit
 import io
 import os
 import signal
-import socket
 import tarfile
 import threading
 import time
@@ -36,6 +35,7 @@ from north_lightning.envs.docker_host import (  # noqa: F401  (re-exported: the 
     docker_client,
     labelled_containers,
     labelled_summaries,
+    owner_labels,
     remove_container,
     sweep_orphans,
 )
@@ -192,8 +192,7 @@ class DockerSandbox:
         _install_cleanup_hooks()
         cfg = self.config
         box_id = uuid.uuid4().hex
-        labels = {SANDBOX_LABEL: "1", OWNER_PID_LABEL: str(os.getpid()), OWNER_HOST_LABEL: socket.gethostname(),
-                  BOX_ID_LABEL: box_id, **cfg.labels}
+        labels = {**cfg.labels, SANDBOX_LABEL: "1", **owner_labels(), BOX_ID_LABEL: box_id}
         started = time.monotonic()
         try:  # look first: `run` would try to pull a missing image from a registry
             self.client.images.get(cfg.image)

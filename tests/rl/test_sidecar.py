@@ -170,6 +170,7 @@ def test_sigterm_mid_run_leaves_no_container_no_process_and_a_complete_ledger(tm
     import socket
 
     from north_lightning.envs.images import BASE_ALIAS
+    from north_lightning.envs.docker_host import OWNER_UID_LABEL
     from north_lightning.envs.sandbox import (OWNER_HOST_LABEL, OWNER_PID_LABEL, SANDBOX_LABEL, docker_client,
                                               labelled_containers)
 
@@ -180,7 +181,8 @@ def test_sigterm_mid_run_leaves_no_container_no_process_and_a_complete_ledger(tm
     require(bool(images), "no Docker image to create a stand-in orphan container from")
     orphan = client.api.create_container(images[0], command=["true"], name=f"north_orphan_{gone.pid}_{os.getpid()}",
                                          labels={SANDBOX_LABEL: "1", OWNER_PID_LABEL: str(gone.pid),
-                                                 OWNER_HOST_LABEL: socket.gethostname()})
+                                                 OWNER_HOST_LABEL: socket.gethostname(),
+                                                 OWNER_UID_LABEL: str(os.getuid())})
 
     run = tmp_path / "sigterm"
     override = _override(run, init_dir, callback="north_lightning.callbacks.vllm_sidecar.VLLMSidecar",
