@@ -27,9 +27,10 @@ from north_lightning.envs.tasks import BUNDLED_DIR, TaskError, load_tasks
 
 
 def _verify(args: argparse.Namespace) -> int:
-    from north_lightning.envs.sandbox import SandboxError
+    from north_lightning.envs.sandbox import SandboxError, install_cleanup_hooks
     from north_lightning.envs.session import verify_task
 
+    install_cleanup_hooks()  # on the main thread: SIGTERM/SIGINT then remove the pool's sandboxes too
     try:
         tasks = load_tasks(args.path)
         if not tasks:

@@ -84,10 +84,18 @@ class SandboxConfig:
 
 
 # ---- guaranteed removal -------------------------------------------------------------------------------------
+# The process-wide registry of the containers this process owns, whatever thread started them. Signal handlers
+# run on the main thread only and can only be installed from it, so entry points (the `tasks` and `eval` CLIs,
+# `run_episodes`) call `install_cleanup_hooks()` there before any worker thread starts a sandbox; a sandbox
+# started on the main thread installs them itself.
 _LIVE: dict[str, "DockerSandbox"] = {}
-_LIVE_LOCK = threading.Lock()
-_HOOKS_INSTALLED = False
+_LIVE_LOCK = threading.RLock()  # re-entrant: a signal handler may interrupt the main thread while it holds it
+_ATEXIT_INSTALLED = False
+_SIGNALS_INSTALLED = False
 _REMOVALS: set[threading.Thread] = set()
+_STARTING = 0  # sandboxes being created right now (not yet in _LIVE)
+_SHUTTING_DOWN = False  # set by a signal: no new sandbox may start
+_IN_FLIGHT_WAIT_SEC = 15.0
 
 
 def wait_for_removals(timeout: float = 60.0) -> None:
@@ -107,17 +115,33 @@ def close_all_sandboxes() -> int:
         live = list(_LIVE.values())
     for box in live:
         box._closed = True
-        box._remove()
+        try:
+            box._remove()
+        except docker.errors.APIError:
+            pass  # the engine refused (it is shutting down too): nothing more can be done from here
     return len(live)
 
 
-def _signal_handler(signum: int, frame: Any) -> None:
+def _close_all_for_signal() -> None:
+    """Stop new sandboxes, remove the live ones, then those whose creation was in flight on other threads."""
+    global _SHUTTING_DOWN
+    _SHUTTING_DOWN = True
     close_all_sandboxes()
+    deadline = time.monotonic() + _IN_FLIGHT_WAIT_SEC
+    while _STARTING and time.monotonic() < deadline:
+        time.sleep(0.05)
+    close_all_sandboxes()
+
+
+def _signal_handler(signum: int, frame: Any) -> None:
+    global _SHUTTING_DOWN
+    _close_all_for_signal()
     previous = _PREVIOUS_HANDLERS.get(signum)
-    if callable(previous):
+    if callable(previous):  # e.g. KeyboardInterrupt: the process may go on, and start sandboxes again
+        _SHUTTING_DOWN = False
         previous(signum, frame)
     elif previous == signal.SIG_IGN:
-        return
+        _SHUTTING_DOWN = False
     else:  # default action: die of the same signal
         signal.signal(signum, signal.SIG_DFL)
         os.kill(os.getpid(), signum)
@@ -126,18 +150,23 @@ def _signal_handler(signum: int, frame: Any) -> None:
 _PREVIOUS_HANDLERS: dict[int, Any] = {}
 
 
-def _install_cleanup_hooks() -> None:
-    """Once per process: atexit, and SIGTERM/SIGINT handlers that chain to whatever was installed before."""
-    global _HOOKS_INSTALLED
-    if _HOOKS_INSTALLED:
-        return
-    _HOOKS_INSTALLED = True
-    atexit.register(close_all_sandboxes)
-    if threading.current_thread() is not threading.main_thread():
-        return  # signal handlers can only be set from the main thread; atexit still covers normal exits
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        _PREVIOUS_HANDLERS[signum] = signal.getsignal(signum)
-        signal.signal(signum, _signal_handler)
+def install_cleanup_hooks() -> bool:
+    """An atexit hook (once per process) and, when called on the main thread, SIGTERM/SIGINT handlers that
+    remove every sandbox of the process and then chain to whatever was installed before. Returns whether the
+    signal handlers are in place (they cannot be installed from another thread; a later main-thread call
+    installs them)."""
+    global _ATEXIT_INSTALLED, _SIGNALS_INSTALLED
+    with _LIVE_LOCK:
+        if not _ATEXIT_INSTALLED:
+            _ATEXIT_INSTALLED = True
+            atexit.register(close_all_sandboxes)
+        if _SIGNALS_INSTALLED or threading.current_thread() is not threading.main_thread():
+            return _SIGNALS_INSTALLED
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            _PREVIOUS_HANDLERS[signum] = signal.getsignal(signum)
+            signal.signal(signum, _signal_handler)
+        _SIGNALS_INSTALLED = True
+        return True
 
 
 # ---- the sandbox --------------------------------------------------------------------------------------------
@@ -189,7 +218,19 @@ class DockerSandbox:
 
     # lifecycle
     def start(self) -> "DockerSandbox":
-        _install_cleanup_hooks()
+        global _STARTING
+        install_cleanup_hooks()
+        with _LIVE_LOCK:
+            if _SHUTTING_DOWN:
+                raise SandboxError("the process is shutting down (signal received): no new sandbox")
+            _STARTING += 1
+        try:
+            return self._start()
+        finally:
+            with _LIVE_LOCK:
+                _STARTING -= 1
+
+    def _start(self) -> "DockerSandbox":
         cfg = self.config
         box_id = uuid.uuid4().hex
         labels = {**cfg.labels, SANDBOX_LABEL: "1", **owner_labels(), BOX_ID_LABEL: box_id}
@@ -215,6 +256,9 @@ class DockerSandbox:
             raise SandboxError(f"cannot start a container from {cfg.image!r}: {err}") from err
         with _LIVE_LOCK:
             _LIVE[self.container.id] = self
+        if _SHUTTING_DOWN:  # a signal arrived while the engine created it, and its handler stopped waiting
+            self.close()
+            raise SandboxError("the process is shutting down (signal received): sandbox removed")
         self.start_latency_s = time.monotonic() - started
         self._deadline = time.monotonic() + cfg.episode_timeout_sec
         return self

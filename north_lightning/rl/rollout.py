@@ -23,7 +23,7 @@ from north_lightning.formats.harnesses import get_harness
 from north_lightning.formats.harnesses.base import Action, FormatError, Harness, ToolCall
 from north_lightning.formats.records import Trajectory
 from north_lightning.envs.response import response_message
-from north_lightning.envs.sandbox import EpisodeTimeout, SandboxError
+from north_lightning.envs.sandbox import EpisodeTimeout, SandboxError, install_cleanup_hooks
 from north_lightning.envs.session import TaskSession
 from north_lightning.envs.images import ImageBuildError
 from north_lightning.envs.tasks import Task, TaskError
@@ -279,6 +279,7 @@ def run_episodes(policy: Policy, tokenizer: Any, jobs: list[EpisodeJob], *, conf
                            end_reason=f"env_start_error:{type(err).__name__}", segments=[], policy_versions=[],
                            steps=0, verifier={"error": str(err)})
 
+    install_cleanup_hooks()  # from the caller's thread: on the main thread, signals then remove the workers' boxes
     with ThreadPoolExecutor(max_workers=max(1, concurrency), thread_name_prefix="rollout") as pool:
         return list(pool.map(one, jobs))
 
