@@ -40,6 +40,8 @@ from north_lightning.envs.docker_host import (  # noqa: F401  (re-exported: the 
     sweep_orphans,
 )
 
+GET_FILE_MAX_BYTES = 1 << 20  # what one read of a sandbox file may bring into the host's memory
+TRUNCATION_MARKER = "\n[... file truncated: the first {shown} of {size} bytes shown ...]\n"
 TIMEOUT_EXIT_CODE = 124  # what GNU `timeout` returns; the host-side deadline reports the same
 KILL_GRACE_SEC = 2.0  # SIGTERM -> SIGKILL grace of the in-container `timeout`
 HOST_DEADLINE_SLACK_SEC = 10.0
@@ -406,14 +408,45 @@ class DockerSandbox:
         if not self.container.put_archive("/", buf.getvalue()):
             raise SandboxError(f"put_dir {host_dir} -> {self.name}:{container_dir} failed")
 
-    def get_file(self, path: str) -> bytes:
-        """Read one file. Raises FileNotFoundError when it does not exist."""
+    def get_file(self, path: str, max_bytes: int = GET_FILE_MAX_BYTES) -> bytes:
+        """Read one file through the engine (as the daemon: for the grader's reads, which the agent must not be
+        able to tamper with; the agent's own tools read inside the container as its user). Streamed, and at
+        most `max_bytes` are read: a longer file comes back cut, ending with `TRUNCATION_MARKER`'s line.
+        Raises FileNotFoundError when it does not exist or is not a regular file (a symlink is not followed)."""
         try:
-            stream, _ = self.container.get_archive(path)
+            stream, _ = self.client.api.get_archive(self.container.id, path, chunk_size=64 * 1024)
         except docker.errors.NotFound as err:
             raise FileNotFoundError(f"{self.name}:{path}") from err
-        with tarfile.open(fileobj=io.BytesIO(b"".join(stream))) as tar:
-            member = tar.next()
-            if member is None or not member.isfile():
-                raise FileNotFoundError(f"{self.name}:{path} is not a regular file")
-            return tar.extractfile(member).read()
+        try:
+            with tarfile.open(fileobj=_ChunkReader(stream), mode="r|") as tar:
+                member = tar.next()
+                if member is None or not member.isfile():
+                    raise FileNotFoundError(f"{self.name}:{path} is not a regular file")
+                data = tar.extractfile(member).read(max_bytes)
+        finally:
+            stream.close()  # the rest of a long file is never transferred
+        if member.size > max_bytes:
+            data += TRUNCATION_MARKER.format(shown=len(data), size=member.size).encode()
+        return data
+
+
+class _ChunkReader(io.RawIOBase):
+    """A file-like view of the engine's chunk iterator, for tarfile's streaming mode (bounded memory)."""
+
+    def __init__(self, chunks: Any) -> None:
+        self.chunks = iter(chunks)
+        self.pending = b""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        while not self.pending:
+            try:
+                self.pending = next(self.chunks)
+            except StopIteration:
+                return 0
+        n = min(len(buffer), len(self.pending))
+        buffer[:n] = self.pending[:n]
+        self.pending = self.pending[n:]
+        return n
