@@ -1,8 +1,9 @@
 """A Docker container an agent may run anything in, with limits users can trust.
 
-Defaults: no network unless the task allows it, memory (no swap), CPU and pids limits, a per-command timeout
+Defaults: no network unless the task allows it, memory (no swap), CPU and pids limits, a non-root user, every
+capability dropped but `KEPT_CAPABILITIES`, a floor on the engine's free disk space, a per-command timeout
 enforced twice (GNU `timeout` inside the container kills the command's whole process group, and a host-side
-deadline stops waiting if even that hangs), a wall-clock budget per episode, an optional non-root user, and
+deadline stops waiting if even that hangs), a wall-clock budget per episode, and
 removal that cannot be forgotten: a context manager, plus an atexit hook and SIGTERM/SIGINT handlers that remove
 every live sandbox of this process. Every container carries `SANDBOX_LABEL` and its owner's host, uid, pid and
 pid start time, so `sweep_orphans()` finds what a SIGKILLed process left behind (and nothing else).
@@ -54,6 +55,37 @@ _EXEC_WRAPPER = (
 )
 
 
+# Every capability but these is dropped: enough for root in the container to own, chmod and kill its files
+# and processes and for `su`/`setpriv` to switch users; nothing for devices, raw sockets, chroot or capabilities.
+KEPT_CAPABILITIES = ("CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID", "KILL", "SETGID", "SETUID")
+
+
+class HostDiskLow(SandboxError):
+    """The Docker engine's disk has less free space than `min_host_free_mb`: an infrastructure failure."""
+
+
+_DATA_ROOT: list[str | None] = []
+
+
+def engine_data_root(client: docker.DockerClient) -> str | None:
+    """The engine's data root when it is on this machine (a remote engine's disk cannot be watched from here)."""
+    if not _DATA_ROOT:
+        root = client.info().get("DockerRootDir")
+        _DATA_ROOT.append(root if root and os.path.isdir(root) else None)
+    return _DATA_ROOT[0]
+
+
+def check_host_disk(client: docker.DockerClient, min_free_mb: int) -> None:
+    root = engine_data_root(client)
+    if root is None or min_free_mb <= 0:
+        return
+    stat = os.statvfs(root)
+    free_mb = stat.f_bavail * stat.f_frsize / 2**20
+    if free_mb < min_free_mb:
+        raise HostDiskLow(f"the Docker engine's disk ({root}) has {free_mb:.0f} MB free, under the "
+                          f"{min_free_mb} MB floor (min_host_free_mb): no sandbox writes more")
+
+
 class EpisodeTimeout(SandboxError):
     """The episode's wall-clock budget is spent; the caller ends the episode with reason `episode_timeout`."""
 
@@ -76,13 +108,17 @@ class SandboxConfig:
     memory_mb: int = 1024
     pids_limit: int = 256
     allow_internet: bool = False
-    user: str = "root"  # user commands run as by default ("agent" = the base image's non-root account)
+    user: str = "agent"  # user commands run as by default: the base image's non-root account (tasks that need
+    # root say so: `[environment] user = "root"`)
     workdir: str = "/app"
     command_timeout_sec: float = 60.0
     episode_timeout_sec: float = 900.0
     max_output_bytes: int = 64_000
     env: dict[str, str] = field(default_factory=dict)
     labels: dict[str, str] = field(default_factory=dict)
+    # the engine's disk (its data root) must keep this much free: below it no sandbox starts and running ones
+    # refuse commands with `HostDiskLow`, an infrastructure failure, before a writing agent fills the host
+    min_host_free_mb: int = 2048
 
 
 # ---- guaranteed removal -------------------------------------------------------------------------------------
@@ -234,6 +270,7 @@ class DockerSandbox:
 
     def _start(self) -> "DockerSandbox":
         cfg = self.config
+        check_host_disk(self.client, cfg.min_host_free_mb)
         box_id = uuid.uuid4().hex
         labels = {**cfg.labels, SANDBOX_LABEL: "1", **owner_labels(), BOX_ID_LABEL: box_id}
         started = time.monotonic()
@@ -249,7 +286,7 @@ class DockerSandbox:
                 mem_limit=f"{cfg.memory_mb}m", memswap_limit=f"{cfg.memory_mb}m",
                 nano_cpus=int(cfg.cpus * 1e9), pids_limit=cfg.pids_limit,
                 working_dir=cfg.workdir, environment=cfg.env, hostname="sandbox",
-                security_opt=["no-new-privileges"], cap_drop=["NET_RAW", "MKNOD", "AUDIT_WRITE", "SYS_CHROOT"],
+                security_opt=["no-new-privileges"], cap_drop=["ALL"], cap_add=list(KEPT_CAPABILITIES),
             )
         except docker.errors.APIError as err:
             # `run` = create + start: a container that was created but failed to start must not linger
@@ -323,6 +360,7 @@ class DockerSandbox:
         wall-clock budget is spent, unless `outside_episode_budget` (the verifier has its own timeout)."""
         if self.container is None or self._closed:
             raise SandboxError("exec on a sandbox that is not running (start() it / it was closed)")
+        check_host_disk(self.client, self.config.min_host_free_mb)
         remaining = float("inf") if outside_episode_budget else self.remaining_sec()
         if remaining <= 0:
             raise EpisodeTimeout(f"episode wall-clock budget of {self.config.episode_timeout_sec:.0f} s spent")
