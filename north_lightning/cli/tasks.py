@@ -150,9 +150,11 @@ def read_task_ids(path: str | Path) -> set[str]:
 
 
 def _sweep(args: argparse.Namespace) -> int:
-    from north_lightning.envs.docker_host import sweep_orphans
+    from north_lightning.envs.disk import sweep_orphan_disks
+    from north_lightning.envs.docker_host import docker_client, sweep_orphans
 
     removed = sweep_orphans(all_owners=args.all)
+    removed += sweep_orphan_disks(docker_client(), all_owners=args.all)
     print(f"removed {len(removed)} containers" + (f": {', '.join(removed)}" if removed else ""))
     return 0
 

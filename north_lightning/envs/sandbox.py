@@ -119,6 +119,11 @@ class SandboxConfig:
     # the engine's disk (its data root) must keep this much free: below it no sandbox starts and running ones
     # refuse commands with `HostDiskLow`, an infrastructure failure, before a writing agent fills the host
     min_host_free_mb: int = 2048
+    # a size-limited work directory: a loop-backed ext4 volume of this many MB at `workdir` (writes past it get
+    # ENOSPC in the container; needs root and a local engine, see envs/disk.py); None: the workdir is unbounded.
+    # Default: $NORTH_SANDBOX_DISK_MB, so an operator bounds every sandbox of a run without touching tasks
+    disk_mb: int | None = field(default_factory=lambda: int(os.environ["NORTH_SANDBOX_DISK_MB"])
+                                if os.environ.get("NORTH_SANDBOX_DISK_MB") else None)
 
 
 # ---- guaranteed removal -------------------------------------------------------------------------------------
@@ -253,6 +258,7 @@ class DockerSandbox:
         self.start_latency_s: float | None = None
         self._deadline: float | None = None
         self._closed = False
+        self._disk: Any = None  # envs.disk.WorkVolume when `disk_mb` is set
 
     # lifecycle
     def start(self) -> "DockerSandbox":
@@ -279,6 +285,12 @@ class DockerSandbox:
         except docker.errors.ImageNotFound as err:
             raise SandboxError(f"image {cfg.image!r} not found locally (no registry is used): build the task "
                                f"image first") from err
+        volumes = None
+        if cfg.disk_mb:
+            from north_lightning.envs.disk import WorkVolume
+
+            self._disk = WorkVolume(self.client, box_id, cfg.disk_mb, labels)
+            volumes = {self._disk.create(): {"bind": cfg.workdir, "mode": "rw"}}
         try:
             self.container = self.client.containers.run(
                 cfg.image, command=["sleep", "infinity"], detach=True, init=True, labels=labels,
@@ -287,11 +299,14 @@ class DockerSandbox:
                 nano_cpus=int(cfg.cpus * 1e9), pids_limit=cfg.pids_limit,
                 working_dir=cfg.workdir, environment=cfg.env, hostname="sandbox",
                 security_opt=["no-new-privileges"], cap_drop=["ALL"], cap_add=list(KEPT_CAPABILITIES),
+                volumes=volumes,
             )
         except docker.errors.APIError as err:
             # `run` = create + start: a container that was created but failed to start must not linger
             for stray in labelled_summaries(self.client, f"{BOX_ID_LABEL}={box_id}"):
                 remove_container(self.client, stray["Id"])
+            if self._disk is not None:
+                self._disk.remove()
             raise SandboxError(f"cannot start a container from {cfg.image!r}: {err}") from err
         with _LIVE_LOCK:
             _LIVE[self.container.id] = self
@@ -326,8 +341,11 @@ class DockerSandbox:
     def _remove(self) -> None:
         try:
             self.container.remove(force=True)
+            if self._disk is not None:
+                self._disk.remove()
         except docker.errors.NotFound:
-            pass
+            if self._disk is not None:
+                self._disk.remove()
         except docker.errors.APIError as err:
             if "already in progress" not in str(err):
                 raise
