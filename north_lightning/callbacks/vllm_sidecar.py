@@ -243,10 +243,12 @@ class _RolloutCallback(L.Callback):
 
     def _sweep_orphans(self) -> None:
         """Remove the sandbox containers an earlier SIGKILLed run on this host left behind (owner process gone),
-        before ours start; live runs' containers, and other hosts' on a shared Docker engine, are kept."""
-        from north_lightning.envs.docker_host import sweep_orphans
+        before ours start; live runs' containers, and other users' and hosts' on a shared engine, are kept."""
+        from north_lightning.envs.disk import sweep_orphan_disks
+        from north_lightning.envs.docker_host import docker_client, sweep_orphans
 
-        self.orphans_removed = sweep_orphans(this_host_only=True)
+        self.orphans_removed = sweep_orphans()
+        self.orphans_removed += sweep_orphan_disks(docker_client())
         if self.orphans_removed:
             log.warning("removed %d orphaned sandbox containers of dead runs: %s", len(self.orphans_removed),
                         ", ".join(self.orphans_removed))

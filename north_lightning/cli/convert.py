@@ -6,8 +6,8 @@
 `ckpt-to-hf` writes what transformers' `Cohere2MoeForCausalLM` and vLLM load (config.json, safetensors, tokenizer
 files). `hf-to-ckpt` writes a weights-only Lightning checkpoint of an `SFTModule`
 (`SFTModule.load_from_checkpoint(OUT_CKPT)` works); to fine-tune an HF model, `model.init_args.init_from: HF_DIR`
-in the YAML config is the direct route. Checkpoints are loaded with `weights_only=False` (they carry RNG states
-and hyper-parameters): convert only checkpoints you trust.
+in the YAML config is the direct route. Checkpoints are read with torch's restricted unpickler and our allow-list
+(`model/safe_load.py`): a checkpoint cannot run code here.
 """
 
 from __future__ import annotations
@@ -20,6 +20,8 @@ from typing import Any
 
 import torch
 
+from north_lightning.model.safe_load import load_checkpoint_file
+
 MODEL_PREFIX = "model."
 
 
@@ -31,7 +33,7 @@ def _load_checkpoint(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConvertError(f"{path}: no such checkpoint file")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        ckpt = load_checkpoint_file(path)
     except Exception as err:
         raise ConvertError(f"{path}: cannot be read as a torch checkpoint ({err})") from err
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:

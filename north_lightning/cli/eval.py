@@ -216,6 +216,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config key (dots for nesting, e.g. policy.init_args.model_dir=...)")
     args = parser.parse_args(argv)
+    from north_lightning.envs.sandbox import install_cleanup_hooks
+
+    install_cleanup_hooks()  # on the main thread, before worker threads start sandboxes
     try:
         cfg = load_config(args.config, args.set)
         report = run_eval(cfg)

@@ -98,6 +98,12 @@ class Strategy:
 
 def _check(cfg: NorthConfig, s: Strategy) -> int:
     fsdp = s.fsdp or s.world
+    for name, value in (("--nodes", s.nodes), ("--gpus-per-node", s.gpus_per_node), ("--ep", s.ep),
+                        ("--fsdp", fsdp), ("--seq-len", s.seq_len), ("--micro-batch", s.micro_batch)):
+        if value < 1:
+            raise ValueError(f"{name} must be at least 1, got {value}")
+    if s.gpu_gib <= 0:
+        raise ValueError(f"--gpu-gib must be positive, got {s.gpu_gib:g}")
     if s.world % fsdp:
         raise ValueError(f"--fsdp {fsdp} must divide the world size {s.world}")
     if s.world % s.ep or cfg.num_experts % s.ep:
@@ -203,6 +209,14 @@ def _find_model_config(node: Any) -> dict[str, Any] | None:
     return None
 
 
+def _read_yaml(file: Path) -> Any:
+    try:
+        with file.open() as fh:  # a stream, so PyYAML's message names the file
+            return yaml.safe_load(fh)
+    except yaml.YAMLError as exc:
+        raise SystemExit(f"{file}: not valid YAML: {exc}") from exc
+
+
 def load_model_config(path: str) -> NorthConfig:
     """NorthConfig from a preset name, an HF config.json, or a (LightningCLI) YAML naming a preset."""
     if path in PRESETS:
@@ -212,7 +226,7 @@ def load_model_config(path: str) -> NorthConfig:
         raise SystemExit(f"--config {path}: neither a file nor a preset ({sorted(PRESETS)})")
     if file.suffix == ".json":
         return NorthConfig.from_hf_dict(json.loads(file.read_text()))
-    node = _find_model_config(yaml.safe_load(file.read_text()))
+    node = _find_model_config(_read_yaml(file))
     if node is None:
         raise SystemExit(f"{path}: no `preset: <name>` or `model: <name>` with a preset in {sorted(PRESETS)} found")
     fields = set(NorthConfig.__dataclass_fields__)
@@ -226,7 +240,9 @@ def strategy_defaults(path: str) -> dict[str, Any]:
     file = Path(path)
     if path in PRESETS or not file.is_file() or file.suffix == ".json":
         return {}
-    data = yaml.safe_load(file.read_text()) or {}
+    data = _read_yaml(file) or {}
+    if not isinstance(data, dict):
+        raise SystemExit(f"{path}: expected a YAML mapping (a LightningCLI config)")
     trainer = data.get("trainer") or {}
     found: dict[str, Any] = {}
     if isinstance(trainer.get("num_nodes"), int):
@@ -271,15 +287,22 @@ def format_plan(cfg: NorthConfig, s: Strategy) -> str:
     return "\n".join(lines)
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="python -m north_lightning plan", description=__doc__.splitlines()[0])
     ap.add_argument("--config", required=True, help="preset name, HF config.json, or YAML with `preset:`")
-    ap.add_argument("--nodes", type=int, help="default: trainer.num_nodes of the YAML, else 1")
-    ap.add_argument("--gpus-per-node", type=int, help="default: trainer.devices of the YAML, else 8")
-    ap.add_argument("--fsdp", type=int, help="FSDP shard degree for non-expert weights (default: world)")
-    ap.add_argument("--ep", type=int, help="expert-parallel degree (default: the strategy's, else 8)")
-    ap.add_argument("--seq-len", type=int, help="default: data.init_args.seq_len of the YAML, else 65536")
-    ap.add_argument("--micro-batch", type=int, default=1)
+    ap.add_argument("--nodes", type=_positive_int, help="default: trainer.num_nodes of the YAML, else 1")
+    ap.add_argument("--gpus-per-node", type=_positive_int, help="default: trainer.devices of the YAML, else 8")
+    ap.add_argument("--fsdp", type=_positive_int, help="FSDP shard degree for non-expert weights (default: world)")
+    ap.add_argument("--ep", type=_positive_int, help="expert-parallel degree (default: the strategy's, else 8)")
+    ap.add_argument("--seq-len", type=_positive_int, help="default: data.init_args.seq_len of the YAML, else 65536")
+    ap.add_argument("--micro-batch", type=_positive_int, default=1)
     ap.add_argument("--act-ckpt", action=argparse.BooleanOptionalAction, default=None,
                     help="default: the strategy's activation_checkpointing, else on")
     ap.add_argument("--cpu-offload", action="store_true", help="FSDP2 CPU offload of params/grads/AdamW (ep 1)")

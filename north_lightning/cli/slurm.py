@@ -77,7 +77,11 @@ def _weight_transfer_from_config(config: Path) -> str:
     """`engine_kwargs.weight_transfer` of the config's `engine: servers` sampler callback (`files` when unset)."""
     from north_lightning.rl.engines.weight_transfer import parse_weight_transfer
 
-    data = yaml.safe_load(config.read_text()) or {}
+    try:
+        with config.open() as fh:  # a stream, so PyYAML's message names the file
+            data = yaml.safe_load(fh) or {}
+    except yaml.YAMLError as exc:
+        raise SystemExit(f"{config}: not valid YAML: {exc}") from exc
     trainer = data.get("trainer") if isinstance(data, dict) else None
     callbacks = trainer.get("callbacks") if isinstance(trainer, dict) else None
     for callback in callbacks if isinstance(callbacks, list) else []:

@@ -8,7 +8,8 @@ list PATH               the tasks found under PATH (Harbor dirs, SWE-style .json
 filter REPORT --out F   keep tasks whose pass@k lies in a band, give each a step budget from its successful
                         trajectories (REPORT = the JSON written by `eval`); `--drop FILE` also drops the task ids
                         listed in FILE (one per line, `#` comments; e.g. `humaneval report`'s flagged_task_ids.txt)
-sweep [--all]           remove sandbox containers whose owner process is gone (or all of ours)
+sweep [--all]           remove this host's and user's sandbox containers whose owner process is gone (--all: live
+                        owners' too); other users' and hosts' containers are never touched
 import --format F SRC --out POOL
                         SWE-bench-family rows (JSONL, Parquet, `datasets` save_to_disk dir) -> a pool JSONL;
                         rows missing a field the grader needs are listed with file:line and skipped
@@ -35,9 +36,10 @@ from north_lightning.envs.tasks import BUNDLED_DIR, TaskError, load_tasks
 
 
 def _verify(args: argparse.Namespace) -> int:
-    from north_lightning.envs.sandbox import SandboxError
+    from north_lightning.envs.sandbox import SandboxError, install_cleanup_hooks
     from north_lightning.envs.session import verify_task
 
+    install_cleanup_hooks()  # on the main thread: SIGTERM/SIGINT then remove the pool's sandboxes too
     try:
         tasks = load_tasks(args.path)
         if not tasks:
@@ -161,9 +163,11 @@ def read_task_ids(path: str | Path) -> set[str]:
 
 
 def _sweep(args: argparse.Namespace) -> int:
-    from north_lightning.envs.docker_host import sweep_orphans
+    from north_lightning.envs.disk import sweep_orphan_disks
+    from north_lightning.envs.docker_host import docker_client, sweep_orphans
 
     removed = sweep_orphans(all_owners=args.all)
+    removed += sweep_orphan_disks(docker_client(), all_owners=args.all)
     print(f"removed {len(removed)} containers" + (f": {', '.join(removed)}" if removed else ""))
     return 0
 
@@ -249,7 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--drop", metavar="FILE", help="also drop the task ids listed in FILE (one per line)")
     p.set_defaults(fn=_filter)
     p = sub.add_parser("sweep", help="remove orphaned sandbox containers")
-    p.add_argument("--all", action="store_true", help="remove every container with our label")
+    p.add_argument("--all", action="store_true", help="also those of live owners (this host and user only)")
     p.set_defaults(fn=_sweep)
     p = sub.add_parser("import", help="import a SWE-bench-family dataset into a task pool")
     p.add_argument("src", help=".jsonl, .parquet, or a `datasets` save_to_disk directory")

@@ -62,7 +62,14 @@ class MixtureSpec:
         path = resolve_path(str(spec), Path.cwd())
         if not path.exists():
             raise FileNotFoundError(f"mixture spec not found: {spec}")
-        return MixtureSpec.from_dict(yaml.safe_load(path.read_text()) or {}, str(path), path.parent)
+        try:
+            with path.open() as fh:  # a stream, so PyYAML's message names the file
+                data = yaml.safe_load(fh) or {}
+        except yaml.YAMLError as exc:
+            raise ValueError(f"{path}: not valid YAML: {exc}") from exc
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: a mixture spec must be a YAML mapping")
+        return MixtureSpec.from_dict(data, str(path), path.parent)
 
     @staticmethod
     def from_dict(d: dict[str, Any], origin: str, base: Path) -> MixtureSpec:

@@ -3,8 +3,8 @@
 Why a spool directory between the sampler and the data loader: the rollout queue lives in rank 0's process
 (next to the engine), but every rank and every dataloader worker must read the batches. The sampler side
 (`VLLMSidecar` / `SyncRollouts`) writes global batch `i` (all groups of optimizer step `i`, plain Python data)
-atomically to `spool_dir/batch_{i:08d}.pt`; readers poll for it. So the Lightning loop is an ordinary `fit`
-over an endless IterableDataset, and `max_steps` ends the run.
+atomically to `spool_dir/batch_{i:08d}.safetensors` (no pickle: `rl/spool.py`); readers poll for it. So the
+Lightning loop is an ordinary `fit` over an endless IterableDataset, and `max_steps` ends the run.
 
 Sharding, so that no group is trained twice or skipped:
 - ranks split each global batch by **group** (group j goes to rank j % world): a group's rollouts stay together;

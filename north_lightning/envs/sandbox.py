@@ -1,11 +1,12 @@
 """A Docker container an agent may run anything in, with limits users can trust.
 
-Defaults: no network unless the task allows it, memory (no swap), CPU and pids limits, a per-command timeout
+Defaults: no network unless the task allows it, memory (no swap), CPU and pids limits, a non-root user, every
+capability dropped but `KEPT_CAPABILITIES`, a floor on the engine's free disk space, a per-command timeout
 enforced twice (GNU `timeout` inside the container kills the command's whole process group, and a host-side
-deadline stops waiting if even that hangs), a wall-clock budget per episode, an optional non-root user, and
+deadline stops waiting if even that hangs), a wall-clock budget per episode, and
 removal that cannot be forgotten: a context manager, plus an atexit hook and SIGTERM/SIGINT handlers that remove
-every live sandbox of this process. Every container carries `SANDBOX_LABEL` and its owner's pid, so
-`sweep_orphans()` finds what a SIGKILLed process left behind.
+every live sandbox of this process. Every container carries `SANDBOX_LABEL` and its owner's host, uid, pid and
+pid start time, so `sweep_orphans()` finds what a SIGKILLed process left behind (and nothing else).
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ import atexit
 import io
 import os
 import signal
-import socket
 import tarfile
 import threading
 import time
@@ -36,10 +36,13 @@ from north_lightning.envs.docker_host import (  # noqa: F401  (re-exported: the 
     docker_client,
     labelled_containers,
     labelled_summaries,
+    owner_labels,
     remove_container,
     sweep_orphans,
 )
 
+GET_FILE_MAX_BYTES = 1 << 20  # what one read of a sandbox file may bring into the host's memory
+TRUNCATION_MARKER = "\n[... file truncated: the first {shown} of {size} bytes shown ...]\n"
 TIMEOUT_EXIT_CODE = 124  # what GNU `timeout` returns; the host-side deadline reports the same
 KILL_GRACE_SEC = 2.0  # SIGTERM -> SIGKILL grace of the in-container `timeout`
 HOST_DEADLINE_SLACK_SEC = 10.0
@@ -50,6 +53,37 @@ _EXEC_WRAPPER = (
     f'T=$1; shift; exec 2>&1; timeout -k {KILL_GRACE_SEC:g} "$T" "$@" & p=$!; wait $p; rc=$?; '
     'kill -9 -- -$p 2>/dev/null; exit $rc'
 )
+
+
+# Every capability but these is dropped: enough for root in the container to own, chmod and kill its files
+# and processes and for `su`/`setpriv` to switch users; nothing for devices, raw sockets, chroot or capabilities.
+KEPT_CAPABILITIES = ("CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID", "KILL", "SETGID", "SETUID")
+
+
+class HostDiskLow(SandboxError):
+    """The Docker engine's disk has less free space than `min_host_free_mb`: an infrastructure failure."""
+
+
+_DATA_ROOT: list[str | None] = []
+
+
+def engine_data_root(client: docker.DockerClient) -> str | None:
+    """The engine's data root when it is on this machine (a remote engine's disk cannot be watched from here)."""
+    if not _DATA_ROOT:
+        root = client.info().get("DockerRootDir")
+        _DATA_ROOT.append(root if root and os.path.isdir(root) else None)
+    return _DATA_ROOT[0]
+
+
+def check_host_disk(client: docker.DockerClient, min_free_mb: int) -> None:
+    root = engine_data_root(client)
+    if root is None or min_free_mb <= 0:
+        return
+    stat = os.statvfs(root)
+    free_mb = stat.f_bavail * stat.f_frsize / 2**20
+    if free_mb < min_free_mb:
+        raise HostDiskLow(f"the Docker engine's disk ({root}) has {free_mb:.0f} MB free, under the "
+                          f"{min_free_mb} MB floor (min_host_free_mb): no sandbox writes more")
 
 
 class EpisodeTimeout(SandboxError):
@@ -74,20 +108,37 @@ class SandboxConfig:
     memory_mb: int = 1024
     pids_limit: int = 256
     allow_internet: bool = False
-    user: str = "root"  # user commands run as by default ("agent" = the base image's non-root account)
+    user: str = "agent"  # user commands run as by default: the base image's non-root account (tasks that need
+    # root say so: `[environment] user = "root"`)
     workdir: str = "/app"
     command_timeout_sec: float = 60.0
     episode_timeout_sec: float = 900.0
     max_output_bytes: int = 64_000
     env: dict[str, str] = field(default_factory=dict)
     labels: dict[str, str] = field(default_factory=dict)
+    # the engine's disk (its data root) must keep this much free: below it no sandbox starts and running ones
+    # refuse commands with `HostDiskLow`, an infrastructure failure, before a writing agent fills the host
+    min_host_free_mb: int = 2048
+    # a size-limited work directory: a loop-backed ext4 volume of this many MB at `workdir` (writes past it get
+    # ENOSPC in the container; needs root and a local engine, see envs/disk.py); None: the workdir is unbounded.
+    # Default: $NORTH_SANDBOX_DISK_MB, so an operator bounds every sandbox of a run without touching tasks
+    disk_mb: int | None = field(default_factory=lambda: int(os.environ["NORTH_SANDBOX_DISK_MB"])
+                                if os.environ.get("NORTH_SANDBOX_DISK_MB") else None)
 
 
 # ---- guaranteed removal -------------------------------------------------------------------------------------
+# The process-wide registry of the containers this process owns, whatever thread started them. Signal handlers
+# run on the main thread only and can only be installed from it, so entry points (the `tasks` and `eval` CLIs,
+# `run_episodes`) call `install_cleanup_hooks()` there before any worker thread starts a sandbox; a sandbox
+# started on the main thread installs them itself.
 _LIVE: dict[str, "DockerSandbox"] = {}
-_LIVE_LOCK = threading.Lock()
-_HOOKS_INSTALLED = False
+_LIVE_LOCK = threading.RLock()  # re-entrant: a signal handler may interrupt the main thread while it holds it
+_ATEXIT_INSTALLED = False
+_SIGNALS_INSTALLED = False
 _REMOVALS: set[threading.Thread] = set()
+_STARTING = 0  # sandboxes being created right now (not yet in _LIVE)
+_SHUTTING_DOWN = False  # set by a signal: no new sandbox may start
+_IN_FLIGHT_WAIT_SEC = 15.0
 
 
 def wait_for_removals(timeout: float = 60.0) -> None:
@@ -107,17 +158,33 @@ def close_all_sandboxes() -> int:
         live = list(_LIVE.values())
     for box in live:
         box._closed = True
-        box._remove()
+        try:
+            box._remove()
+        except docker.errors.APIError:
+            pass  # the engine refused (it is shutting down too): nothing more can be done from here
     return len(live)
 
 
-def _signal_handler(signum: int, frame: Any) -> None:
+def _close_all_for_signal() -> None:
+    """Stop new sandboxes, remove the live ones, then those whose creation was in flight on other threads."""
+    global _SHUTTING_DOWN
+    _SHUTTING_DOWN = True
     close_all_sandboxes()
+    deadline = time.monotonic() + _IN_FLIGHT_WAIT_SEC
+    while _STARTING and time.monotonic() < deadline:
+        time.sleep(0.05)
+    close_all_sandboxes()
+
+
+def _signal_handler(signum: int, frame: Any) -> None:
+    global _SHUTTING_DOWN
+    _close_all_for_signal()
     previous = _PREVIOUS_HANDLERS.get(signum)
-    if callable(previous):
+    if callable(previous):  # e.g. KeyboardInterrupt: the process may go on, and start sandboxes again
+        _SHUTTING_DOWN = False
         previous(signum, frame)
     elif previous == signal.SIG_IGN:
-        return
+        _SHUTTING_DOWN = False
     else:  # default action: die of the same signal
         signal.signal(signum, signal.SIG_DFL)
         os.kill(os.getpid(), signum)
@@ -126,18 +193,23 @@ def _signal_handler(signum: int, frame: Any) -> None:
 _PREVIOUS_HANDLERS: dict[int, Any] = {}
 
 
-def _install_cleanup_hooks() -> None:
-    """Once per process: atexit, and SIGTERM/SIGINT handlers that chain to whatever was installed before."""
-    global _HOOKS_INSTALLED
-    if _HOOKS_INSTALLED:
-        return
-    _HOOKS_INSTALLED = True
-    atexit.register(close_all_sandboxes)
-    if threading.current_thread() is not threading.main_thread():
-        return  # signal handlers can only be set from the main thread; atexit still covers normal exits
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        _PREVIOUS_HANDLERS[signum] = signal.getsignal(signum)
-        signal.signal(signum, _signal_handler)
+def install_cleanup_hooks() -> bool:
+    """An atexit hook (once per process) and, when called on the main thread, SIGTERM/SIGINT handlers that
+    remove every sandbox of the process and then chain to whatever was installed before. Returns whether the
+    signal handlers are in place (they cannot be installed from another thread; a later main-thread call
+    installs them)."""
+    global _ATEXIT_INSTALLED, _SIGNALS_INSTALLED
+    with _LIVE_LOCK:
+        if not _ATEXIT_INSTALLED:
+            _ATEXIT_INSTALLED = True
+            atexit.register(close_all_sandboxes)
+        if _SIGNALS_INSTALLED or threading.current_thread() is not threading.main_thread():
+            return _SIGNALS_INSTALLED
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            _PREVIOUS_HANDLERS[signum] = signal.getsignal(signum)
+            signal.signal(signum, _signal_handler)
+        _SIGNALS_INSTALLED = True
+        return True
 
 
 # ---- the sandbox --------------------------------------------------------------------------------------------
@@ -186,20 +258,39 @@ class DockerSandbox:
         self.start_latency_s: float | None = None
         self._deadline: float | None = None
         self._closed = False
+        self._disk: Any = None  # envs.disk.WorkVolume when `disk_mb` is set
 
     # lifecycle
     def start(self) -> "DockerSandbox":
-        _install_cleanup_hooks()
+        global _STARTING
+        install_cleanup_hooks()
+        with _LIVE_LOCK:
+            if _SHUTTING_DOWN:
+                raise SandboxError("the process is shutting down (signal received): no new sandbox")
+            _STARTING += 1
+        try:
+            return self._start()
+        finally:
+            with _LIVE_LOCK:
+                _STARTING -= 1
+
+    def _start(self) -> "DockerSandbox":
         cfg = self.config
+        check_host_disk(self.client, cfg.min_host_free_mb)
         box_id = uuid.uuid4().hex
-        labels = {SANDBOX_LABEL: "1", OWNER_PID_LABEL: str(os.getpid()), OWNER_HOST_LABEL: socket.gethostname(),
-                  BOX_ID_LABEL: box_id, **cfg.labels}
+        labels = {**cfg.labels, SANDBOX_LABEL: "1", **owner_labels(), BOX_ID_LABEL: box_id}
         started = time.monotonic()
         try:  # look first: `run` would try to pull a missing image from a registry
             self.client.images.get(cfg.image)
         except docker.errors.ImageNotFound as err:
             raise SandboxError(f"image {cfg.image!r} not found locally (no registry is used): build the task "
                                f"image first") from err
+        volumes = None
+        if cfg.disk_mb:
+            from north_lightning.envs.disk import WorkVolume
+
+            self._disk = WorkVolume(self.client, box_id, cfg.disk_mb, labels)
+            volumes = {self._disk.create(): {"bind": cfg.workdir, "mode": "rw"}}
         try:
             self.container = self.client.containers.run(
                 cfg.image, command=["sleep", "infinity"], detach=True, init=True, labels=labels,
@@ -207,15 +298,21 @@ class DockerSandbox:
                 mem_limit=f"{cfg.memory_mb}m", memswap_limit=f"{cfg.memory_mb}m",
                 nano_cpus=int(cfg.cpus * 1e9), pids_limit=cfg.pids_limit,
                 working_dir=cfg.workdir, environment=cfg.env, hostname="sandbox",
-                security_opt=["no-new-privileges"], cap_drop=["NET_RAW", "MKNOD", "AUDIT_WRITE", "SYS_CHROOT"],
+                security_opt=["no-new-privileges"], cap_drop=["ALL"], cap_add=list(KEPT_CAPABILITIES),
+                volumes=volumes,
             )
         except docker.errors.APIError as err:
             # `run` = create + start: a container that was created but failed to start must not linger
             for stray in labelled_summaries(self.client, f"{BOX_ID_LABEL}={box_id}"):
                 remove_container(self.client, stray["Id"])
+            if self._disk is not None:
+                self._disk.remove()
             raise SandboxError(f"cannot start a container from {cfg.image!r}: {err}") from err
         with _LIVE_LOCK:
             _LIVE[self.container.id] = self
+        if _SHUTTING_DOWN:  # a signal arrived while the engine created it, and its handler stopped waiting
+            self.close()
+            raise SandboxError("the process is shutting down (signal received): sandbox removed")
         self.start_latency_s = time.monotonic() - started
         self._deadline = time.monotonic() + cfg.episode_timeout_sec
         return self
@@ -244,8 +341,11 @@ class DockerSandbox:
     def _remove(self) -> None:
         try:
             self.container.remove(force=True)
+            if self._disk is not None:
+                self._disk.remove()
         except docker.errors.NotFound:
-            pass
+            if self._disk is not None:
+                self._disk.remove()
         except docker.errors.APIError as err:
             if "already in progress" not in str(err):
                 raise
@@ -278,6 +378,7 @@ class DockerSandbox:
         wall-clock budget is spent, unless `outside_episode_budget` (the verifier has its own timeout)."""
         if self.container is None or self._closed:
             raise SandboxError("exec on a sandbox that is not running (start() it / it was closed)")
+        check_host_disk(self.client, self.config.min_host_free_mb)
         remaining = float("inf") if outside_episode_budget else self.remaining_sec()
         if remaining <= 0:
             raise EpisodeTimeout(f"episode wall-clock budget of {self.config.episode_timeout_sec:.0f} s spent")
@@ -363,14 +464,45 @@ class DockerSandbox:
         if not self.container.put_archive("/", buf.getvalue()):
             raise SandboxError(f"put_dir {host_dir} -> {self.name}:{container_dir} failed")
 
-    def get_file(self, path: str) -> bytes:
-        """Read one file. Raises FileNotFoundError when it does not exist."""
+    def get_file(self, path: str, max_bytes: int = GET_FILE_MAX_BYTES) -> bytes:
+        """Read one file through the engine (as the daemon: for the grader's reads, which the agent must not be
+        able to tamper with; the agent's own tools read inside the container as its user). Streamed, and at
+        most `max_bytes` are read: a longer file comes back cut, ending with `TRUNCATION_MARKER`'s line.
+        Raises FileNotFoundError when it does not exist or is not a regular file (a symlink is not followed)."""
         try:
-            stream, _ = self.container.get_archive(path)
+            stream, _ = self.client.api.get_archive(self.container.id, path, chunk_size=64 * 1024)
         except docker.errors.NotFound as err:
             raise FileNotFoundError(f"{self.name}:{path}") from err
-        with tarfile.open(fileobj=io.BytesIO(b"".join(stream))) as tar:
-            member = tar.next()
-            if member is None or not member.isfile():
-                raise FileNotFoundError(f"{self.name}:{path} is not a regular file")
-            return tar.extractfile(member).read()
+        try:
+            with tarfile.open(fileobj=_ChunkReader(stream), mode="r|") as tar:
+                member = tar.next()
+                if member is None or not member.isfile():
+                    raise FileNotFoundError(f"{self.name}:{path} is not a regular file")
+                data = tar.extractfile(member).read(max_bytes)
+        finally:
+            stream.close()  # the rest of a long file is never transferred
+        if member.size > max_bytes:
+            data += TRUNCATION_MARKER.format(shown=len(data), size=member.size).encode()
+        return data
+
+
+class _ChunkReader(io.RawIOBase):
+    """A file-like view of the engine's chunk iterator, for tarfile's streaming mode (bounded memory)."""
+
+    def __init__(self, chunks: Any) -> None:
+        self.chunks = iter(chunks)
+        self.pending = b""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        while not self.pending:
+            try:
+                self.pending = next(self.chunks)
+            except StopIteration:
+                return 0
+        n = min(len(buffer), len(self.pending))
+        buffer[:n] = self.pending[:n]
+        self.pending = self.pending[n:]
+        return n

@@ -2,8 +2,11 @@
 
 `str_replace_editor` keeps the messages users of SWE-agent know (e.g. "No replacement was performed,
 old_str `x` did not appear verbatim in /p.", "Here's the result of running `cat -n` on /p:"), so trajectories
-recorded with SWE-agent and rollouts here read the same. Files are read and written through the sandbox's tar
-interface (no quoting pitfalls); the undo history lives on the host, per path, like SWE-agent's.
+recorded with SWE-agent and rollouts here read the same. Files are read inside the container as the agent's
+user (its file permissions apply: `view /etc/shadow` is denied as `cat` would be), at most
+`EDITOR_MAX_READ_BYTES` (a longer file is shown cut, with a marker, and cannot be edited here); they are written
+through the sandbox's tar interface (no quoting pitfalls); the undo history lives on the host, per path, like
+SWE-agent's.
 """
 
 from __future__ import annotations
@@ -13,9 +16,10 @@ from collections import defaultdict
 from pathlib import PurePosixPath
 from typing import Any
 
-from north_lightning.envs.sandbox import DockerSandbox
+from north_lightning.envs.sandbox import TRUNCATION_MARKER, DockerSandbox
 
 SNIPPET_LINES = 4
+EDITOR_MAX_READ_BYTES = 1_000_000
 MAX_VIEW_CHARS = 16_000
 TRUNCATED_NOTE = ("<response clipped><NOTE>To save on context only part of this file has been shown to you. You "
                   "should retry this tool after you have searched inside the file with `grep -n` in order to find "
@@ -96,11 +100,23 @@ class StrReplaceEditor:
                               "directories")
         return kind
 
-    def _read(self, path: str) -> str:
-        try:
-            return self.box.get_file(path).decode(errors="replace")
-        except FileNotFoundError as err:
-            raise ToolFailure(f"The path {path} does not exist. Please provide a valid path.") from err
+    def _read(self, path: str, *, whole: bool = False) -> str:
+        """The file's text, read in the container as the editor's user; a file over `EDITOR_MAX_READ_BYTES`
+        comes back cut with a marker, or, with `whole` (an edit needs all of it), is refused."""
+        limit = EDITOR_MAX_READ_BYTES
+        code, out = self.box.exec(["bash", "-c", 'stat -L -c %s -- "$1" && head -c "$2" -- "$1"', "read", path,
+                                   str(limit)], user=self.user, max_output_bytes=2 * limit + 256)
+        size_line, _, text = out.partition("\n")
+        if code != 0 or not size_line.strip().isdigit():
+            reason = out.strip().splitlines()[-1] if out.strip() else f"exit code {code}"
+            raise ToolFailure(f"Cannot read {path}: {reason}")
+        size = int(size_line)
+        if size > limit:
+            if whole:
+                raise ToolFailure(f"The file {path} is {size} bytes, more than this editor handles ({limit}); "
+                                  "edit it with bash (sed, python) instead.")
+            text += TRUNCATION_MARKER.format(shown=limit, size=size)
+        return text
 
     def _write(self, path: str, text: str) -> None:
         parent = str(PurePosixPath(path).parent)
@@ -145,7 +161,7 @@ class StrReplaceEditor:
         return f"Here's the result of running `cat -n` on {path}:\n{_numbered(text, start)}\n"
 
     def str_replace(self, path: str, old_str: str, new_str: str) -> str:
-        text = self._read(path).expandtabs()
+        text = self._read(path, whole=True).expandtabs()
         old_str, new_str = old_str.expandtabs(), new_str.expandtabs()
         count = text.count(old_str)
         if count == 0:
@@ -166,7 +182,7 @@ class StrReplaceEditor:
                 "file again if necessary.")
 
     def insert(self, path: str, insert_line: int, new_str: str) -> str:
-        text = self._read(path).expandtabs()
+        text = self._read(path, whole=True).expandtabs()
         lines = text.split("\n")
         if insert_line < 0 or insert_line > len(lines):
             raise ToolFailure(f"Invalid `insert_line` parameter: {insert_line}. It should be within the range of "
@@ -203,7 +219,10 @@ def opencode_tool(box: DockerSandbox, editor: StrReplaceEditor, name: str, args:
     """OpenCode's read / write / edit / grep / glob / todowrite on the sandbox (bash is run by the caller)."""
     path = args.get("filePath") or args.get("path") or "."
     if name == "read":
-        text = editor._read(path) if editor._exists(path) == "file" else None
+        try:
+            text = editor._read(path) if editor._exists(path) == "file" else None
+        except ToolFailure as failure:
+            return str(failure), 1
         if text is None:
             return f"File not found: {path}", 1
         lines = text.split("\n")
@@ -213,7 +232,10 @@ def opencode_tool(box: DockerSandbox, editor: StrReplaceEditor, name: str, args:
         editor._write(path, str(args.get("content", "")))
         return f"Wrote {path}", 0
     if name == "edit":
-        text = editor._read(path) if editor._exists(path) == "file" else None
+        try:
+            text = editor._read(path, whole=True) if editor._exists(path) == "file" else None
+        except ToolFailure as failure:
+            return str(failure), 1
         old, new = str(args.get("oldString", "")), str(args.get("newString", ""))
         if text is None:
             return f"File not found: {path}", 1

@@ -97,34 +97,21 @@ class Trajectory:
 
     @staticmethod
     def from_dict(d: Any, where: str = "<record>") -> Trajectory:
-        """Validate and build; every problem raises `RecordError` naming `where` and a counter reason."""
+        """Validate and build; every problem raises `RecordError` naming `where` and a counter reason. The
+        whole schema is checked here, at the boundary, so nothing downstream meets a wrongly typed field."""
         if not isinstance(d, dict):
             raise RecordError(where, "not_an_object", "record is not a JSON object")
         for key in REQUIRED_FIELDS:
             if not isinstance(d.get(key), str) or not d[key]:
                 raise RecordError(where, "missing_field", f"missing or empty required field {key!r}")
-        steps_raw = d.get("steps") or []
-        if not isinstance(steps_raw, list):
-            raise RecordError(where, "bad_field", "field 'steps' must be a list")
-        steps = []
-        for i, s in enumerate(steps_raw):
-            if not isinstance(s, dict):
-                raise RecordError(where, "bad_field", f"steps[{i}] is not an object")
-            calls = []
-            for j, c in enumerate(s.get("calls") or []):
-                args = c.get("arguments", {}) if isinstance(c, dict) else None
-                if isinstance(args, str):  # OpenAI wire format: arguments as a JSON string
-                    try:
-                        args = json.loads(args)
-                    except json.JSONDecodeError:
-                        raise RecordError(where, "bad_tool_arguments", f"steps[{i}].calls[{j}] arguments not JSON")
-                if not isinstance(c, dict) or not isinstance(c.get("name"), str) or not isinstance(args, dict):
-                    raise RecordError(where, "bad_field", f"steps[{i}].calls[{j}] needs a name and object arguments")
-                calls.append(ToolCall(c["name"], args))
-            obs = [Observation(str(o.get("output", "")), o.get("exit_code")) for o in s.get("observations") or []]
-            if len(obs) > len(calls):
-                raise RecordError(where, "bad_field", f"steps[{i}] has more observations than calls")
-            steps.append(Step(str(s.get("thought") or ""), tuple(calls), tuple(obs)))
+        for key in ("system", "response", "domain", "harness"):
+            _optional(d, key, str, "a string", where)
+        _optional(d, "verified", bool, "true or false", where)
+        _optional(d, "meta", dict, "an object", where)
+        tools = _optional(d, "tools", list, "a list of tool schemas", where)
+        if tools is not None and not all(isinstance(t, dict) for t in tools):
+            raise RecordError(where, "bad_field", "field 'tools' must be a list of objects (OpenAI tool schemas)")
+        steps = tuple(_step(s, i, where) for i, s in enumerate(_optional(d, "steps", list, "a list", where) or []))
         harness = d.get("harness")
         if harness is not None and harness not in HARNESSES:
             raise RecordError(where, "unknown_harness", f"unknown harness {harness!r}; known: {', '.join(sorted(HARNESSES))}")
@@ -134,15 +121,56 @@ class Trajectory:
             id=d["id"],
             task=d["task"],
             source=d["source"],
-            steps=tuple(steps),
+            steps=steps,
             system=d.get("system"),
-            tools=d.get("tools"),
+            tools=tools,
             response=d.get("response"),
             domain=d.get("domain") or "agentic",
             harness=harness,
             verified=bool(d.get("verified", False)),
             meta=dict(d.get("meta") or {}),
         )
+
+
+def _optional(d: dict[str, Any], key: str, kind: type, what: str, where: str, at: str = "") -> Any:
+    """`d[key]` when it is absent/null or a `kind`; else a `bad_field` RecordError naming the key."""
+    value = d.get(key)
+    if value is not None and not isinstance(value, kind):
+        raise RecordError(where, "bad_field", f"field {at}{key!r} must be {what} or null, got {type(value).__name__}")
+    return value
+
+
+def _step(s: Any, i: int, where: str) -> Step:
+    if not isinstance(s, dict):
+        raise RecordError(where, "bad_field", f"steps[{i}] is not an object")
+    at = f"steps[{i}]"
+    _optional(s, "thought", str, "a string", where, f"{at}.")
+    calls = []
+    for j, c in enumerate(_optional(s, "calls", list, "a list", where, f"{at}.") or []):
+        args = c.get("arguments", {}) if isinstance(c, dict) else None
+        if isinstance(args, str):  # OpenAI wire format: arguments as a JSON string
+            try:
+                args = json.loads(args)
+            except (json.JSONDecodeError, RecursionError):
+                raise RecordError(where, "bad_tool_arguments", f"{at}.calls[{j}] arguments not JSON") from None
+        elif args is None:
+            args = {}
+        if not isinstance(c, dict) or not isinstance(c.get("name"), str) or not c["name"] or not isinstance(args, dict):
+            raise RecordError(where, "bad_field", f"{at}.calls[{j}] needs a name and object arguments")
+        calls.append(ToolCall(c["name"], args))
+    observations = []
+    for j, o in enumerate(_optional(s, "observations", list, "a list", where, f"{at}.") or []):
+        if not isinstance(o, dict):
+            raise RecordError(where, "bad_field", f"{at}.observations[{j}] is not an object")
+        output, code = o.get("output"), o.get("exit_code")
+        if output is not None and not isinstance(output, str):
+            raise RecordError(where, "bad_field", f"{at}.observations[{j}].output must be a string")
+        if code is not None and (not isinstance(code, int) or isinstance(code, bool)):
+            raise RecordError(where, "bad_field", f"{at}.observations[{j}].exit_code must be an integer or null")
+        observations.append(Observation(output or "", code))
+    if len(observations) > len(calls):
+        raise RecordError(where, "bad_field", f"{at} has more observations than calls")
+    return Step(s.get("thought") or "", tuple(calls), tuple(observations))
 
 
 @dataclass(frozen=True)
@@ -191,7 +219,7 @@ def _iter_jsonl(path: Path, shard: int, offset: int, line: int) -> Iterator[tupl
                 continue
             try:
                 obj: Any = json.loads(raw)
-            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
                 obj = RecordError(where, "malformed_json", f"malformed JSON line ({exc})")
             yield obj, where, Position(shard, offset, line)
 
@@ -216,7 +244,7 @@ def _iter_parquet(path: Path, shard: int, row: int) -> Iterator[tuple[Any, str, 
                 if isinstance(d.get(key), str):
                     try:
                         d[key] = json.loads(d[key])
-                    except json.JSONDecodeError:
+                    except (json.JSONDecodeError, RecursionError):
                         d = RecordError(f"{path}:row {first + i}", "malformed_json", f"column {key!r} not JSON")
                         break
             yield d, f"{path}:row {first + i}", Position(shard, first + i + 1, first + i + 2)

@@ -9,13 +9,14 @@ or mis-shaped is an error listing the tensors: a checkpoint is never partly rand
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from north_lightning.model.config import NorthConfig
@@ -87,6 +88,25 @@ def _check_expert_shapes(prefix: str, experts: list[dict[str, torch.Tensor]], co
         raise ValueError(f"checkpoint: mis-shaped expert tensors: {bad[:8]}")
 
 
+def open_safetensors(file: str | Path) -> Any:
+    """`safe_open` whose error names the file: a truncated or corrupt shard among many says which one."""
+    try:
+        return safe_open(str(file), framework="pt")
+    except (SafetensorError, OSError) as err:
+        raise ValueError(f"{file}: not a readable safetensors file ({err})") from err
+
+
+def _umask() -> int:
+    """The process umask, read without changing it (os.umask would, for a moment, for every thread)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    return 0o022
+
+
 def read_safetensors_dir(path: Path) -> dict[str, torch.Tensor]:
     """All tensors of a checkpoint directory: sharded (index json) or a single model.safetensors."""
     index = path / INDEX_NAME
@@ -100,9 +120,12 @@ def read_safetensors_dir(path: Path) -> dict[str, torch.Tensor]:
     for shard in shards:
         if not (path / shard).exists():
             raise FileNotFoundError(f"{path / INDEX_NAME}: lists shard {shard}, which does not exist")
-        with safe_open(str(path / shard), framework="pt") as f:
-            for key in f.keys():
-                tensors[key] = f.get_tensor(key)
+        with open_safetensors(path / shard) as f:
+            try:
+                for key in f.keys():
+                    tensors[key] = f.get_tensor(key)
+            except SafetensorError as err:
+                raise ValueError(f"{path / shard}: not a readable safetensors file ({err})") from err
     return tensors
 
 
@@ -151,6 +174,7 @@ def save_pretrained(model: NorthForCausalLM, path: str | Path, tokenizer_dir: st
     for i, shard in enumerate(shards):
         file = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
         save_file(shard, str(path / file), metadata={"format": "pt"})
+        os.chmod(path / file, 0o666 & ~_umask())  # safetensors creates 0600; the rest of the export is umask's
         for name, tensor in shard.items():
             weight_map[name] = file
             total += tensor.numel() * tensor.element_size()

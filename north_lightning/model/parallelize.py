@@ -37,6 +37,7 @@ from torch.utils.checkpoint import checkpoint
 from north_lightning.model.config import NorthConfig
 from north_lightning.model.expert_parallel import ExpertParallelExperts
 from north_lightning.model.moe import MoEBlock
+from north_lightning.model.safe_load import load_checkpoint_file
 from north_lightning.model.transformer import NorthForCausalLM
 
 _DTYPES = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float32": torch.float32, "fp32": torch.float32,
@@ -159,7 +160,7 @@ def distributed_checkpoint_to_hf(ckpt_dir: str | Path, out_dir: str | Path, conf
 
     with tempfile.TemporaryDirectory() as tmp:
         dcp_to_torch_save(str(ckpt_dir), f"{tmp}/full.pt")
-        checkpoint = torch.load(f"{tmp}/full.pt", map_location="cpu", weights_only=False)
+        checkpoint = load_checkpoint_file(f"{tmp}/full.pt")
     module_state = checkpoint.get("state_dict", checkpoint)
     state = {k[len(prefix):]: v for k, v in module_state.items() if k.startswith(prefix)}
     if not state:

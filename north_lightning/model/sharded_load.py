@@ -15,10 +15,10 @@ from contextlib import ExitStack
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
 from torch.distributed.tensor import DTensor
 from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
 
+from north_lightning.model.hf import open_safetensors
 from north_lightning.model.transformer import NorthForCausalLM
 
 INDEX_NAME = "model.safetensors.index.json"
@@ -31,7 +31,7 @@ def _weight_map(path: Path) -> dict[str, str]:
     single = path / "model.safetensors"
     if not single.exists():
         raise FileNotFoundError(f"{path}: neither {INDEX_NAME} nor model.safetensors found")
-    with safe_open(str(single), framework="pt") as f:
+    with open_safetensors(single) as f:
         return {key: "model.safetensors" for key in f.keys()}
 
 
@@ -48,7 +48,7 @@ class _Reader:
 
     def __init__(self, path: Path, stack: ExitStack) -> None:
         self.path, self.map = path, _weight_map(path)
-        self.files = {name: stack.enter_context(safe_open(str(path / name), framework="pt"))
+        self.files = {name: stack.enter_context(open_safetensors(path / name))
                       for name in sorted(set(self.map.values()))}
 
     def has(self, key: str) -> bool:

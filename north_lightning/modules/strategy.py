@@ -15,6 +15,7 @@ from typing import Any
 from lightning.pytorch.strategies import ModelParallelStrategy
 
 from north_lightning.model.parallelize import dtype_from_name, parallelize_north
+from north_lightning.model.safe_load import safe_checkpoint_globals
 from north_lightning.model.transformer import NorthForCausalLM
 
 
@@ -80,6 +81,8 @@ class NorthParallelStrategy(ModelParallelStrategy):
             yield
 
     def load_checkpoint(self, checkpoint_path: Any, weights_only: bool | None = None) -> dict[str, Any]:
-        # Our checkpoints carry numpy/python RNG states (bit-identical resume), which torch.load's weights_only
-        # default refuses in meta.pt; resuming a run from its own checkpoint folder is trusted input.
-        return super().load_checkpoint(checkpoint_path, weights_only=False if weights_only is None else weights_only)
+        # Restricted unpickler with our allow-list (numpy RNG states), whatever the caller asked: write access
+        # to a run directory must not be code execution in the trainer. (torch's own DCP shard metadata,
+        # `.metadata`, is still a plain pickle: see the README's security section.)
+        with safe_checkpoint_globals():
+            return super().load_checkpoint(checkpoint_path, weights_only=True)

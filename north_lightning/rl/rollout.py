@@ -30,7 +30,7 @@ from north_lightning.formats.harnesses import get_harness
 from north_lightning.formats.harnesses.base import Action, FormatError, Harness, ToolCall
 from north_lightning.formats.records import Trajectory
 from north_lightning.envs.response import response_message
-from north_lightning.envs.sandbox import EpisodeTimeout, SandboxError
+from north_lightning.envs.sandbox import EpisodeTimeout, SandboxError, install_cleanup_hooks
 from north_lightning.envs.session import TaskSession
 from north_lightning.envs.swe_grader import INFRA_REASONS
 from north_lightning.envs.images import ImageBuildError
@@ -322,6 +322,7 @@ def run_episodes(policy: Policy, tokenizer: Any, jobs: list[EpisodeJob], *, conf
                                 env_name=job.env_name),
             job.task, retries=config.infra_retries, env_name=job.env_name)
 
+    install_cleanup_hooks()  # from the caller's thread: on the main thread, signals then remove the workers' boxes
     with ThreadPoolExecutor(max_workers=max(1, concurrency), thread_name_prefix="rollout") as pool:
         return list(pool.map(one, jobs))
 

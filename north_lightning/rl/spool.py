@@ -1,12 +1,18 @@
 """The rollout spool: global batches on disk between the sampler (rank 0's threads) and every rank's reader.
 
 The sampler side (`rl/sampler.py`, driven by `VLLMSidecar` / `SyncRollouts`) writes global batch `i` atomically
-to `batch_{i:08d}.pt`; the RL datamodule (`datamodules/rl.py`) on every rank and dataloader worker polls for it.
-It lives in `rl/` because the writer is here and the reader sits above it.
+to `batch_{i:08d}.safetensors`; the RL datamodule (`datamodules/rl.py`) on every rank and dataloader worker polls
+for it. It lives in `rl/` because the writer is here and the reader sits above it.
+
+A batch is plain data (dicts with str keys, lists, numbers, strings, None). It is stored without pickle, so that
+write access to the run directory is not code execution in the trainer: the numeric lists (token ids,
+logprobs, ...) become safetensors tensors and the rest is JSON in the safetensors header, each list replaced by
+`{"__tensor__": name}`. Reading gives back the same plain data (lists of Python ints/floats).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Callable
@@ -14,6 +20,69 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+SPOOL_FORMAT = "north_lightning.spool/1"
+_TENSOR_KEY = "__tensor__"
+_INT64 = (-(2 ** 63), 2 ** 63 - 1)
+
+
+class SpoolFormatError(ValueError):
+    """A spool file is not a batch this code wrote (wrong format, corrupt or tampered with); names the file."""
+
+
+def _encode(value: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    """Plain data -> JSON-able data, moving numeric lists into `tensors`."""
+    if isinstance(value, dict):
+        if not all(isinstance(k, str) for k in value):
+            raise TypeError(f"spool batches need str dict keys, got {[k for k in value if not isinstance(k, str)]}")
+        return {k: _encode(v, tensors) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        if value and all(type(x) is int for x in value) and _INT64[0] <= min(value) and max(value) <= _INT64[1]:
+            dtype = torch.int64
+        elif value and all(type(x) is float for x in value):
+            dtype = torch.float64
+        else:
+            return [_encode(v, tensors) for v in value]
+        name = f"t{len(tensors)}"
+        tensors[name] = torch.tensor(value, dtype=dtype)
+        return {_TENSOR_KEY: name}
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    raise TypeError(f"spool batches hold plain data only, got {type(value).__name__}")
+
+
+def _decode(value: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    if isinstance(value, dict):
+        if set(value) == {_TENSOR_KEY}:
+            return tensors[value[_TENSOR_KEY]].tolist()
+        return {k: _decode(v, tensors) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_decode(v, tensors) for v in value]
+    return value
+
+
+def write_batch(path: str | Path, batch: dict[str, Any]) -> None:
+    """Write `batch` to `path` (not atomically: `RolloutSpool.put` writes a temporary name and renames)."""
+    tensors: dict[str, torch.Tensor] = {}
+    structure = _encode(batch, tensors)
+    save_file(tensors, str(path), metadata={"format": SPOOL_FORMAT, "batch": json.dumps(structure)})
+
+
+def read_batch(path: str | Path) -> dict[str, Any]:
+    """A batch written by `write_batch`. Raises `SpoolFormatError` naming the file for anything else."""
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            meta = fh.metadata() or {}
+            tensors = {name: fh.get_tensor(name) for name in fh.keys()}
+        if meta.get("format") != SPOOL_FORMAT:
+            raise SpoolFormatError(f"{path}: not a rollout spool batch (format {meta.get('format')!r})")
+        return _decode(json.loads(meta["batch"]), tensors)
+    except SpoolFormatError:
+        raise
+    except (SafetensorError, OSError, ValueError, KeyError, TypeError) as err:
+        raise SpoolFormatError(f"{path}: unreadable rollout spool batch ({type(err).__name__}: {err})") from err
 
 
 class RolloutSpool:
@@ -40,11 +109,11 @@ class RolloutSpool:
         (self.dir / self.FAILED).unlink(missing_ok=True)
 
     def path(self, index: int) -> Path:
-        return self.dir / f"batch_{index:08d}.pt"
+        return self.dir / f"batch_{index:08d}.safetensors"
 
     def put(self, index: int, batch: dict[str, Any]) -> None:
         tmp = self.dir / f".batch_{index:08d}.{os.getpid()}.tmp"
-        torch.save(batch, tmp)
+        write_batch(tmp, batch)
         os.replace(tmp, self.path(index))  # atomic: a reader never sees a half-written batch
 
     def get(self, index: int, timeout: float, poll: float = 0.05,
@@ -66,7 +135,7 @@ class RolloutSpool:
                 raise TimeoutError(f"no rollout batch {index} in {self.dir} after {timeout:.0f} s: is the sampler "
                                    "callback (VLLMSidecar / SyncRollouts) configured and alive?")
             time.sleep(poll)
-        return torch.load(path, weights_only=False)
+        return read_batch(path)
 
     def restart_at(self, index: int) -> int:
         """Ready the spool for a sampler that starts at batch `index`: batches >= index and the failure note of
@@ -77,7 +146,7 @@ class RolloutSpool:
     def discard_from(self, index: int) -> int:
         """Delete batches >= index (written before a crash, their groups are re-dispatched on resume)."""
         removed = 0
-        for p in self.dir.glob("batch_*.pt"):
+        for p in self.dir.glob("batch_*.safetensors"):
             if int(p.stem.split("_")[1]) >= index:
                 p.unlink()
                 removed += 1

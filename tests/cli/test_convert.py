@@ -11,6 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from helpers import CodeRunningPickle
 from north_lightning.__main__ import main
 from north_lightning.assets import tiny_tokenizer_path
 from north_lightning.model import NorthConfig, NorthForCausalLM
@@ -97,6 +98,22 @@ def test_errors_are_clear(tmp_path: Path, hf_dir: Path, capsys: pytest.CaptureFi
     (hf_dir / "config.json").write_text(json.dumps({**cfg, "model_type": "llama"}))
     assert main(["convert", "hf-to-ckpt", str(hf_dir), str(tmp_path / "y.ckpt")]) == 2
     assert "model_type 'llama' is not supported" in capsys.readouterr().err
+
+
+def test_a_checkpoint_cannot_run_code(tmp_path: Path, hf_dir: Path, capsys: pytest.CaptureFixture) -> None:
+    """A pickle planted in a checkpoint is refused by the restricted unpickler, never run; our own checkpoints
+    (numpy RNG states of older runs included: the allow-list) still load."""
+    import numpy as np
+
+    assert main(["convert", "hf-to-ckpt", str(hf_dir), str(tmp_path / "ok.ckpt")]) == 0
+    ckpt = torch.load(tmp_path / "ok.ckpt", weights_only=True)
+    marker = tmp_path / "pwned"
+    torch.save({**ckpt, "rng": CodeRunningPickle(marker)}, tmp_path / "evil.ckpt")
+    assert main(["convert", "ckpt-to-hf", str(tmp_path / "evil.ckpt"), str(tmp_path / "o")]) == 2
+    assert not marker.exists(), "converting a checkpoint ran code from it"
+    assert "evil.ckpt: cannot be read" in capsys.readouterr().err
+    torch.save({**ckpt, "numpy_rng": np.random.get_state()}, tmp_path / "np.ckpt")
+    assert main(["convert", "ckpt-to-hf", str(tmp_path / "np.ckpt"), str(tmp_path / "o2")]) == 0
 
 
 def test_usage_via_python_dash_m() -> None:

@@ -14,7 +14,7 @@ SOURCE = "def f(x):\n    return x + 1\n\n\ndef g(x):\n    return x + 1\n"
 
 @pytest.fixture
 def editor(base_image):
-    with DockerSandbox(SandboxConfig(image=base_image, workdir="/repo")) as box:
+    with DockerSandbox(SandboxConfig(image=base_image, workdir="/repo", user="root")) as box:
         box.exec("mkdir -p /repo && cd /repo && git init -q && git config user.email a@b && git config user.name a",
                  workdir="/")
         box.put_files({"/repo/m.py": SOURCE})

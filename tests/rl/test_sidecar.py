@@ -19,6 +19,8 @@ import torch
 import yaml
 
 from helpers import complete_ledger, docker_ok, require
+from north_lightning.model.safe_load import load_checkpoint_file
+from north_lightning.rl.spool import read_batch
 
 pytestmark = [pytest.mark.vllm, pytest.mark.docker, pytest.mark.slow]
 
@@ -128,7 +130,7 @@ def test_sync_rollouts_swap_in_by_class_path_and_stay_on_policy(tmp_path, init_d
     images = json.loads((run / "rl" / "images.json").read_text())  # every task image the run resolved, recorded
     assert images and all(e["source"] == "built" and e["digest"].startswith("sha256:") for e in images.values())
     for i in range(2):
-        batch = torch.load(run / "rollouts" / f"batch_{i:08d}.pt", weights_only=False)
+        batch = read_batch(run / "rollouts" / f"batch_{i:08d}.safetensors")
         assert batch["policy_version"] == i
         assert [g["staleness"] for g in batch["groups"]] == [0, 0]
         assert all(r["versions"] and set(r["versions"]) == {i} for g in batch["groups"] for r in g["rollouts"])
@@ -170,6 +172,7 @@ def test_sigterm_mid_run_leaves_no_container_no_process_and_a_complete_ledger(tm
     import socket
 
     from north_lightning.envs.images import BASE_ALIAS
+    from north_lightning.envs.docker_host import OWNER_UID_LABEL
     from north_lightning.envs.sandbox import (OWNER_HOST_LABEL, OWNER_PID_LABEL, SANDBOX_LABEL, docker_client,
                                               labelled_containers)
 
@@ -180,7 +183,8 @@ def test_sigterm_mid_run_leaves_no_container_no_process_and_a_complete_ledger(tm
     require(bool(images), "no Docker image to create a stand-in orphan container from")
     orphan = client.api.create_container(images[0], command=["true"], name=f"north_orphan_{gone.pid}_{os.getpid()}",
                                          labels={SANDBOX_LABEL: "1", OWNER_PID_LABEL: str(gone.pid),
-                                                 OWNER_HOST_LABEL: socket.gethostname()})
+                                                 OWNER_HOST_LABEL: socket.gethostname(),
+                                                 OWNER_UID_LABEL: str(os.getuid())})
 
     run = tmp_path / "sigterm"
     override = _override(run, init_dir, callback="north_lightning.callbacks.vllm_sidecar.VLLMSidecar",
@@ -247,7 +251,7 @@ def test_sync_rollouts_through_sampler_servers(tmp_path, init_dir):
         from north_lightning.rl.engines.server import OpenAIServerPolicy
 
         final = NorthForCausalLM.from_pretrained(init_dir).eval()
-        sd = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False, map_location="cpu")["state_dict"]
+        sd = load_checkpoint_file(run / "checkpoints" / "last.ckpt")["state_dict"]
         final.load_state_dict({k.removeprefix("model."): v for k, v in sd.items() if k.startswith("model.")})
         prompt = [1, 10, 20, 30]
         comp = OpenAIServerPolicy(url).generate([prompt], max_tokens=16, seed=0)[0]
@@ -264,7 +268,7 @@ def test_sync_rollouts_through_sampler_servers(tmp_path, init_dir):
     assert [(e["step"], e["version"]) for e in exports] == [(1, 1), (2, 2), (3, 3)]
     assert (run / "rl" / "sampler_weights").is_dir() and not any((run / "rl" / "sampler_weights").iterdir())
     for i in range(3):
-        batch = torch.load(run / "rollouts" / f"batch_{i:08d}.pt", weights_only=False)
+        batch = read_batch(run / "rollouts" / f"batch_{i:08d}.safetensors")
         assert all(set(r["versions"]) == {i} for g in batch["groups"] for r in g["rollouts"])
     rows = list(csv.DictReader(open(next((run / "logs").rglob("metrics.csv")))))
     mismatch = [float(r["rl/logprob_mismatch_max"]) for r in rows if r.get("rl/logprob_mismatch_max")]

@@ -30,6 +30,7 @@ import torch
 from safetensors.torch import load_file
 
 from helpers import complete_ledger, docker_ok, require
+from north_lightning.rl.spool import read_batch
 
 pytestmark = [pytest.mark.vllm, pytest.mark.docker, pytest.mark.slow]
 
@@ -163,8 +164,7 @@ def test_sidecar_under_fsdp2_on_two_ranks(tmp_path: Path, init_dir: Path) -> Non
     # the ranks trained disjoint halves of each step's batch, together exactly what rank 0 sampled
     trained_ids: list[int] = []
     for step in range(STEPS):
-        sampled = [g["group_id"] for g in torch.load(run / "rollouts" / f"batch_{step:08d}.pt",
-                                                     weights_only=False)["groups"]]
+        sampled = [g["group_id"] for g in read_batch(run / "rollouts" / f"batch_{step:08d}.safetensors")["groups"]]
         per_rank = []
         for rank, d in enumerate(done):
             rec = d["trained"][step]
@@ -198,7 +198,7 @@ def test_sigkill_and_resume_on_two_ranks_trains_only_the_resumed_samplers_batche
     run = tmp_path / "run"
     proc, log_path = _start(run, init_dir, "subprocess", "--checkpoint", steps=steps, log_name="killed")
     ckpt = run / "checkpoints" / "epoch=0-step=2.ckpt"
-    stale = run / "rollouts" / "batch_00000002.pt"  # sampled by the killed run, not trained before the kill
+    stale = run / "rollouts" / "batch_00000002.safetensors"  # sampled by the killed run, not trained before the kill
     deadline = time.monotonic() + TIMEOUT_S
     # meta.pt is the last file of a sharded checkpoint (rank 0 writes it after every shard)
     while not ((ckpt / "meta.pt").exists() and stale.exists()):
@@ -211,7 +211,7 @@ def test_sigkill_and_resume_on_two_ranks_trains_only_the_resumed_samplers_batche
     os.killpg(proc.pid, signal.SIGKILL)  # both ranks and the engine child
     proc.wait()
     assert not (run / "rl" / "ledger.json").exists()  # nothing ran at exit: a real SIGKILL
-    stale_run = torch.load(stale, weights_only=False)["sampler_run"]
+    stale_run = read_batch(stale)["sampler_run"]
 
     resumed, _, log = _run(run, init_dir, "subprocess", "--checkpoint", "--resume", str(ckpt), steps=steps,
                            log_name="resumed")
@@ -226,8 +226,7 @@ def test_sigkill_and_resume_on_two_ranks_trains_only_the_resumed_samplers_batche
         assert {r["sampler_run"] for r in d["trained"]} == {new_run}, (rank, d["trained"], stale_run)
     trained_ids: list[int] = []
     for step in (2, 3):
-        sampled = [g["group_id"] for g in torch.load(run / "rollouts" / f"batch_{step:08d}.pt",
-                                                     weights_only=False)["groups"]]
+        sampled = [g["group_id"] for g in read_batch(run / "rollouts" / f"batch_{step:08d}.safetensors")["groups"]]
         per_rank = [d["trained"][step - 2]["group_ids"] for d in done]
         assert not set(per_rank[0]) & set(per_rank[1]) and sorted(per_rank[0] + per_rank[1]) == sorted(sampled)
         trained_ids += sampled

