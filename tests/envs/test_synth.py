@@ -120,6 +120,39 @@ def test_replay_teacher_rollouts_are_kept_deduplicated_and_render_everywhere(bas
             assert recovered == commands, name
 
 
+@pytest.mark.docker
+@pytest.mark.slow
+def test_replay_teacher_in_terminus2_and_swe_agent_gives_harness_agnostic_records(base_image, tokenizer, tmp_path,
+                                                                                  capsys, monkeypatch):
+    swe_dir = tmp_path / "swe"  # one bundled SWE instance (its repository copy is the image recipe)
+    swe_dir.mkdir()
+    (swe_dir / "tasks.jsonl").write_text((BUNDLED_DIR / "swe" / "tasks.jsonl").read_text().splitlines()[0] + "\n")
+    (swe_dir / "repos").symlink_to(BUNDLED_DIR / "swe" / "repos")
+    tasks = load_tasks(TASK_DIRS[0]) + load_tasks(swe_dir / "tasks.jsonl")
+    harness = {"terminal": "terminus2", "swe": "swe_agent"}
+    teacher = ReplayTeacher(tokenizer, harness, tasks)
+    monkeypatch.setenv("SYNTH_TEST_KEY", KEY)
+    try:
+        last = _synth(["--teacher", teacher.url, "--api-key-env", "SYNTH_TEST_KEY", "--tasks", str(TASK_DIRS[0]),
+                       "--tasks", str(swe_dir / "tasks.jsonl"), "--harness", "terminal=terminus2,swe=swe_agent",
+                       "--source", "mixed", "--out", str(tmp_path / "out")], capsys)
+    finally:
+        teacher.close()
+    assert last == "episodes=2 rewarded=2 not_rewarded=0 infra_error=0 duplicates=0 filtered=0 kept=2 shards=1", last
+    records = [r for r, _ in iter_records(sorted((tmp_path / "out").glob("mixed-*.parquet")), on_error="fail")]
+    assert [(r.meta["task_id"], r.meta["harness"], r.harness) for r in records] == [
+        (tasks[0].task_id, "terminus2", None), (tasks[1].task_id, "swe_agent", None)]
+    swe = records[1]
+    assert set(swe.meta["tests"]) == set(tasks[1].fail_to_pass + tasks[1].pass_to_pass)
+    assert set(swe.meta["tests"].values()) == {"passed"} and "git apply" in swe.steps[0].calls[0].arguments["command"]
+    for record in records:
+        for name in AGENT_HARNESSES:
+            harness_ = get_harness(name)
+            names = [c.name for m in harness_.render(record) if m["role"] == "assistant"
+                     for c in harness_.canonical(_parsed(harness_, m))]
+            assert names[: len(record.steps)] == [c.name for s in record.steps for c in s.calls], name
+
+
 def _parsed(harness, message):
     action = harness.parse(message if harness.tools() is not None else message["content"])
     assert isinstance(action, Action), action
@@ -149,3 +182,28 @@ def test_tiny_vllm_teacher_fails_counted_and_nothing_written(base_image, tmp_pat
     assert report["episodes"] == 2 and sum(report["end_reasons"].values()) == 2
     assert last.startswith("episodes=2 rewarded=0 not_rewarded=2 ") and last.endswith("kept=0 shards=0"), last
     assert not list(out.glob("*.parquet"))
+
+
+def test_near_duplicates_are_same_task_and_same_actions_up_to_whitespace():
+    from north_lightning.formats.harnesses.base import ToolCall
+    from north_lightning.formats.records import Step, Trajectory
+    from north_lightning.rl.synth import dedup
+
+    def record(i, task, command):
+        steps = (Step("t", (ToolCall("bash", {"command": command}),)), Step("", (ToolCall("submit", {}),)))
+        return Trajectory(id=f"r{i}", task="x", source="s", steps=steps, meta={"task_id": task})
+
+    records = [record(0, "a", "ls  -l\n"), record(1, "a", " ls -l"), record(2, "b", "ls -l"), record(3, "a", "ls -la")]
+    kept, removed = dedup(records)
+    assert [r.id for r in kept] == ["r0", "r2", "r3"] and [r.id for r in removed] == ["r1"]
+
+
+def test_teacher_names_carry_no_credentials_and_harness_specs_are_checked():
+    from north_lightning.cli.synth import parse_harness, teacher_name
+
+    assert teacher_name("http://user:pw@127.0.0.1:8000/v1/?k=1", "m") == "http://127.0.0.1:8000/v1#m"
+    assert parse_harness("terminal=terminus2, swe=swe_agent") == {"terminal": "terminus2", "swe": "swe_agent"}
+    with pytest.raises(ValueError, match=r"unknown agent harness\(es\) \['chat'\]"):
+        parse_harness("chat")
+    with pytest.raises(ValueError, match="expected NAME or kind=NAME"):
+        parse_harness("terminal=")
