@@ -118,6 +118,14 @@ def test_replay_teacher_rollouts_are_kept_deduplicated_and_render_everywhere(bas
             recovered = [c.arguments.get("command") for m in harness.render(record) if m["role"] == "assistant"
                          for c in harness.canonical(_parsed(harness, m)) if c.name == "bash"]
             assert recovered == commands, name
+    # the SFT pipeline trains on the shards as they are: one mixture component per agent harness
+    from north_lightning.datamodules.mixture import MixtureSpec
+    from north_lightning.datamodules.sft import build_pools
+
+    comps = [{"name": n, "paths": [str(out / "synth-*.parquet")], "harness": n, "share": 1.0, "verified_only": True}
+             for n in AGENT_HARNESSES]
+    pools = build_pools(MixtureSpec.load({"components": comps}), tokenizer, 4096)
+    assert [len(p) for p in pools.train] == [2] * len(AGENT_HARNESSES) and not pools.filters.totals()
 
 
 @pytest.mark.docker
