@@ -215,3 +215,14 @@ def test_teacher_names_carry_no_credentials_and_harness_specs_are_checked():
         parse_harness("chat")
     with pytest.raises(ValueError, match="expected NAME or kind=NAME"):
         parse_harness("terminal=")
+
+
+def test_a_teacher_that_is_neither_url_nor_model_dir_is_a_clear_error(tmp_path, capsys):
+    from north_lightning.__main__ import main
+
+    assert main(["synth", "--teacher", str(tmp_path / "nope"), "--tasks", str(TASK_DIRS[0]), "--harness",
+                 "terminus2", "--out", str(tmp_path / "out")]) == 1
+    assert "neither an http(s) URL nor an HF export directory" in capsys.readouterr().err
+    assert main(["synth", "--teacher", "http://127.0.0.1:1", "--tasks", str(TASK_DIRS[0]), "--harness", "chat",
+                 "--out", str(tmp_path / "out")]) == 1
+    assert "unknown agent harness(es) ['chat']" in capsys.readouterr().err
