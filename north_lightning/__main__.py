@@ -19,6 +19,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "data": ("north_lightning.cli.data", "SFT data tools: `data report --config ...`, `data import --format F SRC --out DIR`"),
     "tasks": ("north_lightning.cli.tasks", "task tools: `tasks verify DIR [--oracle]`, `tasks filter`"),
     "eval": ("north_lightning.cli.eval", "pass@k evaluation of a model on tasks"),
+    "synth": ("north_lightning.cli.synth", "synthetic SFT records from a teacher's verified rollouts"),
     "humaneval": ("north_lightning.cli.humaneval", "blind pairwise human evaluation: generate | serve | "
                   "add-annotator | report"),
     "report": ("north_lightning.cli.report", "plots from a run directory"),
