@@ -311,7 +311,7 @@ def test_parser_errors_name_the_problem() -> None:
 
 
 def test_rollout_response_message_reads_north_actions(tok) -> None:
-    from north_lightning.datamodules.harnesses import get_harness
+    from north_lightning.formats.harnesses import get_harness
     from north_lightning.envs.response import response_message
 
     text = ('<|START_THINKING|>List files first.<|END_THINKING|><|START_ACTION|>[\n    {"tool_call_id": "0", '
