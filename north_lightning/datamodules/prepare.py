@@ -339,7 +339,10 @@ def build_documents(cfg: PrepareConfig, spec: MixtureSpec, docs_dir: Path) -> Ba
             _process_chunk(job)
             done["new_chunks"] += 1
     else:
-        with mp.get_context("spawn").Pool(cfg.num_proc, initializer=_init_worker, initargs=(cfg,)) as pool:
+        # fork where there is one: the workers inherit the imported modules (transformers takes seconds to
+        # import) instead of paying for them again; they use no threads the parent started
+        method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
+        with mp.get_context(method).Pool(cfg.num_proc, initializer=_init_worker, initargs=(cfg,)) as pool:
             for _ in pool.imap(_process_chunk, jobs):
                 done["new_chunks"] += 1
     log.info("data prepare: %d document chunks written, %d reused", done["new_chunks"], done["reused_chunks"])
@@ -403,9 +406,9 @@ def prepare(cfg: PrepareConfig) -> Path:
         return out
     out.mkdir(parents=True, exist_ok=True)
     docs_dir = out / "docs"
+    tok = load_tokenizer(cfg)  # before the workers start, so they inherit transformers already imported
     bad = build_documents(cfg, spec, docs_dir)
     train, val, report, chunk_paths = load_documents(spec, docs_dir)
-    tok = load_tokenizer(cfg)
     pad_id = int(tok.pad_token_id if tok.pad_token_id is not None else 0)
     n_comp = len(spec.components)
     rows = pack(train, spec.shares, cfg.seq_len, cfg.seed, cfg.max_open_rows, cfg.epochs)
