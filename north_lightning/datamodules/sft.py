@@ -179,6 +179,11 @@ class SFTDataModule(L.LightningDataModule):
             Path(self.report_path).write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
 
     @property
+    def tokenizer_path(self) -> str:
+        """The tokenizer directory (HFExport copies it next to the weights)."""
+        return self.config.tokenizer_dir
+
+    @property
     def pad_id(self) -> int:
         assert self.index is not None, "setup() first"
         return int(self.index.meta["pad_id"])
