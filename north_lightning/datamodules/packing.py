@@ -119,7 +119,8 @@ def write_rows(rows: list[list[tuple[int, int]]], table: DocTable, chunk_paths: 
         if all((out / f"{name}.{a}.npy").is_file() for a in ARRAYS):
             continue
         part = rows[first: first + rows_per_shard]
-        arrays = {a: np.lib.format.open_memmap(out / f"{name}.{a}.tmp.npy", mode="w+", dtype=np.uint8 if a == "loss_mask" else np.int32,
+        tmp = {a: out / f"{name}.{a}.tmp{os.getpid()}.npy" for a in ARRAYS}  # renamed when complete
+        arrays = {a: np.lib.format.open_memmap(tmp[a], mode="w+", dtype=np.uint8 if a == "loss_mask" else np.int32,
                                                shape=(len(part), seq_len)) for a in ARRAYS}
         arrays["input_ids"][:] = pad_id
         for r, row in enumerate(part):
@@ -139,7 +140,7 @@ def write_rows(rows: list[list[tuple[int, int]]], table: DocTable, chunk_paths: 
             del arr
         arrays.clear()
         for a in ARRAYS:
-            os.replace(out / f"{name}.{a}.tmp.npy", out / f"{name}.{a}.npy")
+            os.replace(tmp[a], out / f"{name}.{a}.npy")
     return names, stats
 
 

@@ -190,3 +190,13 @@ def test_inspect_shows_mask_and_document_boundaries(stage, capsys):
     assert "".join(part.split("⟧")[0] for part in text.split("⟦")[1:]) == trained
     with pytest.raises(IndexError, match="out of range"):
         inspect_row(str(stage.index.path), stage.index.rows())
+
+
+def test_several_processes_write_the_same_shards(tmp_path):
+    mixture = _small_mixture(tmp_path)
+    one = prepare(PrepareConfig(mixture, seq_len=2048, max_records_per_component=12, chunk_records=4,
+                                out_dir=str(tmp_path / "one")))
+    two = prepare(PrepareConfig(mixture, seq_len=2048, max_records_per_component=12, chunk_records=4,
+                                out_dir=str(tmp_path / "two"), num_proc=2))
+    assert prepare.last_counts["new_chunks"] == 6
+    assert one.name == two.name and _arrays(one) == _arrays(two)
