@@ -41,9 +41,14 @@ class KillAt(L.Callback):
 def _data_args(config: str, root: Path) -> dict:
     if config == TINY_SFT:
         return {"seq_len": 320, "batch_size": 1, "seed": 3}
-    # the cascade's stage 1: prepared shards (made by fit's prepare_data), streamed by two dataloader workers
-    return {"seq_len": 2048, "batch_size": 1, "seed": 3, "max_records_per_component": 3, "max_open_rows": 4,
-            "num_workers": 2, "data_dir": str(root.parent / "prepared"), "report_path": None}
+    # the cascade's datamodule on prepared shards (made by fit's prepare_data), streamed by two dataloader
+    # workers; single-turn components of the stage-1 data keep the rows as short as the chat run's
+    chat = "asset://sft_data/toy_chat_train.jsonl"
+    mixture = {"name": "resume_chat", "components": [
+        {"name": "code", "paths": [chat], "harness": "chat", "share": 0.6, "source": "toy_code"},
+        {"name": "reasoning", "paths": [chat], "harness": "chat", "share": 0.4, "source": "toy_reasoning"}]}
+    return {"mixture": mixture, "seq_len": 320, "batch_size": 1, "seed": 3, "max_records_per_component": 40,
+            "max_open_rows": 4, "num_workers": 2, "data_dir": str(root.parent / "prepared"), "report_path": None}
 
 
 def _fit(root: Path, *extra: str, config: str = TINY_SFT) -> subprocess.CompletedProcess:
