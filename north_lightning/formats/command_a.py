@@ -110,7 +110,8 @@ def parse_generation(text: str) -> Generation:
 
     Text outside the blocks counts as response text, as melody reads it; after `<|END_RESPONSE|>` nothing
     more is read; like melody, the thinking loses surrounding whitespace and the answer trailing whitespace
-    (so text ending in whitespace does not survive a render → parse round trip, with melody either). A missing `<|END_ACTION|>`, invalid JSON or a call without a name is an error."""
+    (so text ending in whitespace does not survive a render → parse round trip, with melody either).
+    A missing `<|END_ACTION|>`, invalid JSON, or a call without a name or with unknown keys is an error."""
     if text.endswith(END_OF_TURN):
         text = text[: -len(END_OF_TURN)]
     gen = Generation()
