@@ -121,13 +121,15 @@ def inspect_row(shard_dir: str, row: int, split: str = "train") -> str:
     ids, learn, docs = got["input_ids"], got["loss_mask"], got["document_ids"]
     trained = np.zeros(len(ids), dtype=bool)
     trained[1:] = learn[:-1].astype(bool)  # token t+1 is learned where position t carries the loss
+    sources = _row_sources(index, row, split)
     out, n_docs = [], int(docs.max()) + 1
     for j in range(n_docs):
         where = np.nonzero(docs == j)[0]
         if not len(where):
             continue
         head = "padding" if j == n_docs - 1 and (ids[where] == index.meta["pad_id"]).all() else f"document {j}"
-        out.append(f"── {head}: {len(where)} tokens, {int(trained[where].sum())} trained ──")
+        origin = f" ({sources[j]})" if j < len(sources) else ""
+        out.append(f"── {head}{origin}: {len(where)} tokens, {int(trained[where].sum())} trained ──")
         pieces, cur, state = [], [], None
         for t in where:
             if trained[t] != state and cur:
@@ -139,6 +141,22 @@ def inspect_row(shard_dir: str, row: int, split: str = "train") -> str:
             pieces.append((state, tok.decode(cur, skip_special_tokens=False)))
         out.append("".join(f"⟦{text}⟧" if is_trained else text for is_trained, text in pieces))
     return "\n".join(out)
+
+
+def _row_sources(index: Any, row: int, split: str) -> list[str]:
+    """`component / record id` of each document of a row, from the prepare's row provenance."""
+    path = index.path / f"{split}_rows.npz"
+    if not path.is_file():
+        return []
+    with np.load(path) as prov:
+        docs = prov["docs"][prov["offsets"][row]: prov["offsets"][row + 1]]
+    names, metas = [c["name"] for c in index.meta["components"]], {}
+    out = []
+    for c, chunk, d in docs.tolist():
+        if (c, chunk) not in metas:
+            metas[(c, chunk)] = json.loads((index.path / "docs" / f"{c:03d}" / f"{chunk:05d}.json").read_text())
+        out.append(f"{names[c]} / {metas[(c, chunk)]['record_ids'][d]}")
+    return out
 
 
 def _datamodule(args: argparse.Namespace) -> SFTDataModule:

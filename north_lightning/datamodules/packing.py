@@ -74,6 +74,7 @@ class DocTable:
     start: list[np.ndarray] = field(default_factory=list)
     length: list[np.ndarray] = field(default_factory=list)
     trainable: list[np.ndarray] = field(default_factory=list)
+    index: list[np.ndarray] = field(default_factory=list)  # the document's position in its chunk
 
 
 def pack(table: DocTable, shares: list[float], seq_len: int, seed: int, max_open: int, epochs: float) -> list[list[tuple[int, int]]]:

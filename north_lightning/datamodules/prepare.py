@@ -359,7 +359,7 @@ def load_documents(spec: MixtureSpec, docs_dir: Path) -> tuple[DocTable, DocTabl
     for ci, comp in enumerate(spec.components):
         paths = sorted(str(p)[: -len(".json")] for p in (docs_dir / f"{ci:03d}").glob("*.json"))
         chunk_paths.append(paths)
-        cols: dict[bool, list[list]] = {False: [[], [], [], []], True: [[], [], [], []]}
+        cols: dict[bool, list[list]] = {False: [[], [], [], [], []], True: [[], [], [], [], []]}
         for k, base in enumerate(paths):
             meta = json.loads(Path(f"{base}.json").read_text())
             report.kept.update(meta["kept"])
@@ -371,12 +371,14 @@ def load_documents(spec: MixtureSpec, docs_dir: Path) -> tuple[DocTable, DocTabl
             for d, is_val in enumerate(meta["val"]):
                 col = cols[bool(is_val)]
                 col[0].append(k), col[1].append(off[d]), col[2].append(off[d + 1] - off[d]), col[3].append(meta["trainable"][d])
+                col[4].append(d)
         for table, is_val in ((train, False), (val, True)):
             c = cols[is_val]
             table.chunk.append(np.asarray(c[0], np.int32))
             table.start.append(np.asarray(c[1], np.int64))
             table.length.append(np.asarray(c[2], np.int64))
             table.trainable.append(np.asarray(c[3], np.int64))
+            table.index.append(np.asarray(c[4], np.int32))
         if not len(train.length[ci]):
             raise ValueError(f"mixture component {comp.name!r} ({', '.join(comp.paths)}) has no training documents "
                              f"after filtering; dropped: {dict(report.dropped.get(comp.name, {}))}")
@@ -421,6 +423,9 @@ def prepare(cfg: PrepareConfig) -> Path:
                                            cfg.rows_per_shard, n_comp)
     _save_npy(str(out / "row_stats.npy"), train_stats)
     _save_npy(str(out / "val_row_stats.npy"), val_stats)
+    _save_provenance(out / "train_rows.npz", rows, train)  # which documents each row holds (`data inspect`)
+    if val_shards:
+        _save_provenance(out / "val_rows.npz", val_rows, val)
     counts = getattr(build_documents, "last_counts", {})
     report.kept.update({k: v for k, v in counts.items() if k.endswith(":not_selected")})
     index = {
@@ -437,6 +442,20 @@ def prepare(cfg: PrepareConfig) -> Path:
     prepare.last_counts = counts  # type: ignore[attr-defined]
     log.info("data prepare: %d train rows, %d val rows in %s", len(rows), len(val_stats), out)
     return out
+
+
+def _save_provenance(path: Path, rows: list[list[tuple[int, int]]], table: Any) -> None:
+    """Per row, its documents as (component, chunk, index of the document in the chunk's metadata)."""
+    offsets = np.cumsum([0] + [len(r) for r in rows])
+    docs = np.zeros((int(offsets[-1]), 3), dtype=np.int32)
+    k = 0
+    for row in rows:
+        for c, d in row:
+            docs[k] = (c, table.chunk[c][d], table.index[c][d])
+            k += 1
+    tmp = path.with_name(f"{path.stem}.tmp{os.getpid()}.npz")
+    np.savez(tmp, offsets=offsets, docs=docs)
+    os.replace(tmp, path)
 
 
 def config_from_data_args(init_args: dict[str, Any]) -> PrepareConfig:

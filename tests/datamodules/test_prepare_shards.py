@@ -183,7 +183,10 @@ def test_inspect_shows_mask_and_document_boundaries(stage, capsys):
 
     assert main(["inspect", str(stage.index.path), "--row", "1"]) == 0
     text = capsys.readouterr().out
-    assert "── document 0:" in text and "── document 1:" in text
+    assert "── document 0 (" in text and "── document 1 (" in text
+    heads = [line for line in text.splitlines() if line.startswith("── document")]
+    names = {c.name for c in stage.spec.components}
+    assert all(line.split("(")[1].split(" / ")[0] in names for line in heads)  # component / record id
     batch = stage.stream().batch(0)  # row 1 is the second row of batch 0
     tok = load_tokenizer(stage.config)
     trained = tok.decode([int(t) for t in batch["targets"][1] if t != -100], skip_special_tokens=False)
