@@ -16,7 +16,8 @@ SIGTERM_EXIT_CODE = 143  # 128 + SIGTERM, what a shell reports for a process end
 # subcommand -> (module, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "convert": ("north_lightning.cli.convert", "convert between a Lightning checkpoint and an HF directory"),
-    "data": ("north_lightning.cli.data", "SFT data tools: `data report --config ...`, `data import --format F SRC --out DIR`"),
+    "data": ("north_lightning.cli.data", "SFT data tools: `data import --format F SRC --out DIR`, "
+             "`data prepare | report --config ...`, `data inspect SHARD --row N`"),
     "tasks": ("north_lightning.cli.tasks", "task tools: `tasks verify DIR [--oracle]`, `tasks filter`"),
     "eval": ("north_lightning.cli.eval", "pass@k evaluation of a model on tasks"),
     "synth": ("north_lightning.cli.synth", "synthetic SFT records from a teacher's verified rollouts"),

@@ -22,6 +22,7 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_SFT = str(REPO / "configs" / "tiny" / "sft.yaml")
+TINY_STAGE1 = str(REPO / "configs" / "tiny" / "sft_stage1.yaml")
 MAX_STEPS, EVERY, KILL_AT = 12, 4, 9
 
 
@@ -37,7 +38,20 @@ class KillAt(L.Callback):
             os.kill(os.getpid(), signal.SIGKILL)
 
 
-def _fit(root: Path, *extra: str) -> subprocess.CompletedProcess:
+def _data_args(config: str, root: Path) -> dict:
+    if config == TINY_SFT:
+        return {"seq_len": 320, "batch_size": 1, "seed": 3}
+    # the cascade's datamodule on prepared shards (made by fit's prepare_data), streamed by two dataloader
+    # workers; single-turn components of the stage-1 data keep the rows as short as the chat run's
+    chat = "asset://sft_data/toy_chat_train.jsonl"
+    mixture = {"name": "resume_chat", "components": [
+        {"name": "code", "paths": [chat], "harness": "chat", "share": 0.6, "source": "toy_code"},
+        {"name": "reasoning", "paths": [chat], "harness": "chat", "share": 0.4, "source": "toy_reasoning"}]}
+    return {"mixture": mixture, "seq_len": 320, "batch_size": 1, "seed": 3, "max_records_per_component": 40,
+            "max_open_rows": 4, "num_workers": 2, "data_dir": str(root.parent / "prepared"), "report_path": None}
+
+
+def _fit(root: Path, *extra: str, config: str = TINY_SFT) -> subprocess.CompletedProcess:
     root.mkdir(parents=True, exist_ok=True)
     override = root / "resume.yaml"
     override.write_text(yaml.safe_dump({
@@ -50,10 +64,10 @@ def _fit(root: Path, *extra: str) -> subprocess.CompletedProcess:
             "preset": "tiny", "num_hidden_layers": 2, "hidden_size": 64, "num_attention_heads": 2,
             "num_key_value_heads": 1, "head_dim": 32, "num_experts": 4, "num_experts_per_tok": 2,
             "expert_intermediate_size": 32, "dense_intermediate_size": 64}}},
-        "data": {"init_args": {"seq_len": 320, "batch_size": 1, "seed": 3}},
+        "data": {"init_args": _data_args(config, root)},
     }))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "tests")])}
-    return subprocess.run([sys.executable, "-m", "north_lightning", "fit", "--config", TINY_SFT, "--config",
+    return subprocess.run([sys.executable, "-m", "north_lightning", "fit", "--config", config, "--config",
                            str(override), *extra], cwd=REPO, capture_output=True, text=True, timeout=400, env=env)
 
 
@@ -68,19 +82,21 @@ def _losses(root: Path) -> dict[int, str]:
 
 
 @pytest.mark.slow
-def test_sigkill_then_resume_from_last_is_exact(tmp_path: Path) -> None:
-    straight = _fit(tmp_path / "straight")
+@pytest.mark.parametrize("config", [TINY_SFT, TINY_STAGE1], ids=["jsonl_chat", "prepared_shards"])
+def test_sigkill_then_resume_from_last_is_exact(tmp_path: Path, config: str) -> None:
+    straight = _fit(tmp_path / "straight", config=config)
     assert straight.returncode == 0, straight.stderr[-3000:]
     reference = _losses(tmp_path / "straight")
     assert sorted(reference) == list(range(MAX_STEPS))
 
     run = tmp_path / "killed"
-    killed = _fit(run, "--trainer.callbacks+=test_resume.KillAt", "--trainer.callbacks.init_args.step", str(KILL_AT))
+    killed = _fit(run, "--trainer.callbacks+=test_resume.KillAt", "--trainer.callbacks.init_args.step", str(KILL_AT),
+                  config=config)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
     ckpts = sorted(p.name for p in (run / "checkpoints").glob("*.ckpt"))
     assert ckpts == ["epoch=0-step=4.ckpt", "epoch=0-step=8.ckpt", "last.ckpt"]
 
-    resumed = _fit(run, "--ckpt_path", "last")
+    resumed = _fit(run, "--ckpt_path", "last", config=config)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     after = _losses(run)
     later = list(range(2 * EVERY, MAX_STEPS))  # steps 8..11 (0-based) ran again after the resume

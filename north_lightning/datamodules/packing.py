@@ -5,18 +5,24 @@ space fits it most tightly; a row is emitted once no document could fit any more
 open, the fullest one is emitted. Documents keep (nearly) the order the mixture sampler produced them in, and
 the padding stays well under 1% on mixed data, where first-fit in arrival order wastes 10-20%.
 Documents never span rows, so a row is a list of whole documents.
+
+This is the one packer of SFT rows: `data prepare` runs it once (`pack`) over the mixture sampler's order and
+writes the rows as memory-mapped arrays (`write_rows`), which the datamodule then streams.
 """
 
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterator
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
-import torch
 
-from north_lightning.datamodules.tokenize import IGNORE_INDEX
+from north_lightning.datamodules.mixture import MixtureSampler
+
+# The arrays of a packed row shard, each [rows, seq_len]: loss_mask[t] = 1 where position t learns token t+1.
+ARRAYS = ("input_ids", "loss_mask", "document_ids", "position_ids")
 
 
 @dataclass
@@ -60,38 +66,82 @@ class BestFitPacker:
         return rows
 
 
-def pack_rows(docs_per_row: list[list[tuple[np.ndarray, np.ndarray]]], seq_len: int, pad_id: int) -> dict[str, torch.Tensor]:
-    """Rows of (input_ids, targets) documents → the packed-batch tensors.
+@dataclass
+class DocTable:
+    """Every document of one split: where its tokens are (chunk file, offset) and how many it trains."""
 
-    position_ids restart at 0 for every document, document_ids number the documents of a row (the padding
-    tail gets its own id), and targets are already shifted inside each document (-100 elsewhere), so no token
-    is ever trained to predict the next document's first token.
-    """
-    B, S = len(docs_per_row), seq_len
-    input_ids = np.full((B, S), pad_id, dtype=np.int64)
-    targets = np.full((B, S), IGNORE_INDEX, dtype=np.int64)
-    position_ids = np.zeros((B, S), dtype=np.int64)
-    document_ids = np.zeros((B, S), dtype=np.int64)
-    for b, docs in enumerate(docs_per_row):
-        offset = 0
-        for j, (ids, tgt) in enumerate(docs):
-            n = len(ids)
-            input_ids[b, offset : offset + n] = ids
-            targets[b, offset : offset + n] = tgt
-            position_ids[b, offset : offset + n] = np.arange(n)
-            document_ids[b, offset : offset + n] = j
-            offset += n
-        position_ids[b, offset:] = np.arange(S - offset)
-        document_ids[b, offset:] = len(docs)
-    return {
-        "input_ids": torch.from_numpy(input_ids),
-        "position_ids": torch.from_numpy(position_ids),
-        "document_ids": torch.from_numpy(document_ids),
-        "targets": torch.from_numpy(targets),
-    }
+    chunk: list[np.ndarray] = field(default_factory=list)  # per component: chunk index of each doc
+    start: list[np.ndarray] = field(default_factory=list)
+    length: list[np.ndarray] = field(default_factory=list)
+    trainable: list[np.ndarray] = field(default_factory=list)
+    index: list[np.ndarray] = field(default_factory=list)  # the document's position in its chunk
 
 
-def iter_rows(next_doc: Iterator[tuple[object, int]], packer: BestFitPacker) -> Iterator[list]:
-    """Rows from an endless stream of (item, length) pairs."""
-    for item, length in next_doc:
-        yield from packer.add(item, length)
+def pack(table: DocTable, shares: list[float], seq_len: int, seed: int, max_open: int, epochs: float) -> list[list[tuple[int, int]]]:
+    """Rows of (component, document) from the trainable-token mixture sampler and the best-fit packer, until
+    `epochs` × the split's trainable tokens are in rows; one packer for every SFT row of the project."""
+    comps = [c for c in range(len(shares)) if len(table.length[c])]
+    sampler = MixtureSampler([table.trainable[c].tolist() for c in comps], [shares[c] for c in comps], seed)
+    min_len = int(min(table.length[c].min() for c in comps))
+    packer = BestFitPacker(seq_len, min_length=min_len, max_open=max_open)
+    target = epochs * sum(int(table.trainable[c].sum()) for c in comps)
+    rows: list[list[tuple[int, int]]] = []
+    while sum(sampler.tokens) < target:
+        j, d = sampler.next()
+        rows.extend(packer.add((comps[j], d), int(table.length[comps[j]][d])))
+    rows.extend(packer.flush())
+    return rows
+
+
+def write_rows(rows: list[list[tuple[int, int]]], table: DocTable, chunk_paths: list[list[str]], out: Path,
+               prefix: str, seq_len: int, pad_id: int, rows_per_shard: int, n_components: int) -> tuple[list[str], np.ndarray]:
+    """Row shards (skipping complete ones, for resume) and per-row stats [trainable per component..., used]."""
+    stats = np.zeros((len(rows), n_components + 1), dtype=np.int64)
+    for r, row in enumerate(rows):
+        for c, d in row:
+            stats[r, c] += table.trainable[c][d]
+            stats[r, -1] += table.length[c][d]
+    names, cache = [], {}
+
+    def tokens(c: int, d: int) -> tuple[np.ndarray, np.ndarray]:
+        k = int(table.chunk[c][d])
+        if (c, k) not in cache:
+            if len(cache) > 64:
+                cache.clear()
+            base = chunk_paths[c][k]
+            cache[(c, k)] = (np.load(f"{base}.ids.npy", mmap_mode="r"), np.load(f"{base}.mask.npy", mmap_mode="r"))
+        ids, mask = cache[(c, k)]
+        s, n = int(table.start[c][d]), int(table.length[c][d])
+        return ids[s: s + n], mask[s: s + n]
+
+    for shard, first in enumerate(range(0, len(rows), rows_per_shard)):
+        name = f"{prefix}-{shard:05d}"
+        names.append(name)
+        if all((out / f"{name}.{a}.npy").is_file() for a in ARRAYS):
+            continue
+        part = rows[first: first + rows_per_shard]
+        tmp = {a: out / f"{name}.{a}.tmp{os.getpid()}.npy" for a in ARRAYS}  # renamed when complete
+        arrays = {a: np.lib.format.open_memmap(tmp[a], mode="w+", dtype=np.uint8 if a == "loss_mask" else np.int32,
+                                               shape=(len(part), seq_len)) for a in ARRAYS}
+        arrays["input_ids"][:] = pad_id
+        for r, row in enumerate(part):
+            offset = 0
+            for j, (c, d) in enumerate(row):
+                ids, mask = tokens(c, d)
+                n = len(ids)
+                arrays["input_ids"][r, offset: offset + n] = ids
+                arrays["loss_mask"][r, offset: offset + n] = mask
+                arrays["document_ids"][r, offset: offset + n] = j
+                arrays["position_ids"][r, offset: offset + n] = np.arange(n)
+                offset += n
+            arrays["document_ids"][r, offset:] = len(row)  # the padding tail is its own document
+            arrays["position_ids"][r, offset:] = np.arange(seq_len - offset)
+        for a, arr in arrays.items():
+            arr.flush()
+            del arr
+        arrays.clear()
+        for a in ARRAYS:
+            os.replace(tmp[a], out / f"{name}.{a}.npy")
+    return names, stats
+
+

@@ -37,6 +37,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from north_lightning.datamodules.packing import BestFitPacker
 from north_lightning.model.head import IGNORE_INDEX
 from north_lightning.rl.losses import rloo_advantages
 from north_lightning.rl.spool import RolloutSpool
@@ -67,19 +68,18 @@ def trainable_targets(rollout: dict[str, Any]) -> int:
 
 
 def pack_rollouts(docs: list[tuple[dict[str, Any], float]], row_tokens: int, pad_id: int) -> dict[str, torch.Tensor]:
-    """Pack (rollout, advantage) documents greedily, in order, into rows of `row_tokens`."""
-    rows: list[list[tuple[dict[str, Any], float]]] = [[]]
-    used = 0
+    """Pack (rollout, advantage) documents into rows of `row_tokens` with the project's one packer (best fit,
+    every row open: a global batch is small), so RL rows waste no more room than SFT rows."""
+    packer = BestFitPacker(row_tokens, min_length=1, max_open=max(len(docs), 1))
+    rows: list[list[tuple[dict[str, Any], float]]] = []
     for rollout, adv in docs:
         n = len(rollout_document(rollout)[0])
         if n > row_tokens:
             raise ValueError(f"rollout of task {rollout.get('task_id')!r} has {n} tokens > row_tokens={row_tokens}: "
                              "raise data.row_tokens to at least the engine's context limit")
-        if used + n > row_tokens and rows[-1]:
-            rows.append([])
-            used = 0
-        rows[-1].append((rollout, adv))
-        used += n
+        rows.extend(packer.add((rollout, adv), n))
+    rows.extend(packer.flush())
+    rows = rows or [[]]
     B, S = len(rows), row_tokens
     out = {
         "input_ids": torch.full((B, S), pad_id, dtype=torch.long),

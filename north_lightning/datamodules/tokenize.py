@@ -64,3 +64,33 @@ def control_strings(tokenizer: Any) -> tuple[str, ...]:
         if getattr(tok, "special", False):
             specials.add(str(tok.content))
     return tuple(sorted(specials))
+
+
+def chat_tokens_batch(tokenizer: Any, conversations: list[tuple[list[dict[str, Any]], list[dict[str, Any]] | None]],
+                      **template_kwargs: Any) -> list[tuple[np.ndarray, np.ndarray]]:
+    """`chat_tokens` for many conversations at once: the template renders each (Jinja is per conversation),
+    the fast tokenizer encodes all texts in one batched call, and the `{% generation %}` character spans become
+    token masks through the encodings' char→token map, as `apply_chat_template` does for one."""
+    from transformers.utils.chat_template_utils import render_jinja_template
+
+    kwargs = {**tokenizer.special_tokens_map, **template_kwargs}
+    texts, spans = [], []
+    for messages, tools in conversations:
+        rendered, generation = render_jinja_template(conversations=[messages], tools=tools or None,
+                                                     chat_template=tokenizer.chat_template,
+                                                     return_assistant_tokens_mask=True, **kwargs)
+        texts.append(rendered[0])
+        spans.append(generation[0])
+    if not texts:
+        return []
+    enc = tokenizer(texts, add_special_tokens=False)
+    out = []
+    for i, ids in enumerate(enc["input_ids"]):
+        mask = np.zeros(len(ids), dtype=bool)
+        for start_char, end_char in spans[i]:
+            start, end = enc.char_to_token(i, start_char), enc.char_to_token(i, end_char - 1)
+            if start is None:
+                break
+            mask[start: (end + 1 if end is not None else len(ids))] = True
+        out.append((np.asarray(ids, dtype=np.int32), mask))
+    return out

@@ -17,8 +17,9 @@ QUICK = ["--trainer.max_steps", "1", "--trainer.enable_progress_bar", "false", "
 def test_tiny_cascade_stage1_then_stage2(tmp_path):
     torch.set_num_threads(2)
     s1, s2 = tmp_path / "s1", tmp_path / "s2"
+    quick = [*QUICK, "--data.init_args.data_dir", str(tmp_path / "prepared")]
     run_lightning_cli(["fit", "--config", "configs/tiny/sft_stage1.yaml", "--trainer.default_root_dir", str(s1),
-                       "--data.init_args.batch_size", "1", *QUICK])
+                       "--data.init_args.batch_size", "1", *quick])
     assert (s1 / "hf" / "config.json").is_file() and list((s1 / "hf").glob("*.safetensors"))
     assert (s1 / "data_report.json").is_file()
     with pytest.raises(FileNotFoundError, match="allow_missing_init"):
@@ -27,5 +28,6 @@ def test_tiny_cascade_stage1_then_stage2(tmp_path):
         SFTDataModule("configs/tiny/mixtures/sft_stage2.yaml", init_from=str(tmp_path / "missing"))
     run_lightning_cli(["fit", "--config", "configs/tiny/sft_stage2.yaml", "--trainer.default_root_dir", str(s2),
                        "--model.init_args.init_from", str(s1 / "hf"), "--data.init_args.init_from", str(s1 / "hf"),
-                       *QUICK])
+                       *quick])
+    assert len(list((tmp_path / "prepared").glob("tiny_sft_stage*-*/index.json"))) == 2  # fit prepared each stage
     assert (s2 / "hf" / "config.json").is_file()

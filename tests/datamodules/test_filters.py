@@ -12,9 +12,9 @@ from transformers import AutoTokenizer
 from north_lightning.assets import tiny_tokenizer_path
 from north_lightning.datamodules.filters import FilterConfig, FilterError
 from north_lightning.formats.harnesses.base import ToolCall
-from north_lightning.datamodules.mixture import MixtureSpec
 from north_lightning.formats.records import Observation, Step, write_jsonl
-from north_lightning.datamodules.sft import build_pools
+from north_lightning.datamodules.prepare import PrepareConfig, prepare
+from north_lightning.datamodules.shards import ShardIndex
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +44,15 @@ def _bad_records():
 
 
 def _spec(path, harness="swe_agent"):
-    return MixtureSpec.load({"components": [{"name": "c", "paths": [str(path)], "harness": harness, "share": 1.0}]})
+    return {"components": [{"name": "c", "paths": [str(path)], "harness": harness, "share": 1.0}]}
+
+
+def _prepare(spec, out, **kw):
+    """`data prepare` of a one-component mixture: (index meta, ids of the records kept for training)."""
+    index = ShardIndex.load(prepare(PrepareConfig(spec, seq_len=2048, out_dir=str(out), **kw)))
+    kept = [rid for chunk in sorted((index.path / "docs").rglob("*.json"))
+            for rid in json.loads(chunk.read_text())["record_ids"]]
+    return index.meta, kept
 
 
 def test_each_reason_counted(tmp_path, tokenizer):
@@ -57,17 +65,15 @@ def test_each_reason_counted(tmp_path, tokenizer):
     write_jsonl(path, good + [r for _, r in cases] + [grounded])
     with path.open("a") as f:
         f.write("{broken json\n")
-    pools = build_pools(_spec(path), tokenizer, 2048)
+    meta, kept = _prepare(_spec(path), tmp_path / "p")
     expected: dict[str, int] = {}
     for reason, _ in cases:
         expected[reason] = expected.get(reason, 0) + 1
-    assert dict(pools.filters.dropped["c"]) == expected
-    assert sorted(d.record_id for d in pools.train[0]) == sorted([r.id for r in good] + [grounded.id])
-    assert pools.bad_records.counts == {"malformed_json": 1}
-    assert f"{path}:{len(good) + len(cases) + 2}" in pools.bad_records.examples[0]
-    report = tmp_path / "r.json"
-    pools.filters.write(report)
-    assert json.loads(report.read_text())["dropped_total"] == expected
+    assert meta["filters"]["dropped_by_component"]["c"] == expected
+    assert sorted(kept) == sorted([r.id for r in good] + [grounded.id])
+    assert meta["bad_records"] == {"malformed_json": 1}
+    assert f"{path}:{len(good) + len(cases) + 2}" in meta["bad_record_examples"][0]
+    assert meta["filters"]["dropped_total"] == expected
 
 
 def test_unrenderable_and_fail_modes(tmp_path, tokenizer):
@@ -75,13 +81,13 @@ def test_unrenderable_and_fail_modes(tmp_path, tokenizer):
                                                                         ToolCall("bash", {"command": "b"}))),))
     path = tmp_path / "d.jsonl"
     write_jsonl(path, [agnostic_record(1), two_calls])
-    pools = build_pools(_spec(path, "mini_swe_agent"), tokenizer, 2048)
-    assert dict(pools.filters.dropped["c"]) == {"unrenderable": 1}
+    meta, _ = _prepare(_spec(path, "mini_swe_agent"), tmp_path / "p")
+    assert meta["filters"]["dropped_by_component"]["c"] == {"unrenderable": 1}
     with pytest.raises(FilterError, match="record 'two' rejected: unrenderable"):
-        build_pools(_spec(path, "mini_swe_agent"), tokenizer, 2048, filters=FilterConfig(on_reject="fail"))
+        _prepare(_spec(path, "mini_swe_agent"), tmp_path / "p2", on_reject="fail")
     path.write_text(path.read_text() + "not json\n")
     with pytest.raises(ValueError, match=r"d\.jsonl:3: malformed JSON"):
-        build_pools(_spec(path), tokenizer, 2048, on_bad_record="fail")
+        _prepare(_spec(path), tmp_path / "p3", on_bad_record="fail")
 
 
 def test_checks_are_configurable():

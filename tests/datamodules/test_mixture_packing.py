@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 
 from north_lightning.datamodules.mixture import MixtureSampler, MixtureSpec
-from north_lightning.datamodules.packing import BestFitPacker, pack_rows
-from north_lightning.datamodules.tokenize import IGNORE_INDEX
+from north_lightning.datamodules.packing import BestFitPacker, DocTable, write_rows
+from north_lightning.datamodules.shards import RowReader, ShardIndex
+from north_lightning.model.head import IGNORE_INDEX
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -76,9 +77,16 @@ def test_packer_rows_fit_and_lose_nothing():
         packer.add("big", 1001)
 
 
-def test_pack_rows_contract():
-    docs = [(np.array([5, 6, 7, 8]), np.array([6, 7, -100, -100])), (np.array([9, 10, 11]), np.array([10, 11, -100]))]
-    b = pack_rows([docs, docs[1:]], seq_len=10, pad_id=0)
+def test_written_rows_follow_the_packed_batch_contract(tmp_path):
+    # two documents in one chunk: ids 5..8 (learns 6, 7) and 9..11 (learns 10, 11); loss_mask[t]: t learns t+1
+    np.save(tmp_path / "c.ids.npy", np.array([5, 6, 7, 8, 9, 10, 11], np.int32))
+    np.save(tmp_path / "c.mask.npy", np.array([1, 1, 0, 0, 1, 1, 0], np.uint8))
+    table = DocTable([np.array([0, 0])], [np.array([0, 4])], [np.array([4, 3])], [np.array([2, 2])])
+    names, stats = write_rows([[(0, 0), (0, 1)], [(0, 1)]], table, [[str(tmp_path / "c")]], tmp_path, "k-train",
+                              seq_len=10, pad_id=0, rows_per_shard=1, n_components=1)
+    assert names == ["k-train-00000", "k-train-00001"] and stats.tolist() == [[4, 7], [2, 3]]
+    index = ShardIndex(tmp_path, {"train_shards": names, "rows_per_shard": 1, "train_rows": 2}, stats, stats[:0])
+    b = RowReader(index).batch([0, 1])
     assert b["input_ids"][0].tolist() == [5, 6, 7, 8, 9, 10, 11, 0, 0, 0]
     assert b["position_ids"][0].tolist() == [0, 1, 2, 3, 0, 1, 2, 0, 1, 2]
     assert b["document_ids"][0].tolist() == [0, 0, 0, 0, 1, 1, 1, 2, 2, 2]

@@ -51,24 +51,21 @@ def test_native_edits_turn_the_bug_into_the_fix():
 
 def test_noisy_demo_records_are_caught_by_the_filters(tmp_path):
     from formats.sample_records import agnostic_record
-    from transformers import AutoTokenizer
-
-    from north_lightning.assets import tiny_tokenizer_path
-    from north_lightning.datamodules.mixture import MixtureSpec
+    from north_lightning.datamodules.prepare import PrepareConfig, prepare
+    from north_lightning.datamodules.shards import ShardIndex
     from north_lightning.formats.records import write_jsonl
-    from north_lightning.datamodules.sft import build_pools
 
     good = tmp_path / "good.jsonl"
     write_jsonl(good, [agnostic_record(1)])
     noisy = str(BUNDLED / "toy_terminal_noisy.jsonl")
-    spec = MixtureSpec.load({"components": [
+    spec = {"components": [
         {"name": "swe", "paths": [str(good), noisy], "harness": "swe_agent", "share": 1},
-        {"name": "t2", "paths": [str(good), noisy], "harness": "terminus2", "share": 1}]})
-    pools = build_pools(spec, AutoTokenizer.from_pretrained(tiny_tokenizer_path()), 4096)
-    assert [len(p) for p in pools.train] == [1, 1]
-    assert dict(pools.filters.dropped["swe"]) == {
+        {"name": "t2", "paths": [str(good), noisy], "harness": "terminus2", "share": 1}]}
+    meta = ShardIndex.load(prepare(PrepareConfig(spec, seq_len=4096, out_dir=str(tmp_path / "prepared")))).meta
+    assert [c["documents"] for c in meta["components"]] == [1, 1]
+    assert meta["filters"]["dropped_by_component"]["swe"] == {
         "invalid_tool_call:missing_argument": 4, "malformed_special_tokens": 4, "hallucinated_citation": 4,
         "erroneous_whitespace": 4, "invalid_tool_call:unknown_tool": 4}
-    assert dict(pools.filters.dropped["t2"]) == {"unrenderable": 8, "malformed_special_tokens": 4,
+    assert meta["filters"]["dropped_by_component"]["t2"] == {"unrenderable": 8, "malformed_special_tokens": 4,
                                                  "hallucinated_citation": 4, "erroneous_whitespace": 4}
-    assert pools.bad_records.counts == {"malformed_json": 2, "missing_field": 2, "unknown_harness": 2}
+    assert meta["bad_records"] == {"malformed_json": 2, "missing_field": 2, "unknown_harness": 2}

@@ -84,7 +84,7 @@ def test_gradient_accumulation_normalises_by_window_tokens() -> None:
     (their total trainable tokens) + the mean aux loss, not the mean of per-micro-batch means."""
     torch.manual_seed(0)
     module = SFTModule(SMALL, lr=1e-3, warmup_steps=1)
-    dm = _datamodule()
+    dm = _datamodule(seq_len=256)  # rows whose micro-batches hold different numbers of trainable tokens
     captured: dict[str, dict[str, torch.Tensor]] = {}
 
     class Capture(L.Callback):

@@ -224,11 +224,8 @@ def test_saved_dataset_dict_needs_a_split(tmp_path):
 def test_imported_records_pass_the_sft_filters_in_every_harness_that_selects_them(tmp_path):
     """What `data import` writes is trainable as is: every record renders, tokenises and passes the SFT
     filters (valid tool calls, whitespace, grounding) in each agent harness component that selects it."""
-    from transformers import AutoTokenizer
-
-    from north_lightning.assets import tiny_tokenizer_path
-    from north_lightning.datamodules.mixture import MixtureSpec
-    from north_lightning.datamodules.sft import build_pools
+    from north_lightning.datamodules.prepare import PrepareConfig, prepare
+    from north_lightning.datamodules.shards import ShardIndex
     from north_lightning.formats.harnesses import AGENT_HARNESSES
 
     (tmp_path / "swe").mkdir()
@@ -249,7 +246,7 @@ def test_imported_records_pass_the_sft_filters_in_every_harness_that_selects_the
     assert len(_records(out)) == 10
     comps = [{"name": h, "paths": [str(out / "*.parquet")], "harness": h, "share": 1 / len(AGENT_HARNESSES)}
              for h in AGENT_HARNESSES]
-    pools = build_pools(MixtureSpec.load({"components": comps}), AutoTokenizer.from_pretrained(tiny_tokenizer_path()), 8192)
-    report = pools.filters.to_dict()
-    assert report["dropped_total"] == {} and not pools.bad_records.counts, report
-    assert all(len(docs) >= 3 for docs in pools.train), [len(d) for d in pools.train]
+    meta = ShardIndex.load(prepare(PrepareConfig({"components": comps}, seq_len=8192, out_dir=str(tmp_path / "p")))).meta
+    report = meta["filters"]
+    assert report["dropped_total"] == {} and not meta["bad_records"], report
+    assert all(c["documents"] >= 3 for c in meta["components"]), [c["documents"] for c in meta["components"]]
