@@ -85,10 +85,10 @@ def build_teacher(args: argparse.Namespace) -> tuple[Any, Any]:
 
 def filter_records(records: list[Trajectory], tokenizer: Any, seq_len: int, tasks: dict[str, Any]
                    ) -> tuple[list[Trajectory], Any]:
-    """The SFT filters (`datamodules/filters.py`, render + checks + length as `fit` applies them) on every
+    """The SFT filters (`datamodules/filters.py`, render + checks + length as `data prepare` applies them) on every
     harness each record renders in; (records passing all, the FilterReport with per-harness counts)."""
     from north_lightning.datamodules.filters import COMMON_CONTROL_STRINGS, FilterConfig, FilterReport
-    from north_lightning.datamodules.sft import _document
+    from north_lightning.datamodules.prepare import record_reject_reason
     from north_lightning.datamodules.tokenize import control_strings
     from north_lightning.rl.rollout import make_harness
 
@@ -100,7 +100,7 @@ def filter_records(records: list[Trajectory], tokenizer: Any, seq_len: int, task
         ok = True
         for name in names:
             harness = make_harness(name, tasks[record.meta["task_id"]])
-            reason, _ = _document(harness, record, 0, tokenizer, seq_len, config, controls, 0)
+            reason = record_reject_reason(harness, record, tokenizer, seq_len, config.checks, controls)
             if reason is None:
                 report.kept[name] += 1
             else:

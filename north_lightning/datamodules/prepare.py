@@ -37,7 +37,7 @@ from north_lightning.assets import tiny_tokenizer_path
 from north_lightning.datamodules.filters import COMMON_CONTROL_STRINGS, FilterConfig, FilterError, FilterReport, check_messages
 from north_lightning.datamodules.mixture import MixtureSpec
 from north_lightning.datamodules.packing import ARRAYS, DocTable, pack, write_rows
-from north_lightning.datamodules.tokenize import chat_tokens_batch, control_strings
+from north_lightning.datamodules.tokenize import chat_tokens, chat_tokens_batch, control_strings
 from north_lightning.formats.harnesses import get_harness
 from north_lightning.formats.records import BadRecordCounter, iter_records
 
@@ -221,6 +221,30 @@ def _harness(ci: int) -> Any:
     return _WORKER["harnesses"][ci]
 
 
+def render_checked(harness: Any, record: Any, render_seed: int | None, checks: tuple[str, ...],
+                   controls: tuple[str, ...]) -> tuple[str | None, list[dict[str, Any]]]:
+    """Render a record through a harness and run the message checks: (reject reason or None, messages)."""
+    try:
+        messages = harness.render(record, seed=render_seed)
+    except (ValueError, KeyError):
+        return "unrenderable", []
+    return check_messages(harness, record, messages, checks, controls), messages
+
+
+def record_reject_reason(harness: Any, record: Any, tokenizer: Any, seq_len: int, checks: tuple[str, ...],
+                         controls: tuple[str, ...], render_seed: int | None = None) -> str | None:
+    """Why `prepare` would drop this one record in this harness (render, message checks, length, no trainable
+    token), or None: for callers that vet single records before writing them (`synth`), the same rules."""
+    reason, messages = render_checked(harness, record, render_seed, checks, controls)
+    if reason is not None:
+        return reason
+    tools = record.tools if record.tools is not None else harness.tools_for(render_seed)
+    ids, mask = chat_tokens(tokenizer, messages, tools)
+    if "over_long" in checks and len(ids) > seq_len:
+        return "over_long"
+    return None if mask[1:seq_len].any() else "no_trainable_tokens"
+
+
 def _process_chunk(job: tuple[int, list[Any], str]) -> str:
     """Render, filter and tokenise one chunk of records; write its arrays and (last) its .json."""
     ci, records, base = job
@@ -232,12 +256,7 @@ def _process_chunk(job: tuple[int, list[Any], str]) -> str:
     for record in records:
         for variant in range(cfg.render_variants):
             render_seed = stable_seed(cfg.seed, comp.name, record.id, variant)
-            try:
-                messages = harness.render(record, seed=render_seed)
-            except (ValueError, KeyError):
-                reason = "unrenderable"
-            else:
-                reason = check_messages(harness, record, messages, cfg.checks, _WORKER["controls"])
+            reason, messages = render_checked(harness, record, render_seed, cfg.checks, _WORKER["controls"])
             if reason is not None:
                 if cfg.on_reject == "fail":
                     raise FilterError(f"{comp.name}: record {record.id!r} rejected: {reason}")

@@ -119,13 +119,15 @@ def test_replay_teacher_rollouts_are_kept_deduplicated_and_render_everywhere(bas
                          for c in harness.canonical(_parsed(harness, m)) if c.name == "bash"]
             assert recovered == commands, name
     # the SFT pipeline trains on the shards as they are: one mixture component per agent harness
-    from north_lightning.datamodules.mixture import MixtureSpec
-    from north_lightning.datamodules.sft import build_pools
+    from north_lightning.datamodules.prepare import PrepareConfig, prepare
+    from north_lightning.datamodules.shards import ShardIndex
 
-    comps = [{"name": n, "paths": [str(out / "synth-*.parquet")], "harness": n, "share": 1.0, "verified_only": True}
-             for n in AGENT_HARNESSES]
-    pools = build_pools(MixtureSpec.load({"components": comps}), tokenizer, 4096)
-    assert [len(p) for p in pools.train] == [2] * len(AGENT_HARNESSES) and not pools.filters.totals()
+    comps = [{"name": n, "paths": [str(out / "synth-*.parquet")], "harness": n, "share": 1 / len(AGENT_HARNESSES),
+              "verified_only": True} for n in AGENT_HARNESSES]
+    meta = ShardIndex.load(prepare(PrepareConfig({"components": comps}, seq_len=4096,
+                                                 out_dir=str(tmp_path / "prepared")))).meta
+    assert meta["filters"]["dropped_total"] == {} and not meta["bad_records"], meta["filters"]
+    assert [c["documents"] for c in meta["components"]] == [2] * len(AGENT_HARNESSES)
 
 
 @pytest.mark.docker
