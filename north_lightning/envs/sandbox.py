@@ -314,8 +314,9 @@ class DockerSandbox:
                     return self._start()
                 except UNREACHABLE_ERRORS as err:  # the request may have created the container: remove it later
                     self.fleet.strand(self.host, self.box_id)
+                    unreachable = self._unreachable(err)  # drains the host (before its slot goes back)
                     self._release_host()
-                    raise self._unreachable(err) from err
+                    raise unreachable from err
                 except BaseException:
                     if self.container is None:
                         self._release_host()

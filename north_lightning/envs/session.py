@@ -149,7 +149,8 @@ class TaskSession:
 
     def start(self) -> "TaskSession":
         image = self.image = task_image(self.task, self.builder)
-        self.box = DockerSandbox(sandbox_config(self.task, image, **self.sandbox_overrides)).start()
+        self.box = DockerSandbox(sandbox_config(self.task, image, **self.sandbox_overrides))
+        self.box.start()  # kept even when it fails: `box.host_url` says where (a fleet's host)
         try:
             self._check_start(image)
         except BaseException:  # `with` never reaches __exit__ when start() raises: remove the container here

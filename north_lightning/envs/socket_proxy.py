@@ -28,6 +28,7 @@ class SocketProxy:
         self._lock = threading.Lock()
         self._up = False
         self.connections = 0  # accepted so far (the bench reports it)
+        self.errors: list[str] = []  # connections that failed other than by a cut (for tests and the bench)
 
     @property
     def url(self) -> str:
@@ -62,8 +63,10 @@ class SocketProxy:
             upstream = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             try:
                 upstream.connect(self.target)
-            except OSError:
+            except OSError as err:
+                self.errors.append(f"upstream connect: {err!r}")
                 client.close()
+                upstream.close()
                 continue
             with self._lock:
                 if not self._up:
@@ -72,40 +75,51 @@ class SocketProxy:
                     continue
                 self._conns |= {client, upstream}
                 self.connections += 1
+            open_ways = [2]  # both directions of the pair; the sockets are closed when both have ended
             for src, dst in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pump, args=(src, dst), daemon=True).start()
+                threading.Thread(target=self._pump, args=(src, dst, open_ways), daemon=True).start()
 
-    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
+    def _pump(self, src: socket.socket, dst: socket.socket, open_ways: list[int]) -> None:
+        """Copy src -> dst until EOF (then half-close dst) or an error / a cut (then shut both down). Only the
+        last of the pair's two pumps closes the sockets: closing one another thread may be reading would free
+        its descriptor for reuse by a new connection while that thread still reads it."""
         try:
             while True:
                 data = src.recv(65536)
                 if not data:
                     dst.shutdown(socket.SHUT_WR)
-                    return
+                    break
                 dst.sendall(data)
-        except OSError:
-            for sock in (src, dst):
-                self._drop(sock)
-
-    def _drop(self, sock: socket.socket) -> None:
+        except OSError as err:
+            if self._up:
+                self.errors.append(f"pump: {err!r}")
+            self._shut(src, dst)
         with self._lock:
-            self._conns.discard(sock)
-        try:
-            sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-        sock.close()
+            open_ways[0] -= 1
+            last = open_ways[0] == 0
+            if last:
+                self._conns -= {src, dst}
+        if last:
+            src.close()
+            dst.close()
+
+    @staticmethod
+    def _shut(*socks: socket.socket) -> None:
+        for sock in socks:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)  # wakes a pump blocked in recv; the descriptor stays ours
+            except OSError:
+                pass
 
     def cut(self) -> None:
-        """The host stops answering: no new connection is accepted and every open one is closed."""
+        """The host stops answering: no new connection is accepted and every open one is shut down."""
         with self._lock:
             self._up = False
             listener, self._listener = self._listener, None
-            conns, self._conns = list(self._conns), set()
+            conns = list(self._conns)
         if listener is not None:
             listener.close()
-        for sock in conns:
-            self._drop(sock)
+        self._shut(*conns)
 
     def restore(self) -> None:
         """The host answers again, at the same address."""
