@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -15,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from north_lightning.cli.eval import load_config
 from north_lightning.envs.docker_host import (
     HOST_LABEL,
     OWNER_UID_LABEL,
@@ -26,6 +28,7 @@ from north_lightning.envs.docker_host import (
 )
 from north_lightning.envs.fleet import (
     DockerFleet,
+    HOSTS_ENV,
     NoHostAvailable,
     configure_docker_hosts,
     parse_docker_hosts,
@@ -61,7 +64,7 @@ def fleet_reset(proxies):
             client.api.remove_container(summary["Id"], force=True)
 
 
-def test_docker_hosts_config_errors_name_the_entry():
+def test_docker_hosts_config_errors_name_the_entry(tmp_path):
     assert parse_docker_hosts("unix:///x.sock, tcp://10.0.0.2:2375") == parse_docker_hosts(
         ["unix:///x.sock", {"url": "tcp://10.0.0.2:2375", "max_sandboxes": 8}])
     assert parse_docker_hosts([{"url": "ssh://me@node", "max_sandboxes": 3}])[0].max_sandboxes == 3
@@ -71,6 +74,11 @@ def test_docker_hosts_config_errors_name_the_entry():
                          ([{"host": "tcp://a:1"}], r"docker_hosts\[0\]: expected keys url"), ([], "non-empty")]:
         with pytest.raises(ValueError, match=message):
             parse_docker_hosts(bad)
+    config = tmp_path / "eval.yaml"
+    config.write_text("tasks: [x]\npolicy: {class_path: a.B}\ndocker_hosts: [unix:///x.sock, 'ftp://x']\n")
+    with pytest.raises(ValueError, match=r"eval.yaml: docker_hosts\[1\]: 'ftp://x' is not a Docker host URL"):
+        load_config(str(config), [])
+    assert load_config(str(config), ["docker_hosts=[tcp://10.0.0.2:2375]"]).docker_hosts == ["tcp://10.0.0.2:2375"]
 
 
 def test_least_loaded_placement_under_caps_and_dead_host_at_start(proxies):
@@ -184,7 +192,9 @@ def test_host_cut_mid_run_episodes_end_once_and_retry_on_the_other_host(proxies,
     print(f"fleet run: {len(tasks)} episodes in {ran_s:.1f} s, cut at {cut_at}, cut attempts {cut}")
 
 
-def test_orphan_sweep_runs_per_host_and_leaves_other_users_alone(proxies, fleet_reset, base_image):
+def test_orphan_sweep_runs_per_host_and_leaves_other_users_alone(proxies, base_image):
+    """`tasks sweep` with NORTH_DOCKER_HOSTS: a dead owner's container goes, another user's stays, a host that
+    does not answer is skipped with a warning."""
     a, b = proxies
     client, run = docker_client(), uuid.uuid4().hex
     dead = subprocess.Popen(["true"])
@@ -194,10 +204,13 @@ def test_orphan_sweep_runs_per_host_and_leaves_other_users_alone(proxies, fleet_
     made = [client.containers.create(base_image, ["true"], labels=labels, network_mode="none")
             for labels in (mine, other)]
     try:
-        fleet = configure_docker_hosts([a.url, b.url], probe_interval_s=60)
         a.cut()  # a host that does not answer is skipped; the sweep goes on with the others
-        removed = fleet.sweep_orphans()
-        assert made[0].name in removed and made[1].name not in removed
+        env = {**os.environ, HOSTS_ENV: f"{a.url},{b.url}", "PYTHONPATH": os.getcwd()}
+        out = subprocess.run([sys.executable, "-m", "north_lightning", "tasks", "sweep"], env=env,
+                             capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr
+        assert made[0].name in out.stdout and made[1].name not in out.stdout
+        assert f"orphan sweep skipped Docker host {a.url}" in out.stderr
         left = labelled_summaries(client, f"north_lightning.test_run={run}")
         assert [c["Id"] for c in left] == [made[1].id]
     finally:
