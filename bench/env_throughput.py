@@ -29,6 +29,7 @@ from transformers import AutoTokenizer
 from north_lightning.assets import tiny_tokenizer_path
 from north_lightning.envs.fleet import configure_docker_hosts
 from north_lightning.envs.images import build_base_image
+from north_lightning.envs.sandbox import wait_for_removals
 from north_lightning.envs.socket_proxy import SocketProxy
 from north_lightning.rl.scripted_policy import OraclePolicy
 from north_lightning.envs.session import task_image
@@ -104,6 +105,7 @@ def main() -> int:
 def fleet_runs(sizes: list[int], concurrency: int, timed_run) -> list[str] | None:
     """Episodes per minute on the local engine, then on fleets of `sizes` proxy hosts, at one concurrency."""
     per_min: dict[str, float] = {}
+    retries: dict[str, int] = {}
     with tempfile.TemporaryDirectory(prefix="fleet-bench-") as tmp:
         for size in [0, *sizes]:
             proxies = [SocketProxy(unix_path=f"{tmp}/host{i}.sock").start() for i in range(size)]
@@ -111,6 +113,7 @@ def fleet_runs(sizes: list[int], concurrency: int, timed_run) -> list[str] | Non
             try:
                 run = timed_run(concurrency, f"{size} hosts")
             finally:
+                wait_for_removals()  # containers are removed in the background, through the proxies
                 configure_docker_hosts(None)
                 for proxy in proxies:
                     proxy.close()
@@ -119,10 +122,13 @@ def fleet_runs(sizes: list[int], concurrency: int, timed_run) -> list[str] | Non
             episodes, wall = run
             name = "local" if size == 0 else f"hosts{size}"
             per_min[name] = len(episodes) / wall * 60
-            print(f"{name} (concurrency {concurrency}): {per_min[name]:.1f} episodes/min", flush=True)
+            retries[name] = sum(int(ep.timings.get("infra_attempts", 0)) for ep in episodes)
+            print(f"{name} (concurrency {concurrency}): {per_min[name]:.1f} episodes/min, {retries[name]} infra "
+                  f"retries, proxy errors {[e for p in proxies for e in p.errors][:3]}", flush=True)
     pairs = [f"episodes_per_min_{name}={value:.1f}" for name, value in per_min.items()]
     pairs += [f"fleet_overhead_pct_{name}={100 * (per_min['local'] / value - 1):.1f}"
               for name, value in per_min.items() if name != "local"]
+    pairs += [f"infra_retries_{name}={value}" for name, value in retries.items()]
     return pairs
 
 

@@ -7,7 +7,7 @@ exactly as before (`docker_host.docker_client`, no cap), so a single-machine run
 
 Placement: a new sandbox goes to the host with the lowest share of its cap in use (ties: fewer sandboxes, then
 list order) and waits while every host is full. A host that stops answering (a sandbox call fails with a transport
-error and a short ping fails too, or the monitor's periodic ping fails) is drained: nothing new is placed there,
+error and a short ping fails too, or the monitor's ping fails twice in a row) is drained: nothing new is placed there,
 and each of its live sandboxes fails its current or next call with `HostUnreachable`, which the agent loop ends as
 `infra_error:host_down`, so `rl/rollout.py: run_episode_retrying` runs the episode again on another host and the
 sampler's ledger still sees it end once. Containers that could not be removed while their host was down are kept
@@ -116,28 +116,40 @@ class DockerHost:
         self.drained: str | None = None  # why it was drained; None while it takes sandboxes
         self.stranded: set[str] = set()  # sandbox ids whose container could not be removed while it was down
         self.boxes: weakref.WeakSet[Any] = weakref.WeakSet()  # live sandboxes (told when the host is drained)
+        self.failed_pings = 0  # consecutive failed pings of the monitor
         self._client: docker.DockerClient | None = None
         self._probe: docker.DockerClient | None = None
+        self._lock = threading.Lock()  # the monitor and failing sandboxes may ping at once
 
     @property
     def client(self) -> docker.DockerClient:
-        if self._client is None:
-            self._client = engine_client(self.url, self.fleet.timeout)
-        return self._client
+        with self._lock:
+            if self._client is None:
+                self._client = engine_client(self.url, self.fleet.timeout)
+            return self._client
 
     def ping(self) -> str | None:
-        """None when the engine answers a ping within the fleet's probe timeout, else what went wrong."""
-        try:
-            if self._probe is None:
-                self._probe = engine_client(self.url, self.fleet.probe_timeout_s)
-            self._probe.ping()
-            return None
-        except (HostUnreachable, docker.errors.DockerException, *UNREACHABLE_ERRORS) as err:
-            self.reset()
-            return f"{type(err).__name__}: {err}"
+        """None when the engine answers a ping within the fleet's probe timeout, else what went wrong. A failure
+        is tried once more on a fresh connection: a pooled one the engine closed while idle fails once and
+        says nothing about the host."""
+        with self._lock:
+            for attempt in range(2):
+                try:
+                    if self._probe is None:
+                        self._probe = engine_client(self.url, self.fleet.probe_timeout_s)
+                    self._probe.ping()
+                    return None
+                except (HostUnreachable, docker.errors.DockerException, *UNREACHABLE_ERRORS) as err:
+                    self._reset()
+                    problem = f"{type(err).__name__}: {err}"
+            return problem
 
     def reset(self) -> None:
         """Drop both clients (their pooled connections died with the host); the next use connects afresh."""
+        with self._lock:
+            self._reset()
+
+    def _reset(self) -> None:
         for client in (self._client, self._probe):
             if client is not None:
                 try:
@@ -151,8 +163,10 @@ class DockerFleet:
     """The hosts, placement (`acquire` / `release`), draining and the monitor thread (see the module docstring)."""
 
     def __init__(self, hosts: list[HostSpec], *, timeout: float = 24 * 3600, probe_timeout_s: float = 5.0,
-                 probe_interval_s: float = 10.0, acquire_timeout_s: float = 3600.0, monitor: bool = True) -> None:
+                 probe_interval_s: float = 10.0, acquire_timeout_s: float = 3600.0, drain_after_pings: int = 2,
+                 monitor: bool = True) -> None:
         self.timeout, self.probe_timeout_s, self.probe_interval_s = timeout, probe_timeout_s, probe_interval_s
+        self.drain_after_pings = drain_after_pings
         self.acquire_timeout_s = acquire_timeout_s
         self.hosts = [DockerHost(spec, self) for spec in hosts]
         self._cond = threading.Condition()
@@ -232,15 +246,19 @@ class DockerFleet:
             host.stranded.add(box_id)
 
     def check(self) -> None:
-        """One round of pings: drain the hosts that stopped answering, re-admit the ones that answer again
-        (after removing what was stranded on them)."""
+        """One round of pings: drain the hosts that failed `drain_after_pings` pings in a row (one slow answer on
+        a loaded host is not a dead host), re-admit the ones that answer again (after removing what was stranded
+        on them)."""
         for host in self.hosts:
             problem = host.ping()
             if problem is not None:
-                if host.drained is None:
-                    self.drain(host, f"ping failed: {problem}")
-            elif host.drained is not None:
-                self._readmit(host)
+                host.failed_pings += 1
+                if host.drained is None and host.failed_pings >= self.drain_after_pings:
+                    self.drain(host, f"{host.failed_pings} pings failed: {problem}")
+            else:
+                host.failed_pings = 0
+                if host.drained is not None:
+                    self._readmit(host)
 
     def _readmit(self, host: DockerHost) -> None:
         host.reset()

@@ -312,6 +312,10 @@ class DockerSandbox:
                 try:
                     self.client = self.host.client
                     return self._start()
+                except HostUnreachable as err:  # no client: the engine did not answer at all
+                    self.fleet.report_failure(self.host, err)
+                    self._release_host()
+                    raise
                 except UNREACHABLE_ERRORS as err:  # the request may have created the container: remove it later
                     self.fleet.strand(self.host, self.box_id)
                     unreachable = self._unreachable(err)  # drains the host (before its slot goes back)
