@@ -219,3 +219,13 @@ def test_orphan_sweep_runs_per_host_and_leaves_other_users_alone(proxies, base_i
                 container.remove(force=True)
             except Exception:  # noqa: BLE001 - already removed by the sweep
                 pass
+
+
+def test_sidecar_refuses_a_bad_docker_hosts_entry_at_construction():
+    from north_lightning.callbacks.vllm_sidecar import VLLMSidecar
+
+    with pytest.raises(ValueError, match=r"docker_hosts\[1\]: 'http://node:2375' is not a Docker host URL"):
+        VLLMSidecar(envs=[{"name": "toy", "tasks": "toy:train:2"}], docker_hosts=["unix:///x.sock", "http://node:2375"])
+    sidecar = VLLMSidecar(envs=[{"name": "toy", "tasks": "toy:train:2"}],
+                          docker_hosts=[{"url": "ssh://me@node", "max_sandboxes": 4}])
+    assert sidecar.docker_hosts == [{"url": "ssh://me@node", "max_sandboxes": 4}]
