@@ -94,7 +94,8 @@ class _RolloutCallback(L.Callback):
                  num_workers: int = 2, window: float = 0.1, max_staleness: int = 4, on_stale: str = "drop",
                  prefetch_batches: int = 1, rollout: dict[str, Any] | None = None, seed: int = 0,
                  work_dir: str | None = None, shutdown_timeout_s: float = 120.0, max_engine_restarts: int = 3,
-                 image_prefetch: int = 0, images: dict[str, Any] | None = None) -> None:
+                 image_prefetch: int = 0, images: dict[str, Any] | None = None,
+                 docker_hosts: list[Any] | None = None) -> None:
         if export_every_n_steps is None:
             export_every_n_steps = self.default_export_every
         if export_every_n_steps < 1:
@@ -124,6 +125,11 @@ class _RolloutCallback(L.Callback):
         from north_lightning.envs.registry import resolver_settings
 
         self.images = resolver_settings(images)
+        from north_lightning.envs.fleet import parse_docker_hosts
+
+        self.docker_hosts = list(docker_hosts or [])
+        if self.docker_hosts:  # bad entries fail at construction, naming the entry
+            parse_docker_hosts(self.docker_hosts)
         self.service: RolloutService | None = None
         self.engine: Any = None
         self.policy_version = 0
@@ -199,6 +205,10 @@ class _RolloutCallback(L.Callback):
         self._last_step = step
         if not trainer.is_global_zero:
             return
+        if self.docker_hosts:
+            from north_lightning.envs.fleet import configure_docker_hosts
+
+            configure_docker_hosts(self.docker_hosts)
         self._sweep_orphans()
         self.engine = self._start_engine(model_dir)
         from transformers import AutoTokenizer
@@ -246,9 +256,16 @@ class _RolloutCallback(L.Callback):
         before ours start; live runs' containers, and other users' and hosts' on a shared engine, are kept."""
         from north_lightning.envs.disk import sweep_orphan_disks
         from north_lightning.envs.docker_host import docker_client, sweep_orphans
+        from north_lightning.envs.fleet import current_fleet
 
-        self.orphans_removed = sweep_orphans()
-        self.orphans_removed += sweep_orphan_disks(docker_client())
+        fleet = current_fleet()
+        if fleet is not None:  # host by host; a host that does not answer is swept when it is back
+            self.orphans_removed = fleet.sweep_orphans()
+            for client in fleet.local_clients():
+                self.orphans_removed += sweep_orphan_disks(client)
+        else:
+            self.orphans_removed = sweep_orphans()
+            self.orphans_removed += sweep_orphan_disks(docker_client())
         if self.orphans_removed:
             log.warning("removed %d orphaned sandbox containers of dead runs: %s", len(self.orphans_removed),
                         ", ".join(self.orphans_removed))
@@ -394,6 +411,10 @@ class VLLMSidecar(_RolloutCallback):
             attempts) is recorded in `<work_dir>/images.json`.
         image_prefetch: look-ahead window of the image prefetcher: the images of the next N tasks in the dispatch
             order are pulled or built in the background (`envs/registry.py`); 0 = each episode resolves its own.
+        docker_hosts: a fleet of Docker engines for the sandboxes (`envs/fleet.py`): URLs (`unix://`, `tcp://`,
+            `ssh://`) or `{url, max_sandboxes}`; least-loaded placement under the caps, a host that stops
+            answering is drained and its episodes retried elsewhere (`infra_error:host_down`). Empty: the local
+            engine (or `NORTH_DOCKER_HOSTS`).
         rollout: `RolloutConfig` fields (max_context, max_tokens_per_turn, temperature, ...).
     """
 

@@ -53,6 +53,8 @@ class EvalConfig:
     command_timeout_sec: float = 60.0
     concurrency: int = 4  # episodes (containers) run at once; `num_workers` of the RL sidecar
     transcripts: bool = False  # also write <out>.transcripts.jsonl (decoded episodes)
+    # sandboxes over several Docker engines (envs/fleet.py): URLs or {url, max_sandboxes}; empty: the local engine
+    docker_hosts: list[Any] = field(default_factory=list)
     out: str = "runs/eval/report"
 
 
@@ -85,6 +87,10 @@ def load_config(path: str | None, overrides: list[str]) -> EvalConfig:
         raw["tasks"] = [raw["tasks"]]
     if not isinstance(raw["policy"], dict) or "class_path" not in raw["policy"]:
         raise ValueError(f"{path or '--set'}: key 'policy' needs a 'class_path' (and optional 'init_args')")
+    if raw.get("docker_hosts"):
+        from north_lightning.envs.fleet import parse_docker_hosts
+
+        parse_docker_hosts(raw["docker_hosts"], where=f"{path or '--set'}: docker_hosts")
     return EvalConfig(**raw)
 
 
@@ -120,6 +126,10 @@ def run_eval(cfg: EvalConfig) -> dict[str, Any]:
     from north_lightning.envs.tasks import load_tasks
     from north_lightning.rl.rollout import EpisodeJob, RolloutConfig, run_episodes
 
+    if cfg.docker_hosts:
+        from north_lightning.envs.fleet import configure_docker_hosts
+
+        configure_docker_hosts(cfg.docker_hosts)
     tasks = [t for path in cfg.tasks for t in load_tasks(path)]
     if not tasks:
         raise ValueError(f"no tasks found in {cfg.tasks}")

@@ -9,7 +9,8 @@ filter REPORT --out F   keep tasks whose pass@k lies in a band, give each a step
                         trajectories (REPORT = the JSON written by `eval`); `--drop FILE` also drops the task ids
                         listed in FILE (one per line, `#` comments; e.g. `humaneval report`'s flagged_task_ids.txt)
 sweep [--all]           remove this host's and user's sandbox containers whose owner process is gone (--all: live
-                        owners' too); other users' and hosts' containers are never touched
+                        owners' too); other users' and hosts' containers are never touched; with
+                        NORTH_DOCKER_HOSTS=url,url every engine of that fleet is swept in turn
 import --format F SRC --out POOL
                         SWE-bench-family rows (JSONL, Parquet, `datasets` save_to_disk dir) -> a pool JSONL;
                         rows missing a field the grader needs are listed with file:line and skipped
@@ -165,9 +166,17 @@ def read_task_ids(path: str | Path) -> set[str]:
 def _sweep(args: argparse.Namespace) -> int:
     from north_lightning.envs.disk import sweep_orphan_disks
     from north_lightning.envs.docker_host import docker_client, sweep_orphans
+    from north_lightning.envs.fleet import current_fleet
 
-    removed = sweep_orphans(all_owners=args.all)
-    removed += sweep_orphan_disks(docker_client(), all_owners=args.all)
+    fleet = current_fleet()  # NORTH_DOCKER_HOSTS: every host of the fleet, one by one
+    if fleet is not None:
+        removed = fleet.sweep_orphans(all_owners=args.all)
+        for client in fleet.local_clients():
+            removed += sweep_orphan_disks(client, all_owners=args.all)
+        fleet.close()
+    else:
+        removed = sweep_orphans(all_owners=args.all)
+        removed += sweep_orphan_disks(docker_client(), all_owners=args.all)
     print(f"removed {len(removed)} containers" + (f": {', '.join(removed)}" if removed else ""))
     return 0
 

@@ -19,6 +19,8 @@ from typing import Any
 
 import docker
 import docker.errors
+import requests.exceptions
+import urllib3.exceptions
 
 SANDBOX_LABEL = "north_lightning.sandbox"
 OWNER_PID_LABEL = "north_lightning.owner_pid"
@@ -30,6 +32,18 @@ BOX_ID_LABEL = "north_lightning.sandbox_id"
 
 class SandboxError(RuntimeError):
     """The sandbox cannot do what was asked (container gone, Docker error)."""
+
+
+class HostUnreachable(SandboxError):
+    """The Docker engine a sandbox runs on stopped answering (connection refused / reset, or its fleet drained
+    it): an infrastructure failure, never the policy's doing."""
+
+
+# What a client raises when its engine does not answer (docker-py lets the transport's errors through)
+UNREACHABLE_ERRORS: tuple[type[BaseException], ...] = (
+    requests.exceptions.ConnectionError, requests.exceptions.Timeout, urllib3.exceptions.ProtocolError,
+    ConnectionError, TimeoutError)
+HOST_LABEL = "north_lightning.docker_host"  # the fleet host a sandbox was placed on (its URL)
 
 
 _CLIENT: docker.DockerClient | None = None

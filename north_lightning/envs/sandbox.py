@@ -12,6 +12,7 @@ pid start time, so `sweep_orphans()` finds what a SIGKILLed process left behind 
 from __future__ import annotations
 
 import atexit
+import functools
 import io
 import os
 import signal
@@ -29,9 +30,12 @@ import docker.errors
 
 from north_lightning.envs.docker_host import (  # noqa: F401  (re-exported: the sandbox's public names)
     BOX_ID_LABEL,
+    HOST_LABEL,
     OWNER_HOST_LABEL,
     OWNER_PID_LABEL,
     SANDBOX_LABEL,
+    UNREACHABLE_ERRORS,
+    HostUnreachable,
     SandboxError,
     docker_client,
     labelled_containers,
@@ -64,15 +68,18 @@ class HostDiskLow(SandboxError):
     """The Docker engine's disk has less free space than `min_host_free_mb`: an infrastructure failure."""
 
 
-_DATA_ROOT: list[str | None] = []
+_DATA_ROOT: dict[int, str | None] = {}
 
 
 def engine_data_root(client: docker.DockerClient) -> str | None:
-    """The engine's data root when it is on this machine (a remote engine's disk cannot be watched from here)."""
-    if not _DATA_ROOT:
-        root = client.info().get("DockerRootDir")
-        _DATA_ROOT.append(root if root and os.path.isdir(root) else None)
-    return _DATA_ROOT[0]
+    """The engine's data root when it is on this machine (a unix socket; a tcp:// or ssh:// engine's disk cannot
+    be watched from here). Asked once per client."""
+    if id(client) not in _DATA_ROOT:
+        from north_lightning.envs.fleet import is_local_engine
+
+        root = client.info().get("DockerRootDir") if is_local_engine(client) else None
+        _DATA_ROOT[id(client)] = root if root and os.path.isdir(root) else None
+    return _DATA_ROOT[id(client)]
 
 
 def check_host_disk(client: docker.DockerClient, min_free_mb: int) -> None:
@@ -246,14 +253,44 @@ class _OutputCapture:
                 + tail.decode(errors="replace"))
 
 
+def _on_engine(method: Any) -> Any:
+    """Turns a transport failure of the sandbox's engine (or its host being drained meanwhile) into
+    `HostUnreachable`, and tells the fleet, which pings the host and drains it when it does not answer."""
+
+    @functools.wraps(method)
+    def call(self: "DockerSandbox", *args: Any, **kwargs: Any) -> Any:
+        if self.host_down is not None:
+            raise HostUnreachable(f"Docker host {self.host_url} of {self.name} was drained: {self.host_down}")
+        try:
+            return method(self, *args, **kwargs)
+        except UNREACHABLE_ERRORS as err:
+            raise self._unreachable(err) from err
+        except SandboxError as err:
+            if self.host_down is not None and not isinstance(err, HostUnreachable):
+                raise HostUnreachable(f"Docker host {self.host_url} of {self.name} was drained: "
+                                      f"{self.host_down}") from err
+            raise
+
+    return call
+
+
 class DockerSandbox:
     """One container. `exec(cmd, timeout) -> ExecResult(exit_code, output)`; files in/out by tar; `close()`.
 
-    Use as a context manager, or call `close()`; the process-exit hooks remove it otherwise."""
+    Use as a context manager, or call `close()`; the process-exit hooks remove it otherwise. Without `client`
+    it runs on the local engine, or, when a fleet is configured (`envs/fleet.py`), on the host `start()` places
+    it on (`host_url`); a host that stops answering makes its calls raise `HostUnreachable`."""
 
     def __init__(self, config: SandboxConfig, *, client: docker.DockerClient | None = None):
+        from north_lightning.envs.fleet import current_fleet
+
         self.config = config
-        self.client = client or docker_client()
+        self.fleet = current_fleet() if client is None else None
+        self.client = client or (None if self.fleet is not None else docker_client())
+        self.host: Any = None  # the fleet's DockerHost holding this sandbox's slot
+        self.host_down: str | None = None  # set by the fleet when it drains the host
+        self.placed_on = "local"  # the URL of the fleet host it was placed on
+        self.box_id = uuid.uuid4().hex
         self.container: Any = None
         self.start_latency_s: float | None = None
         self._deadline: float | None = None
@@ -269,6 +306,25 @@ class DockerSandbox:
                 raise SandboxError("the process is shutting down (signal received): no new sandbox")
             _STARTING += 1
         try:
+            if self.fleet is not None:
+                self.host = self.fleet.acquire(self)
+                self.placed_on = self.host.url
+                try:
+                    self.client = self.host.client
+                    return self._start()
+                except HostUnreachable as err:  # no client: the engine did not answer at all
+                    self.fleet.report_failure(self.host, err)
+                    self._release_host()
+                    raise
+                except UNREACHABLE_ERRORS as err:  # the request may have created the container: remove it later
+                    self.fleet.strand(self.host, self.box_id)
+                    unreachable = self._unreachable(err)  # drains the host (before its slot goes back)
+                    self._release_host()
+                    raise unreachable from err
+                except BaseException:
+                    if self.container is None:
+                        self._release_host()
+                    raise
             return self._start()
         finally:
             with _LIVE_LOCK:
@@ -277,8 +333,9 @@ class DockerSandbox:
     def _start(self) -> "DockerSandbox":
         cfg = self.config
         check_host_disk(self.client, cfg.min_host_free_mb)
-        box_id = uuid.uuid4().hex
-        labels = {**cfg.labels, SANDBOX_LABEL: "1", **owner_labels(), BOX_ID_LABEL: box_id}
+        box_id = self.box_id
+        labels = {**cfg.labels, SANDBOX_LABEL: "1", **owner_labels(), BOX_ID_LABEL: box_id,
+                  **({HOST_LABEL: self.host.url} if self.host is not None else {})}
         started = time.monotonic()
         try:  # look first: `run` would try to pull a missing image from a registry
             self.client.images.get(cfg.image)
@@ -288,6 +345,10 @@ class DockerSandbox:
         volumes = None
         if cfg.disk_mb:
             from north_lightning.envs.disk import WorkVolume
+            from north_lightning.envs.fleet import is_local_engine
+
+            if not is_local_engine(self.client):
+                raise SandboxError(f"disk_mb needs an engine on this machine (a unix:// host), not {self.host_url}")
 
             self._disk = WorkVolume(self.client, box_id, cfg.disk_mb, labels)
             volumes = {self._disk.create(): {"bind": cfg.workdir, "mode": "rw"}}
@@ -340,6 +401,9 @@ class DockerSandbox:
 
     def _remove(self) -> None:
         try:
+            if self.host_down is not None:  # a drained host may hang rather than refuse: leave it to the fleet
+                self.fleet.strand(self.host, self.box_id)
+                return
             self.container.remove(force=True)
             if self._disk is not None:
                 self._disk.remove()
@@ -349,10 +413,32 @@ class DockerSandbox:
         except docker.errors.APIError as err:
             if "already in progress" not in str(err):
                 raise
+        except UNREACHABLE_ERRORS as err:
+            if self.fleet is None:
+                raise
+            self.fleet.strand(self.host, self.box_id)  # removed when the host answers again
+            self.fleet.report_failure(self.host, err)
         finally:
             with _LIVE_LOCK:
                 _LIVE.pop(self.container.id, None)
                 _REMOVALS.discard(threading.current_thread())
+            self._release_host()
+
+    def _release_host(self) -> None:
+        host, self.host = self.host, None
+        if host is not None:
+            self.fleet.release(host, self)
+
+    def _unreachable(self, err: BaseException) -> HostUnreachable:
+        if self.fleet is not None and self.host is not None:
+            self.fleet.report_failure(self.host, err)
+        return HostUnreachable(f"Docker host {self.host_url} of {self.name} stopped answering: "
+                               f"{type(err).__name__}: {err}")
+
+    @property
+    def host_url(self) -> str:
+        """The fleet host this sandbox runs on, or "local" (the default engine)."""
+        return self.placed_on
 
     @property
     def name(self) -> str:
@@ -361,6 +447,7 @@ class DockerSandbox:
     def remaining_sec(self) -> float:
         return float("inf") if self._deadline is None else self._deadline - time.monotonic()
 
+    @_on_engine
     def is_running(self) -> bool:
         try:
             self.container.reload()
@@ -369,6 +456,7 @@ class DockerSandbox:
         return self.container.status == "running"
 
     # commands
+    @_on_engine
     def exec(self, cmd: str | list[str], timeout: float | None = None, *, user: str | None = None,
              workdir: str | None = None, env: dict[str, str] | None = None,
              max_output_bytes: int | None = None, outside_episode_budget: bool = False) -> ExecResult:
@@ -409,10 +497,16 @@ class DockerSandbox:
 
         reader = threading.Thread(target=read, daemon=True, name=f"exec-{self.name}")
         reader.start()
-        reader.join(limit + KILL_GRACE_SEC + HOST_DEADLINE_SLACK_SEC)
+        wait_until = time.monotonic() + limit + KILL_GRACE_SEC + HOST_DEADLINE_SLACK_SEC
+        while reader.is_alive() and self.host_down is None and time.monotonic() < wait_until:
+            reader.join(min(0.25, max(0.0, wait_until - time.monotonic())))  # returns as soon as it ends
+        if self.host_down is not None:  # the fleet drained the host while the command ran
+            raise HostUnreachable(f"Docker host {self.host_url} of {self.name} was drained: {self.host_down}")
         if reader.is_alive():  # even the in-container timeout did not end it: stop waiting
             return ExecResult(TIMEOUT_EXIT_CODE, capture.text() + f"\n[command timed out after {limit:.0f} s]")
         if error and not self._closed:
+            if isinstance(error[0], UNREACHABLE_ERRORS):
+                raise self._unreachable(error[0])
             raise SandboxError(f"exec output stream of {self.name} failed: {error[0]}")
         info = self.client.api.exec_inspect(exec_id)
         for _ in range(100):  # the output stream can end a moment before the engine records the exit
@@ -429,6 +523,7 @@ class DockerSandbox:
         return ExecResult(exit_code, output)
 
     # files
+    @_on_engine
     def put_files(self, files: dict[str, bytes | str], *, mode: int = 0o644, owner: int | None = None) -> None:
         """Write files at absolute paths; `owner` = uid/gid for the files (default root). Missing parent
         directories are created root-owned by the engine; existing ones keep their owner."""
@@ -446,6 +541,7 @@ class DockerSandbox:
         if not self.container.put_archive("/", buf.getvalue()):
             raise SandboxError(f"put_files into {self.name} failed")
 
+    @_on_engine
     def put_dir(self, host_dir: str | Path, container_dir: str, *, owner: int | None = None) -> None:
         """Copy a host directory's files (modes kept) to `container_dir`."""
         host_dir = Path(host_dir)
@@ -464,6 +560,7 @@ class DockerSandbox:
         if not self.container.put_archive("/", buf.getvalue()):
             raise SandboxError(f"put_dir {host_dir} -> {self.name}:{container_dir} failed")
 
+    @_on_engine
     def get_file(self, path: str, max_bytes: int = GET_FILE_MAX_BYTES) -> bytes:
         """Read one file through the engine (as the daemon: for the grader's reads, which the agent must not be
         able to tamper with; the agent's own tools read inside the container as its user). Streamed, and at

@@ -19,7 +19,7 @@ from typing import Any
 from north_lightning.formats.harnesses.base import ToolCall
 from north_lightning.envs.images import ImageBuilder
 from north_lightning.envs.registry import ImageRecipe, ImageResolver, ResolvedImage
-from north_lightning.envs.sandbox import DockerSandbox, SandboxConfig, SandboxError
+from north_lightning.envs.sandbox import DockerSandbox, HostUnreachable, SandboxConfig, SandboxError
 from north_lightning.envs.swe_grader import grade_in_fresh_container
 from north_lightning.envs.swe_tools import StrReplaceEditor, opencode_tool, submit_diff
 from north_lightning.envs.tasks import HarborTask, SWETask, Task, TaskError, swe_dockerfile
@@ -149,7 +149,16 @@ class TaskSession:
 
     def start(self) -> "TaskSession":
         image = self.image = task_image(self.task, self.builder)
-        self.box = DockerSandbox(sandbox_config(self.task, image, **self.sandbox_overrides)).start()
+        self.box = DockerSandbox(sandbox_config(self.task, image, **self.sandbox_overrides))
+        self.box.start()  # kept even when it fails: `box.host_url` says where (a fleet's host)
+        try:
+            self._check_start(image)
+        except BaseException:  # `with` never reaches __exit__ when start() raises: remove the container here
+            self.close()
+            raise
+        return self
+
+    def _check_start(self, image: str) -> None:
         if isinstance(self.task, SWETask):
             if self.task.setup_cmd:  # e.g. SWE-smith: check out the instance branch
                 code, out = self.box.exec(self.task.setup_cmd, timeout=300, user="root")
@@ -163,7 +172,6 @@ class TaskSession:
                 self.close()
                 raise TaskError(f"{self.task.source}: image {image} has {head.strip()!r} at {self.task.workdir} "
                                 f"(git exit {code}), not base_commit {self.task.base_commit!r}")
-        return self
 
     def __enter__(self) -> "TaskSession":
         return self.start() if self.box is None else self
@@ -222,8 +230,11 @@ class TaskSession:
     def verify(self) -> VerifierResult:
         """Harbor tasks: their tests in this sandbox. SWE tasks: the agent's diff, graded in a fresh container
         from the instance image (`swe_grader`), so nothing the agent did to its container but the diff counts."""
-        if self.box is None or not self.box.is_running():
-            return VerifierResult(0.0, "sandbox_gone")
+        try:
+            if self.box is None or not self.box.is_running():
+                return VerifierResult(0.0, "sandbox_gone")
+        except HostUnreachable as err:
+            return VerifierResult(0.0, "host_down", output=str(err))
         try:
             if isinstance(self.task, SWETask):
                 diff = submit_diff(self.box, self.task.workdir, self.task.base_commit)
@@ -231,6 +242,8 @@ class TaskSession:
                     return VerifierResult(0.0, "sandbox_error", output=diff[-4000:])
                 return grade_in_fresh_container(self.task, diff, self.image)
             return verify(self.box, self.task)
+        except HostUnreachable as err:
+            return VerifierResult(0.0, "host_down", output=str(err))
         except SandboxError as err:
             return VerifierResult(0.0, "sandbox_error", output=str(err))
 

@@ -28,7 +28,8 @@ TEST_PATCH = "/tmp/north_test.patch"
 # The reasons that say the environment failed, not the policy. A test run that times out is not among them:
 # a patch with an endless loop must cost reward (SWE-bench scores a timeout as unresolved), and the grader's
 # own time limit is generous; a grader that cannot set up, or whose container dies, is.
-INFRA_REASONS = ("container_failed", "base_commit_missing", "setup_failed", "test_patch_failed", "sandbox_error")
+INFRA_REASONS = ("container_failed", "base_commit_missing", "setup_failed", "test_patch_failed", "sandbox_error",
+                 "host_down")  # host_down: the Docker host stopped answering (envs/fleet.py)
 # SWE-bench-family images keep the repository's environment in a conda env their eval scripts activate first
 CONDA_ACTIVATE = ("if [ -f /opt/miniconda3/bin/activate ]; then . /opt/miniconda3/bin/activate && "
                   "conda activate testbed; fi; ")

@@ -13,7 +13,8 @@ All but the reward-0 ones are scored by the verifier.
 
 Infrastructure failures are not rewards: an environment that cannot start (image missing or failing to build,
 container start), a sandbox that is gone other than by the agent's own command, a grader that cannot set up end
-the episode as `infra_error:<what>` (reward 0, `Episode.infra_error`). `run_episode_retrying` runs such an
+the episode as `infra_error:<what>` (reward 0, `Episode.infra_error`); a Docker host of the fleet that stops
+answering mid-episode ends it as `infra_error:host_down`. `run_episode_retrying` runs such an
 episode again up to `RolloutConfig.infra_retries` times; what still fails is left out of advantages (the
 sampler fails the group, `failed/infra_error`), of pass@k denominators and of the task filter.
 """
@@ -30,7 +31,7 @@ from north_lightning.formats.harnesses import get_harness
 from north_lightning.formats.harnesses.base import Action, FormatError, Harness, ToolCall
 from north_lightning.formats.records import Trajectory
 from north_lightning.envs.response import response_message
-from north_lightning.envs.sandbox import EpisodeTimeout, SandboxError, install_cleanup_hooks
+from north_lightning.envs.sandbox import EpisodeTimeout, HostUnreachable, SandboxError, install_cleanup_hooks
 from north_lightning.envs.session import TaskSession
 from north_lightning.envs.swe_grader import INFRA_REASONS
 from north_lightning.envs.images import ImageBuildError
@@ -201,6 +202,9 @@ def run_episode(policy: Policy, harness: str | Harness, tokenizer: Any, task: Ta
                 observations, done = _act(session, harness, action, awaiting_confirmation)
             except EpisodeTimeout:
                 end_reason = "episode_timeout"
+                break
+            except HostUnreachable:  # the Docker host stopped answering / was drained (envs/fleet.py)
+                end_reason, verified = "infra_error:host_down", False
                 break
             except TerminalDied:
                 end_reason = "terminal_died"
