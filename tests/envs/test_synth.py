@@ -9,10 +9,10 @@ model, whose episodes fail: counted, nothing written.
 from __future__ import annotations
 
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+
+from helpers import REPLAY_KEY as KEY, ReplayTeacher
 
 from north_lightning.envs.tasks import BUNDLED_DIR, load_tasks
 from north_lightning.formats.harnesses import AGENT_HARNESSES, Action, get_harness
@@ -20,49 +20,6 @@ from north_lightning.formats.records import iter_records
 
 TERMINAL = BUNDLED_DIR / "terminal"
 TASK_DIRS = [TERMINAL / "toy-arith-cbfa16cc", TERMINAL / "toy-write-file-631a0551"]
-KEY = "replay-sekret-1234"
-
-
-class ReplayTeacher:
-    """STAND-IN for a teacher model: serves `/v1/completions` (token-id prompt in, token ids out, vLLM's
-    `return_tokens_as_token_ids` shape) from `OraclePolicy`, and answers 401 without `Bearer <KEY>`."""
-
-    def __init__(self, tokenizer, harness: str, tasks):
-        from north_lightning.rl.scripted_policy import OraclePolicy
-
-        oracle = OraclePolicy(tokenizer, harness, tasks)
-        self.requests = 0
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(handler):  # noqa: N805 - the handler instance
-                body = json.loads(handler.rfile.read(int(handler.headers["Content-Length"])))
-                if handler.headers.get("Authorization") != f"Bearer {KEY}":
-                    handler.send_response(401)
-                    handler.end_headers()
-                    return
-                assert handler.path == "/v1/completions" and body["return_tokens_as_token_ids"]
-                (c,) = oracle.generate([body["prompt"]], max_tokens=body["max_tokens"])
-                self.requests += 1
-                answer = {"choices": [{"text": c.text, "finish_reason": c.finish_reason,
-                                       "logprobs": {"tokens": [f"token_id:{t}" for t in c.token_ids],
-                                                    "token_logprobs": c.logprobs}}]}
-                data = json.dumps(answer).encode()
-                handler.send_response(200)
-                handler.send_header("Content-Type", "application/json")
-                handler.send_header("Content-Length", str(len(data)))
-                handler.end_headers()
-                handler.wfile.write(data)
-
-            def log_message(handler, *args):  # noqa: N805
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
 def _synth(argv, capsys):
