@@ -455,6 +455,18 @@ class DockerSandbox:
             return False
         return self.container.status == "running"
 
+    def _stopping(self, settle_sec: float = 2.0) -> bool:
+        """Whether the container is going down after a command was SIGKILLed: the engine reports the container
+        stopped a moment after the exec (`kill -9 -1` as root takes the container's processes down one by
+        one), so a SIGKILLed command waits up to `settle_sec` for that before it counts as the command's own
+        exit code; otherwise the death is found only by the next command, and is taken for the host's fault."""
+        deadline = time.monotonic() + settle_sec
+        while self.is_running():
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.1)
+        return True
+
     # commands
     @_on_engine
     def exec(self, cmd: str | list[str], timeout: float | None = None, *, user: str | None = None,
@@ -515,7 +527,7 @@ class DockerSandbox:
             time.sleep(0.05)
             info = self.client.api.exec_inspect(exec_id)
         exit_code = -1 if info.get("ExitCode") is None else int(info["ExitCode"])
-        if exit_code in (-1, 128 + 9) and not self.is_running():  # killed because the container went down
+        if exit_code in (-1, 128 + 9) and self._stopping():  # killed because the container went down
             raise SandboxError(f"container {self.name} stopped while running a command")
         output = capture.text()
         if exit_code == TIMEOUT_EXIT_CODE:
