@@ -63,6 +63,7 @@ class RLModule(SFTModule):
         self.policy_version = 0  # set by the sampler callback at each export
         self.last_export_step = 0
         self.mismatch_logged_version = -1  # newest policy version whose mismatch was logged
+        self.last_loss_share: torch.Tensor | None = None  # the last micro-batch's share of the global loss
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         targets_BS = batch["targets"]
@@ -71,6 +72,7 @@ class RLModule(SFTModule):
         mask_BS = targets_BS != IGNORE_INDEX
         loss, m = cispo_loss(logp_BS, batch["sampler_logprobs"], batch["advantages"], mask_BS, batch["num_tokens"],
                              eps_low=self.cispo.eps_low, eps_high=self.cispo.eps_high, entropy_BS=ent_BS)
+        self.last_loss_share = loss.detach()
         trainer = self._trainer
         scale = (trainer.accumulate_grad_batches * trainer.world_size) if trainer is not None else 1
         total = loss * scale
