@@ -95,7 +95,8 @@ class _RolloutCallback(L.Callback):
                  prefetch_batches: int = 1, rollout: dict[str, Any] | None = None, seed: int = 0,
                  work_dir: str | None = None, shutdown_timeout_s: float = 120.0, max_engine_restarts: int = 3,
                  image_prefetch: int = 0, images: dict[str, Any] | None = None,
-                 docker_hosts: list[Any] | None = None) -> None:
+                 docker_hosts: list[Any] | None = None,
+                 spool_retention: bool = True) -> None:
         if export_every_n_steps is None:
             export_every_n_steps = self.default_export_every
         if export_every_n_steps < 1:
@@ -130,6 +131,8 @@ class _RolloutCallback(L.Callback):
         self.docker_hosts = list(docker_hosts or [])
         if self.docker_hosts:  # bad entries fail at construction, naming the entry
             parse_docker_hosts(self.docker_hosts)
+        self.spool_retention = spool_retention
+        self.spool_pruned = 0  # batches deleted by the retention rule (callbacks/spool_retention.py)
         self.service: RolloutService | None = None
         self.engine: Any = None
         self.policy_version = 0
@@ -316,6 +319,10 @@ class _RolloutCallback(L.Callback):
                 self.export(trainer, pl_module)
             if self.service is not None:
                 self.service.on_optimizer_step(step)
+            if self.spool_retention and trainer.is_global_zero:
+                from north_lightning.callbacks.spool_retention import prune_spool
+
+                self.spool_pruned += len(prune_spool(trainer, self._spool(trainer)))
         self._batch_end_at = time.perf_counter()
 
     def export(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -415,6 +422,9 @@ class VLLMSidecar(_RolloutCallback):
             `ssh://`) or `{url, max_sandboxes}`; least-loaded placement under the caps, a host that stops
             answering is drained and its episodes retried elsewhere (`infra_error:host_down`). Empty: the local
             engine (or `NORTH_DOCKER_HOSTS`).
+        spool_retention: delete spool batches once trained and older than the oldest checkpoint on disk (disk
+            stays bounded; every kept checkpoint keeps the batches it would train next), see
+            `callbacks/spool_retention.py`; false keeps every batch (to inspect a short run's data).
         rollout: `RolloutConfig` fields (max_context, max_tokens_per_turn, temperature, ...).
     """
 
