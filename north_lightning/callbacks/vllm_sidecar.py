@@ -96,7 +96,7 @@ class _RolloutCallback(L.Callback):
                  work_dir: str | None = None, shutdown_timeout_s: float = 120.0, max_engine_restarts: int = 3,
                  image_prefetch: int = 0, images: dict[str, Any] | None = None,
                  docker_hosts: list[Any] | None = None,
-                 spool_retention: bool = True) -> None:
+                 spool_retention: bool = True, placement: dict[str, Any] | None = None) -> None:
         if export_every_n_steps is None:
             export_every_n_steps = self.default_export_every
         if export_every_n_steps < 1:
@@ -132,6 +132,16 @@ class _RolloutCallback(L.Callback):
         if self.docker_hosts:  # bad entries fail at construction, naming the entry
             parse_docker_hosts(self.docker_hosts)
         self.spool_retention = spool_retention
+        from north_lightning.rl.placement import RLPlacement
+
+        self.placement = RLPlacement.from_dict(placement)
+        if self.placement is not None and not self.placement.colocated and engine != "servers":
+            raise ValueError(f"placement.sampler_nodes={self.placement.sampler_nodes} puts the sampler on its own "
+                             f"nodes: that needs engine: servers (got {engine!r})")
+        if self.placement is not None and self.placement.sleep_wake:
+            raise ValueError("placement.sleep_wake: the planner accounts for a colocated engine that sleeps while "
+                             "the trainer steps, but this callback does not put the engine to sleep yet; use a "
+                             "disaggregated placement (sampler_nodes > 0, engine: servers)")
         self.spool_pruned = 0  # batches deleted by the retention rule (callbacks/spool_retention.py)
         self.service: RolloutService | None = None
         self.engine: Any = None
@@ -422,6 +432,9 @@ class VLLMSidecar(_RolloutCallback):
             `ssh://`) or `{url, max_sandboxes}`; least-loaded placement under the caps, a host that stops
             answering is drained and its episodes retried elsewhere (`infra_error:host_down`). Empty: the local
             engine (or `NORTH_DOCKER_HOSTS`).
+        placement: where the sampler runs (`rl/placement.py`: sampler_nodes, tensor_parallel_size, expert_parallel,
+            max_model_len, kv_cache_gib, export_bucket_mb, sleep_wake, gpu_gib); `plan` sizes both sides from it and
+            refuses what cannot fit, `slurm` starts the sampler nodes' servers with it.
         spool_retention: delete spool batches once trained and older than the oldest checkpoint on disk (disk
             stays bounded; every kept checkpoint keeps the batches it would train next), see
             `callbacks/spool_retention.py`; false keeps every batch (to inspect a short run's data).
