@@ -101,6 +101,10 @@ def iter_full_buckets(model: nn.Module, *, bucket_bytes: int, dtype: torch.dtype
         bucket: dict[str, torch.Tensor] = {}
         for name in names:
             tensor = state[name].detach()
+            if isinstance(tensor, DTensor) and tensor.device_mesh.device_type != tensor.to_local().device.type:
+                # FSDP2 CPU offload: the shard lives in host memory, the all-gather runs on the mesh's device
+                tensor = tensor.to(torch.device(tensor.device_mesh.device_type, torch.cuda.current_device())
+                                   if tensor.device_mesh.device_type == "cuda" else tensor.device_mesh.device_type)
             cast = dtype is not None and tensor.is_floating_point() and tensor.dtype != dtype
             if cast:
                 tensor = tensor.to(dtype)  # on a DTensor: the local shard only
