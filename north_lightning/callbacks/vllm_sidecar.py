@@ -75,7 +75,7 @@ class _RolloutCallback(L.Callback):
 
     def __init__(self, envs: list[dict[str, Any]], groups_per_step: int = 4, group_size: int = 8,
                  export_every_n_steps: int | None = None, engine: str = "inprocess", engine_kwargs: dict[str, Any] | None = None,
-                 num_workers: int = 2, window: float = 0.1, max_staleness: int = 4, on_stale: str = "drop",
+                 num_workers: int = 2, window: float = 0.1, max_staleness_steps: int = 16, on_stale: str = "drop",
                  prefetch_batches: int = 1, rollout: dict[str, Any] | None = None, seed: int = 0,
                  work_dir: str | None = None, shutdown_timeout_s: float = 120.0, max_engine_restarts: int = 3,
                  image_prefetch: int = 0, images: dict[str, Any] | None = None,
@@ -103,7 +103,8 @@ class _RolloutCallback(L.Callback):
         self.groups_per_step, self.group_size = groups_per_step, group_size
         self.export_every_n_steps = export_every_n_steps
         self.engine_kind, self.engine_kwargs = engine, dict(engine_kwargs or {})
-        self.num_workers, self.window, self.max_staleness, self.on_stale = num_workers, window, max_staleness, on_stale
+        self.num_workers, self.window, self.on_stale = num_workers, window, on_stale
+        self.max_staleness_steps = max_staleness_steps
         self.prefetch_batches, self.rollout_kwargs, self.seed = prefetch_batches, dict(rollout or {}), seed
         self.work_dir, self.shutdown_timeout_s = work_dir, shutdown_timeout_s
         self.max_engine_restarts = max_engine_restarts
@@ -227,7 +228,7 @@ class _RolloutCallback(L.Callback):
         self.service = RolloutService(
             engine=self.engine, tokenizer=tokenizer, envs=self.env_specs, tasks=tasks, spool=self._spool(trainer),
             groups_per_step=self.groups_per_step, group_size=self.group_size, mode=self.mode,
-            num_workers=self.num_workers, window=self.window, max_staleness=self.max_staleness,
+            num_workers=self.num_workers, window=self.window, max_staleness_steps=self.max_staleness_steps,
             on_stale=self.on_stale, prefetch_batches=self.prefetch_batches,
             rollout_config=RolloutConfig(**self.rollout_kwargs), seed=self.seed, restart_engine=self._restart_engine,
             max_engine_restarts=self.max_engine_restarts, journal=journal, image_prefetch=self.image_prefetch)
@@ -356,6 +357,8 @@ class _RolloutCallback(L.Callback):
                     weights.update(hf_tensors(name, tensor))
                 del bucket
             if self.engine is not None:
+                if self.service is not None:
+                    self.service.on_export(self.policy_version, trainer.global_step)
                 self.engine.load_weights(weights, self.policy_version)
             del weights
         else:
@@ -363,6 +366,8 @@ class _RolloutCallback(L.Callback):
             out = self._work / "sampler_weights" / f"v{self.policy_version}"
             self._gather_to_dir(pl_module, out)
             if trainer.is_global_zero and self.engine is not None:
+                if self.service is not None:
+                    self.service.on_export(self.policy_version, trainer.global_step)
                 self.engine.load_weights(str(out), self.policy_version)
                 for old in (self._work / "sampler_weights").glob("v*"):  # only the loaded version is kept
                     if old != out:
@@ -443,7 +448,8 @@ class VLLMSidecar(_RolloutCallback):
             `rl/engines/weight_transfer.py`). `engine_kwargs` go to the engine (for `servers`: urls, timeout, model,
             weight_transfer, nccl).
         num_workers: rollout worker threads, i.e. groups sampled at once; a group's G rollouts run side by side
-            and their turns share engine batches. window / max_staleness / on_stale: the queue's rules.
+            and their turns share engine batches. window / max_staleness_steps / on_stale: the queue's rules
+            (staleness in optimizer steps, enforced at dispatch and at consumption; `rl/queue.py`).
         max_engine_restarts: an engine that dies (process killed, or an exception inside an engine step, after
             which vLLM keeps the failed requests and never answers again) is replaced and its groups re-queued;
             after this many restarts the next death ends the run with its reason.
