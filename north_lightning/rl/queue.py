@@ -111,11 +111,12 @@ class WindowedFIFO:
 
     # -- producer side ------------------------------------------------------------------------------
     def admits(self, policy_step: int, next_batch: int, batch_size: int) -> bool:
-        """Backpressure: may a group sampled now by the weights of `policy_step` still be trained within the
-        bound? Its first possible batch is `next_batch` (the next one to form) plus one per `batch_size` groups
-        already queued ahead of it (running, completed, or in the re-dispatch backlog)."""
+        """Backpressure: may the next group (the backlog's head, else a new prompt) sampled now by the weights of
+        `policy_step` still be trained within the bound? Its first possible batch is `next_batch` (the next one to
+        form) plus one per `batch_size` groups queued ahead of it (running or completed, not taken; the rest of the
+        backlog comes after it)."""
         with self._cond:
-            ahead = len(self._slots) + len(self._backlog)
+            ahead = len(self._slots)
             ok = next_batch + ahead // max(batch_size, 1) <= policy_step + self.max_staleness_steps
             if not ok:
                 self.counters["backpressure_waits"] += 1

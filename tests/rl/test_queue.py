@@ -153,3 +153,19 @@ def test_journal_recovers_dispatches_made_after_the_checkpoint(tmp_path):
     assert resumed.dispatch("new", "toy", 0) == 5
     assert resumed.cancel_open("run_end") == 6
     assert resumed.ledger_summary() == {"failed/run_end": 6}
+
+
+def test_admits_bounds_dispatch_by_the_groups_queued_ahead():
+    """Backpressure: with 2 groups per batch and a 1-step bound, a group sampled by the step-0 weights can join batch
+    0 or 1, so at most 3 groups may be queued ahead of it; a re-dispatch backlog does not count against its head."""
+    q = WindowedFIFO(window=0.0, max_staleness_steps=1)
+    for i in range(3):
+        assert q.admits(policy_step=0, next_batch=0, batch_size=2)
+        q.dispatch(f"p{i}", "toy", 0)
+    assert q.admits(0, 0, 2)  # 3 ahead: batch 1 at the latest
+    q.dispatch("p3", "toy", 0)
+    assert not q.admits(0, 0, 2) and q.counters["backpressure_waits"] == 1  # would land in batch 2 > 0 + 1
+    assert q.admits(policy_step=1, next_batch=0, batch_size=2)  # newer weights: one more step of room
+    assert not q.admits(policy_step=0, next_batch=1, batch_size=2)  # the trainer moved on, these weights aged
+    q.requeue(3, "engine_died")
+    assert q.admits(0, 0, 2)  # the backlog's head only has the 3 queued groups ahead of it
