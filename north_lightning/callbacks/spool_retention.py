@@ -14,13 +14,15 @@ Disk use is then bounded by the batches between the oldest kept checkpoint and t
 
 Kept checkpoints are found on disk, in every `ModelCheckpoint`'s `dirpath` (files or distributed-checkpoint folders
 named `*.ckpt`; ModelCheckpoint removes the ones it no longer keeps). A checkpoint's step is read from it
-(`global_step`: `meta.pt` of a folder, or the file itself memory-mapped, tensors not read) once per file version.
+(`global_step`: `meta.pt` of a folder, or the file itself memory-mapped, tensors not read; torch's restricted
+unpickler with the run's allow-list, `model/safe_load.py`) once per file version.
 If a checkpoint cannot be read (being written by an asynchronous IO plugin, say), nothing is deleted this time.
 """
 
 from __future__ import annotations
 
 import logging
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +40,10 @@ def checkpoint_step(path: Path) -> int:
     meta = path / "meta.pt" if path.is_dir() else path
     key = (str(meta.resolve()), meta.stat().st_mtime_ns)
     if key not in _STEP_CACHE:
-        state = torch.load(meta, map_location="cpu", weights_only=False, mmap=not path.is_dir())
+        from north_lightning.model.safe_load import safe_checkpoint_globals
+
+        with safe_checkpoint_globals():  # the restricted unpickler, as every checkpoint read of the run directory
+            state = torch.load(meta, map_location="cpu", weights_only=True, mmap=not path.is_dir())
         if "global_step" not in state:
             raise KeyError(f"{meta}: no 'global_step' (not a Lightning checkpoint?)")
         _STEP_CACHE[key] = int(state["global_step"])
@@ -55,7 +60,7 @@ def kept_checkpoint_steps(trainer: Any) -> list[int] | None:
         for path in Path(dirpath).glob(f"*{getattr(callback, 'FILE_EXTENSION', '.ckpt')}"):
             try:
                 steps.append(checkpoint_step(path))
-            except (OSError, RuntimeError, KeyError, EOFError, ValueError) as err:
+            except (OSError, RuntimeError, KeyError, EOFError, ValueError, pickle.UnpicklingError) as err:
                 log.warning("spool retention: cannot read the step of checkpoint %s (%s); deleting nothing now",
                             path, err)
                 return None

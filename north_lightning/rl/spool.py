@@ -154,7 +154,7 @@ class RolloutSpool:
 
     def indices(self) -> list[int]:
         """Indices of the batches on disk, ascending."""
-        return sorted(int(p.stem.split("_")[1]) for p in self.dir.glob("batch_*.pt"))
+        return sorted(int(p.stem.split("_")[1]) for p in self.dir.glob(f"batch_*{self.path(0).suffix}"))
 
     def prune_below(self, index: int) -> list[int]:
         """Delete batches < `index` (the caller decides what is no longer needed: see
