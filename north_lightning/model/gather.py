@@ -21,6 +21,7 @@ plan refuses a bucket smaller than the largest tensor, naming it.
 
 from __future__ import annotations
 
+import os
 import threading
 import weakref
 from collections.abc import Iterator
@@ -140,7 +141,7 @@ def write_hf_streaming(model: nn.Module, config: Any, out_dir: str | Path, *, bu
                        tokenizer_dir: str | Path | None = None) -> GatherStats:
     """Stream the model into an HF directory: one safetensors file per bucket (HF names, per-expert layout),
     then the index and config.json, written by rank `dst`. Collective. Returns the gather's statistics."""
-    from north_lightning.model.hf import finish_hf_dir, hf_tensors
+    from north_lightning.model.hf import _umask, finish_hf_dir, hf_tensors
 
     from safetensors.torch import save_file
 
@@ -167,6 +168,7 @@ def write_hf_streaming(model: nn.Module, config: Any, out_dir: str | Path, *, bu
         del bucket
         tmp = out / f".{file}.tmp"
         save_file(tensors, str(tmp), metadata={"format": "pt"})
+        os.chmod(tmp, 0o666 & ~_umask())  # safetensors creates 0600; exports follow the umask (as save_pretrained)
         tmp.replace(out / file)
         del tensors
     if is_dst:
