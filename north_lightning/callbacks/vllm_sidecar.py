@@ -4,9 +4,11 @@ Both start a vLLM engine next to the trainer, run the rollout service (`rl/sampl
 the trainer's weights into the engine; they differ only in the schedule, so they swap in YAML by `class_path`.
 
 Export is keyed on `trainer.global_step` (optimizer steps), never on batch count: under gradient accumulation
-Lightning's batch hooks fire once per micro-batch. Every `export_every_n_steps` optimizer steps all ranks take
-part in gathering the full state dict (FSDP `full_tensor()` is a collective) and only rank 0 hands it to the
-engine with the next policy version. The trainer pauses only for the export itself. A multi-process trainer needs
+Lightning's batch hooks fire once per micro-batch. Every `export_every_n_steps` optimizer steps the weights are
+streamed bucket by bucket (`model/gather.py`, `export_bucket_mb`, in the engine's dtype): all ranks take part in
+each bucket's gather, only rank 0 keeps it and hands it on (a file per bucket, or the in-process engine's reload),
+so no rank holds more than its shard plus two buckets of full tensors; then the engine gets the next policy
+version. The trainer pauses only for the export itself. A multi-process trainer needs
 `engine: subprocess` (or `servers`): an in-process `vllm.LLM` adopts the trainer's initialised default process
 group as its own world and creates sub-groups in it, collectives that only rank 0 would join (rank 0 hangs), so
 `setup` refuses `inprocess` when the world size is above 1.
@@ -29,6 +31,7 @@ import atexit
 import json
 import logging
 import os
+import shutil
 import time
 from dataclasses import fields
 from pathlib import Path
@@ -60,27 +63,8 @@ def sampler_urls(urls: list[str] | str | None) -> list[str]:
     return urls
 
 
-def full_state_dict(module: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """Full (unsharded) state dict; every rank must call it (DTensor `full_tensor()` is a collective)."""
-    out = {}
-    for name, tensor in module.state_dict().items():
-        full = getattr(tensor, "full_tensor", None)
-        out[name] = (full() if callable(full) else tensor).detach()
-    return out
-
-
 def _restores_after_setup(trainer: L.Trainer) -> bool:
     return bool(getattr(trainer.strategy, "restore_checkpoint_after_setup", False))
-
-
-class _StateDictView:
-    """Object with `state_dict()` (and `config`) over a gathered dict, for `to_hf_state_dict` / `save_pretrained`."""
-
-    def __init__(self, sd: dict[str, torch.Tensor], config: Any = None) -> None:
-        self._sd, self.config = sd, config
-
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        return self._sd
 
 
 class _RolloutCallback(L.Callback):
@@ -90,12 +74,14 @@ class _RolloutCallback(L.Callback):
     default_export_every = 4
 
     def __init__(self, envs: list[dict[str, Any]], groups_per_step: int = 4, group_size: int = 8,
-                 export_every_n_steps: int | None = None, engine: str = "inprocess", engine_kwargs: dict[str, Any] | None = None,
-                 num_workers: int = 2, window: float = 0.1, max_staleness: int = 4, on_stale: str = "drop",
+                 export_every_n_steps: int | None = None, engine: str = "subprocess", engine_kwargs: dict[str, Any] | None = None,
+                 num_workers: int = 2, window: float = 0.1, max_staleness_steps: int = 16, on_stale: str = "drop",
                  prefetch_batches: int = 1, rollout: dict[str, Any] | None = None, seed: int = 0,
                  work_dir: str | None = None, shutdown_timeout_s: float = 120.0, max_engine_restarts: int = 3,
                  image_prefetch: int = 0, images: dict[str, Any] | None = None,
-                 docker_hosts: list[Any] | None = None) -> None:
+                 docker_hosts: list[Any] | None = None,
+                 spool_retention: bool = True, placement: dict[str, Any] | None = None,
+                 export_bucket_mb: int | None = None, export_dtype: str | None = None) -> None:
         if export_every_n_steps is None:
             export_every_n_steps = self.default_export_every
         if export_every_n_steps < 1:
@@ -117,7 +103,8 @@ class _RolloutCallback(L.Callback):
         self.groups_per_step, self.group_size = groups_per_step, group_size
         self.export_every_n_steps = export_every_n_steps
         self.engine_kind, self.engine_kwargs = engine, dict(engine_kwargs or {})
-        self.num_workers, self.window, self.max_staleness, self.on_stale = num_workers, window, max_staleness, on_stale
+        self.num_workers, self.window, self.on_stale = num_workers, window, on_stale
+        self.max_staleness_steps = max_staleness_steps
         self.prefetch_batches, self.rollout_kwargs, self.seed = prefetch_batches, dict(rollout or {}), seed
         self.work_dir, self.shutdown_timeout_s = work_dir, shutdown_timeout_s
         self.max_engine_restarts = max_engine_restarts
@@ -130,6 +117,20 @@ class _RolloutCallback(L.Callback):
         self.docker_hosts = list(docker_hosts or [])
         if self.docker_hosts:  # bad entries fail at construction, naming the entry
             parse_docker_hosts(self.docker_hosts)
+        self.spool_retention = spool_retention
+        from north_lightning.rl.placement import RLPlacement
+
+        self.placement = RLPlacement.from_dict(placement)
+        if self.placement is not None and not self.placement.colocated and engine != "servers":
+            raise ValueError(f"placement.sampler_nodes={self.placement.sampler_nodes} puts the sampler on its own "
+                             f"nodes: that needs engine: servers (got {engine!r})")
+        self.export_bucket_mb = export_bucket_mb or (self.placement.export_bucket_mb if self.placement else 1024)
+        if self.placement is not None and self.placement.sleep_wake:
+            raise ValueError("placement.sleep_wake: the planner accounts for a colocated engine that sleeps while "
+                             "the trainer steps, but this callback does not put the engine to sleep yet; use a "
+                             "disaggregated placement (sampler_nodes > 0, engine: servers)")
+        self.export_dtype = export_dtype
+        self.spool_pruned = 0  # batches deleted by the retention rule (callbacks/spool_retention.py)
         self.service: RolloutService | None = None
         self.engine: Any = None
         self.policy_version = 0
@@ -194,9 +195,8 @@ class _RolloutCallback(L.Callback):
         work = self._work = self._work_dir(trainer)
         work.mkdir(parents=True, exist_ok=True)
         model_dir = work / "engine_init"
-        sd = full_state_dict(pl_module.model)
+        self._gather_to_dir(pl_module, model_dir, tokenizer_dir=self._tokenizer_dir(pl_module))
         if trainer.is_global_zero:
-            self._export_dir(pl_module, sd, model_dir)
             # Before the barrier: once past it another rank may read batch `step`, and a file of that name left
             # by a killed earlier run (or its failure note) must be gone by then, not when the sampler starts.
             self._spool(trainer).restart_at(step)
@@ -228,7 +228,7 @@ class _RolloutCallback(L.Callback):
         self.service = RolloutService(
             engine=self.engine, tokenizer=tokenizer, envs=self.env_specs, tasks=tasks, spool=self._spool(trainer),
             groups_per_step=self.groups_per_step, group_size=self.group_size, mode=self.mode,
-            num_workers=self.num_workers, window=self.window, max_staleness=self.max_staleness,
+            num_workers=self.num_workers, window=self.window, max_staleness_steps=self.max_staleness_steps,
             on_stale=self.on_stale, prefetch_batches=self.prefetch_batches,
             rollout_config=RolloutConfig(**self.rollout_kwargs), seed=self.seed, restart_engine=self._restart_engine,
             max_engine_restarts=self.max_engine_restarts, journal=journal, image_prefetch=self.image_prefetch)
@@ -237,19 +237,35 @@ class _RolloutCallback(L.Callback):
         self.service.start(step)
         atexit.register(self._shutdown)
 
-    def _export_dir(self, pl_module: L.LightningModule, sd: dict[str, torch.Tensor], out: Path) -> None:
-        """The engine's start directory: config + tokenizer + the module's current weights, written from the
-        gathered `sd` (rank 0 only): the sharded module's own `save_pretrained` would index DTensors, a collective
-        the other ranks never join (rank 0 hung there under FSDP2)."""
-        from north_lightning.model.hf import save_pretrained
-
+    def _tokenizer_dir(self, pl_module: L.LightningModule) -> str:
+        """The tokenizer copied next to the engine's start weights: the datamodule's, else the init checkpoint's,
+        else the bundled tiny tokenizer."""
         datamodule_tok = getattr(pl_module.trainer.datamodule, "tokenizer_path", None)
         tokenizer_dir = datamodule_tok or pl_module.hparams.get("init_from")
         if tokenizer_dir is None:
             from north_lightning.assets import tiny_tokenizer_path
 
             tokenizer_dir = tiny_tokenizer_path()
-        save_pretrained(_StateDictView(sd, pl_module.model.config), out, tokenizer_dir=tokenizer_dir)
+        return str(tokenizer_dir)
+
+    def _export_torch_dtype(self) -> torch.dtype:
+        """The engine's dtype, which the weights are gathered in: `export_dtype`, else the engine's `dtype`
+        (in-process / subprocess engines: float32 unless set), else bf16 on a GPU and fp32 on the CPU (servers)."""
+        from north_lightning.model.parallelize import dtype_from_name
+
+        name = self.export_dtype or self.engine_kwargs.get("dtype")
+        if name is None:
+            name = "float32" if self.engine_kind != "servers" or not torch.cuda.is_available() else "bfloat16"
+        return dtype_from_name(name)
+
+    def _gather_to_dir(self, pl_module: L.LightningModule, out: Path, tokenizer_dir: str | None = None) -> Any:
+        """Stream the module's weights bucket by bucket into an HF directory written by rank 0 (collective; see
+        `model/gather.py`: no rank holds more than its shard plus two buckets). Returns the gather's statistics."""
+        from north_lightning.model.gather import write_hf_streaming
+
+        return write_hf_streaming(pl_module.model, pl_module.model.config, out,
+                                  bucket_bytes=self.export_bucket_mb * 2**20, dtype=self._export_torch_dtype(),
+                                  tokenizer_dir=tokenizer_dir)
 
     def _sweep_orphans(self) -> None:
         """Remove the sandbox containers an earlier SIGKILLed run on this host left behind (owner process gone),
@@ -316,26 +332,57 @@ class _RolloutCallback(L.Callback):
                 self.export(trainer, pl_module)
             if self.service is not None:
                 self.service.on_optimizer_step(step)
+            if self.spool_retention and trainer.is_global_zero:
+                from north_lightning.callbacks.spool_retention import prune_spool
+
+                self.spool_pruned += len(prune_spool(trainer, self._spool(trainer)))
         self._batch_end_at = time.perf_counter()
 
     def export(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        """Gather on every rank, hand over on rank 0, bump the policy version everywhere."""
-        from north_lightning.model.hf import to_hf_state_dict
+        """Stream the weights bucket by bucket (every rank takes part in each bucket's gather, rank 0 keeps it) into
+        the engine, bump the policy version everywhere. In-process engine (one rank): the buckets go into its
+        in-place reload; other engines: one safetensors file per bucket under `<work_dir>/sampler_weights/v<N>`,
+        which the engine (or every server: shared storage, or NCCL from rank 0) reloads."""
+        from north_lightning.model.gather import GatherStats, iter_full_buckets
+        from north_lightning.model.hf import hf_tensors
 
         start = time.perf_counter()
-        sd = full_state_dict(pl_module.model)
         self.policy_version += 1
-        if trainer.is_global_zero and self.engine is not None:
-            self.engine.load_weights(to_hf_state_dict(_StateDictView(sd)), self.policy_version)
+        stats = GatherStats(self.export_bucket_mb * 2**20)
+        if self.engine_kind == "inprocess":  # world size 1 (setup refuses more)
+            weights: dict[str, torch.Tensor] = {}
+            for bucket in iter_full_buckets(pl_module.model, bucket_bytes=stats.bucket_bytes,
+                                            dtype=self._export_torch_dtype(), stats=stats):
+                for name, tensor in bucket.items():
+                    weights.update(hf_tensors(name, tensor))
+                del bucket
+            if self.engine is not None:
+                if self.service is not None:
+                    self.service.on_export(self.policy_version, trainer.global_step)
+                self.engine.load_weights(weights, self.policy_version)
+            del weights
+        else:
+            assert self._work is not None
+            out = self._work / "sampler_weights" / f"v{self.policy_version}"
+            self._gather_to_dir(pl_module, out)
+            if trainer.is_global_zero and self.engine is not None:
+                if self.service is not None:
+                    self.service.on_export(self.policy_version, trainer.global_step)
+                self.engine.load_weights(str(out), self.policy_version)
+                for old in (self._work / "sampler_weights").glob("v*"):  # only the loaded version is kept
+                    if old != out:
+                        shutil.rmtree(old, ignore_errors=True)
         trainer.strategy.barrier("vllm_sidecar_export")
         seconds = time.perf_counter() - start
         self.export_seconds.append(seconds)
         if trainer.is_global_zero and self._work is not None:
             with (self._work / "exports.jsonl").open("a") as f:
                 f.write(json.dumps({"step": trainer.global_step, "version": self.policy_version,
-                                    "seconds": round(seconds, 4)}) + "\n")
+                                    "seconds": round(seconds, 4), "buckets": stats.buckets,
+                                    "peak_extra_mb": round(stats.peak_bytes / 2**20, 3)}) + "\n")
         pl_module.policy_version, pl_module.last_export_step = self.policy_version, trainer.global_step
-        log_sparse_metrics(trainer, {"rl/export_seconds": seconds})
+        log_sparse_metrics(trainer, {"rl/export_seconds": seconds,
+                                     "rl/export_peak_extra_mb": stats.peak_bytes / 2**20})
 
     def _check_service(self) -> None:
         if self.service is not None and self.service.errors:
@@ -393,7 +440,8 @@ class VLLMSidecar(_RolloutCallback):
         envs: list of `EnvSpec` fields (name, tasks, harness, weight, max_steps).
         groups_per_step: prompts per optimizer step (each with `group_size` rollouts).
         export_every_n_steps: K, optimizer steps between weight exports (policy version +1 each); default 4.
-        engine: `inprocess` (vllm.LLM in this process), `subprocess` (a child process) or `servers` (`vllm serve`
+        engine: `subprocess` (default: the engine in a child process, off the trainer's GIL and restartable),
+            `inprocess` (vllm.LLM in this process: tests and the tiny CPU demo) or `servers` (`vllm serve`
             sampler nodes through `rl.engines.server.ServerPool`: `engine_kwargs.urls`, else `NORTH_SAMPLER_URLS`;
             with `weight_transfer: files` (default) weights travel through `<work_dir>/sampler_weights`, which the
             sampler nodes must see at the same path; with `weight_transfer: nccl` (+ `nccl: {master_address,
@@ -401,7 +449,8 @@ class VLLMSidecar(_RolloutCallback):
             `rl/engines/weight_transfer.py`). `engine_kwargs` go to the engine (for `servers`: urls, timeout, model,
             weight_transfer, nccl).
         num_workers: rollout worker threads, i.e. groups sampled at once; a group's G rollouts run side by side
-            and their turns share engine batches. window / max_staleness / on_stale: the queue's rules.
+            and their turns share engine batches. window / max_staleness_steps / on_stale: the queue's rules
+            (staleness in optimizer steps, enforced at dispatch and at consumption; `rl/queue.py`).
         max_engine_restarts: an engine that dies (process killed, or an exception inside an engine step, after
             which vLLM keeps the failed requests and never answers again) is replaced and its groups re-queued;
             after this many restarts the next death ends the run with its reason.
@@ -415,6 +464,14 @@ class VLLMSidecar(_RolloutCallback):
             `ssh://`) or `{url, max_sandboxes}`; least-loaded placement under the caps, a host that stops
             answering is drained and its episodes retried elsewhere (`infra_error:host_down`). Empty: the local
             engine (or `NORTH_DOCKER_HOSTS`).
+        placement: where the sampler runs (`rl/placement.py`: sampler_nodes, tensor_parallel_size, expert_parallel,
+            max_model_len, kv_cache_gib, export_bucket_mb, sleep_wake, gpu_gib); `plan` sizes both sides from it and
+            refuses what cannot fit, `slurm` starts the sampler nodes' servers with it.
+        export_bucket_mb: size of one export bucket (default: placement.export_bucket_mb, else 1024); must hold the
+            largest tensor. export_dtype: the dtype the weights are gathered and sent in (default: the engine's).
+        spool_retention: delete spool batches once trained and older than the oldest checkpoint on disk (disk
+            stays bounded; every kept checkpoint keeps the batches it would train next), see
+            `callbacks/spool_retention.py`; false keeps every batch (to inspect a short run's data).
         rollout: `RolloutConfig` fields (max_context, max_tokens_per_turn, temperature, ...).
     """
 

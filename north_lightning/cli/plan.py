@@ -2,7 +2,8 @@
 
 Per-GPU memory of a North training job *before* anyone queues it: parameters, gradients and AdamW state under
 FSDP2 (+ expert parallelism), the bf16 all-gather working set, and activations for one packed sequence per GPU,
-with and without per-block activation checkpointing. It then answers the question that matters for the 30B-A3B
+with and without per-block activation checkpointing (for an RL config, also the sampler side and the placement
+verdict: `cli/plan_rl.py`; exit status 2 when that placement is refused). It then answers the question that matters for the 30B-A3B
 recipe: does 64K / 128K fit on N nodes of 80 GB cards?
 
 The parameter count is exact (tests check it against the real module); the activation figure is an analytic
@@ -255,9 +256,13 @@ def strategy_defaults(path: str) -> dict[str, Any]:
         found["ep"] = int(init["expert_parallel_size"])
     if "activation_checkpointing" in init:
         found["act_ckpt"] = bool(init["activation_checkpointing"])
+    if init.get("cpu_offload"):
+        found["cpu_offload"] = True
     data_args = (data.get("data") or {}).get("init_args") or {}
     if isinstance(data_args.get("seq_len"), int):
         found["seq_len"] = data_args["seq_len"]
+    elif isinstance(data_args.get("row_tokens"), int):  # the RL datamodule packs rollouts into rows of this length
+        found["seq_len"] = data_args["row_tokens"]
     return found
 
 
@@ -305,10 +310,11 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--micro-batch", type=_positive_int, default=1)
     ap.add_argument("--act-ckpt", action=argparse.BooleanOptionalAction, default=None,
                     help="default: the strategy's activation_checkpointing, else on")
-    ap.add_argument("--cpu-offload", action="store_true", help="FSDP2 CPU offload of params/grads/AdamW (ep 1)")
+    ap.add_argument("--cpu-offload", action=argparse.BooleanOptionalAction, default=None,
+                    help="FSDP2 CPU offload of params/grads/AdamW (ep 1); default: the strategy's cpu_offload")
     ap.add_argument("--gpu-gib", type=float, default=80.0)
     args = ap.parse_args(argv)
-    defaults = {"nodes": 1, "gpus_per_node": 8, "ep": 8, "seq_len": 65536, "act_ckpt": True,
+    defaults = {"nodes": 1, "gpus_per_node": 8, "ep": 8, "seq_len": 65536, "act_ckpt": True, "cpu_offload": False,
                 **strategy_defaults(args.config)}
     for key, value in defaults.items():
         if getattr(args, key) is None:
@@ -319,6 +325,22 @@ def main(argv: list[str]) -> int:
                         gpu_gib=args.gpu_gib, head_chunk=cfg.head_chunk_size, cpu_offload=args.cpu_offload)
     try:
         print(format_plan(cfg, strategy))
+        placement = rl_placement(args.config)
     except ValueError as exc:
         raise SystemExit(str(exc)) from exc
-    return 0
+    if placement is None:
+        return 0
+    from north_lightning.cli.plan_rl import format_rl_plan, rl_plan
+
+    print(format_rl_plan(cfg, strategy, placement))
+    return 2 if rl_plan(cfg, strategy, placement)["refusals"] else 0
+
+
+def rl_placement(path: str) -> Any:
+    """The RL placement of a training YAML whose callbacks hold a sampler callback (else None)."""
+    file = Path(path)
+    if path in PRESETS or not file.is_file() or file.suffix == ".json":
+        return None
+    from north_lightning.cli.plan_rl import placement_from_yaml
+
+    return placement_from_yaml(yaml.safe_load(file.read_text()) or {})

@@ -17,6 +17,7 @@ import re
 import shlex
 import sys
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -96,6 +97,37 @@ def _weight_transfer_from_config(config: Path) -> str:
     return "files"
 
 
+def _placement_from_config(config: Path) -> Any:
+    """The sampler callback's `placement` (rl/placement.py), or None."""
+    from north_lightning.rl.placement import RLPlacement
+
+    data = yaml.safe_load(config.read_text()) or {}
+    trainer = data.get("trainer") if isinstance(data, dict) else None
+    callbacks = trainer.get("callbacks") if isinstance(trainer, dict) else None
+    for callback in callbacks if isinstance(callbacks, list) else []:
+        init = callback.get("init_args") if isinstance(callback, dict) else None
+        if isinstance(init, dict) and init.get("placement") is not None:
+            try:
+                return RLPlacement.from_dict(init["placement"])
+            except (TypeError, ValueError) as exc:
+                raise SystemExit(f"{config}: {exc}") from exc
+    return None
+
+
+def _sampler_parallel_args(placement: Any, gpus_per_node: int) -> str:
+    """`vllm serve` flags of one sampler node: the placement's TP x DP (+ EP), context and KV budget; without a
+    placement, TP over the node's GPUs."""
+    if placement is None:
+        return f"--tensor-parallel-size={gpus_per_node}"
+    flags = [f"--tensor-parallel-size={placement.tensor_parallel_size}",
+             f"--data-parallel-size={placement.data_parallel_size}",
+             f"--max-model-len={placement.max_model_len}",
+             f"--kv-cache-memory-bytes={int(placement.kv_cache_gib * 2**30)}"]
+    if placement.expert_parallel:
+        flags.append("--enable-expert-parallel")
+    return " ".join(flags)
+
+
 def _extra_sbatch(partition: str | None, account: str | None, qos: str | None) -> str:
     lines = [f"#SBATCH --{key}={value}" for key, value in
              (("partition", partition), ("account", account), ("qos", qos)) if value]
@@ -106,8 +138,16 @@ def render(args: argparse.Namespace) -> str:
     config = Path(args.config)
     if not config.is_file():
         raise SystemExit(f"--config {config}: no such file")
+    placement = _placement_from_config(config)
+    if args.sampler_nodes is None:
+        args.sampler_nodes = placement.sampler_nodes if placement is not None else 0
     if args.nodes < 1 or args.gpus_per_node < 1 or args.sampler_nodes < 0:
         raise SystemExit("--nodes and --gpus-per-node must be >= 1, --sampler-nodes >= 0")
+    if placement is not None and (placement.sampler_nodes, placement.gpus_per_node) != (args.sampler_nodes,
+                                                                                         args.gpus_per_node):
+        raise SystemExit(f"{config}: the sampler callback's placement says {placement.sampler_nodes} sampler node(s) "
+                         f"x {placement.gpus_per_node} GPUs, the command line {args.sampler_nodes} x "
+                         f"{args.gpus_per_node}: change one (`plan` checked the placement's numbers)")
     rl = args.sampler_nodes > 0
     run_dir = args.run_dir or _run_dir_from_config(config)
     if re.search(r"\s", run_dir):
@@ -137,6 +177,7 @@ def render(args: argparse.Namespace) -> str:
             "sampler_wait_tries": str(args.sampler_wait_minutes * 6),
             "vllm": args.vllm,
             "sampler_args": " ".join(shlex.quote(a) for a in shlex.split(args.sampler_args)),
+            "sampler_parallel_args": _sampler_parallel_args(placement, args.gpus_per_node),
             # the servers join trainer rank 0's NCCL groups only when started with this flag
             "weight_transfer_args": "--weight-transfer-config " + shlex.quote('{"backend": "nccl"}')
             if _weight_transfer_from_config(config) == "nccl" and "--weight-transfer-config" not in args.sampler_args
@@ -152,7 +193,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", required=True, help="LightningCLI YAML passed to `fit --config`")
     p.add_argument("--nodes", type=int, required=True, help="trainer nodes")
     p.add_argument("--gpus-per-node", type=int, default=8)
-    p.add_argument("--sampler-nodes", type=int, default=0, help="> 0 renders the RL heterogeneous job")
+    p.add_argument("--sampler-nodes", type=int, default=None,
+                   help="> 0 renders the RL heterogeneous job (default: the config's placement.sampler_nodes, else 0)")
     p.add_argument("--time", default="24:00:00", help="SLURM time limit")
     p.add_argument("--signal-seconds", type=int, default=90, help="SIGUSR1 this long before the limit")
     p.add_argument("--cpus-per-task", type=int, default=12)
@@ -187,8 +229,15 @@ def memory_check(args: argparse.Namespace) -> str:
     except (SystemExit, ValueError, TypeError) as exc:
         return f"memory plan: skipped ({exc})"
     verdict = "fits" if total <= strategy.gpu_gib else "DOES NOT FIT"
-    return (f"memory plan: ~{total:.0f} GiB per GPU of {strategy.gpu_gib:g} ({verdict}; seq_len={strategy.seq_len}, "
+    line = (f"memory plan: ~{total:.0f} GiB per GPU of {strategy.gpu_gib:g} ({verdict}; seq_len={strategy.seq_len}, "
             f"ep={strategy.ep}); details: python -m north_lightning plan --config {args.config} --nodes {args.nodes}")
+    placement = _placement_from_config(Path(args.config))
+    if placement is not None:
+        from north_lightning.cli.plan_rl import rl_plan
+
+        refusals = rl_plan(cfg, strategy, placement)["refusals"]
+        line += "\nRL placement: " + ("accepted" if not refusals else "REFUSED: " + "; ".join(refusals))
+    return line
 
 
 def main(argv: list[str]) -> int:

@@ -30,22 +30,28 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
 _EXPERT_RE = re.compile(r"^(model\.layers\.\d+\.mlp\.experts)\.(\d+)\.(gate_proj|up_proj|down_proj)\.weight$")
 
 
+def hf_tensors(name: str, tensor: torch.Tensor) -> list[tuple[str, torch.Tensor]]:
+    """One of our tensors under vLLM's on-disk names: fused experts split per expert (views, no copy: each
+    expert's slice of `[E, 2F, D]` / `[E, D, F]` is contiguous), anything else as it is."""
+    tensor = tensor.detach()
+    if name.endswith(".experts.gate_up_proj"):
+        prefix, F_ = name[: -len(".gate_up_proj")], tensor.shape[1] // 2
+        out = []
+        for e in range(tensor.shape[0]):
+            out += [(f"{prefix}.{e}.gate_proj.weight", tensor[e, :F_].contiguous()),
+                    (f"{prefix}.{e}.up_proj.weight", tensor[e, F_:].contiguous())]
+        return out
+    if name.endswith(".experts.down_proj"):
+        prefix = name[: -len(".down_proj")]
+        return [(f"{prefix}.{e}.down_proj.weight", tensor[e].contiguous()) for e in range(tensor.shape[0])]
+    return [(name, tensor.contiguous())]
+
+
 def to_hf_state_dict(model: NorthForCausalLM) -> dict[str, torch.Tensor]:
     """Our parameters under vLLM's on-disk names (fused experts split per expert; no lm_head when tied)."""
     out: dict[str, torch.Tensor] = {}
     for name, tensor in model.state_dict().items():
-        tensor = tensor.detach()
-        if name.endswith(".experts.gate_up_proj"):
-            prefix, F_ = name[: -len(".gate_up_proj")], tensor.shape[1] // 2
-            for e in range(tensor.shape[0]):
-                out[f"{prefix}.{e}.gate_proj.weight"] = tensor[e, :F_].contiguous()
-                out[f"{prefix}.{e}.up_proj.weight"] = tensor[e, F_:].contiguous()
-        elif name.endswith(".experts.down_proj"):
-            prefix = name[: -len(".down_proj")]
-            for e in range(tensor.shape[0]):
-                out[f"{prefix}.{e}.down_proj.weight"] = tensor[e].contiguous()
-        else:
-            out[name] = tensor.contiguous()
+        out.update(hf_tensors(name, tensor))
     return out
 
 
@@ -178,9 +184,16 @@ def save_pretrained(model: NorthForCausalLM, path: str | Path, tokenizer_dir: st
         for name, tensor in shard.items():
             weight_map[name] = file
             total += tensor.numel() * tensor.element_size()
+    finish_hf_dir(path, model.config, weight_map, total, next(iter(tensors.values())).dtype,
+                  tokenizer_dir=tokenizer_dir)
+
+
+def finish_hf_dir(path: Path, config: NorthConfig, weight_map: dict[str, str], total: int, dtype: torch.dtype,
+                  tokenizer_dir: str | Path | None = None) -> None:
+    """After the safetensors files: the index, config.json (with the weights' dtype) and the tokenizer files."""
     (path / INDEX_NAME).write_text(json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
-    hf_config = model.config.to_hf_dict()
-    hf_config["dtype"] = str(next(iter(tensors.values())).dtype).removeprefix("torch.")
+    hf_config = config.to_hf_dict()
+    hf_config["dtype"] = str(dtype).removeprefix("torch.")
     (path / "config.json").write_text(json.dumps(hf_config, indent=2) + "\n")
     if tokenizer_dir is not None:
         copied = [f for f in TOKENIZER_FILES if (Path(tokenizer_dir) / f).exists()]

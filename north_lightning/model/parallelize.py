@@ -12,8 +12,9 @@
 than `forward`.
 
 Lightning's side (`modules/strategy.py: NorthParallelStrategy`) calls `parallelize_north`; this module stays
-plain torch. Sharded (distributed) checkpoints convert to the HF layout with `export_hf` (from a live
-sharded model) or `distributed_checkpoint_to_hf` (offline, from a Lightning checkpoint folder).
+plain torch. Sharded (distributed) checkpoints convert to the HF layout with `export_hf` (from a live sharded
+model, streamed bucket by bucket through `model/gather.py`, the one full-weight gather the sampler export uses
+too) or `distributed_checkpoint_to_hf` (offline, from a Lightning checkpoint folder).
 
 On the CPU (gloo) everything here runs, including FSDP2 with bf16 parameters; tests use 2 processes.
 """
@@ -134,21 +135,16 @@ def parallelize_north(model: NorthForCausalLM, *, mesh: DeviceMesh | None = None
 
 
 # ---- HF export of sharded models and checkpoints ---------------------------------------------------------
-def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The unsharded fp32 state dict on CPU, on rank 0 (other ranks get {}); a collective: call it on all ranks."""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+def export_hf(model: NorthForCausalLM, out_dir: str | Path, tokenizer_dir: str | Path | None = None,
+              bucket_bytes: int = 1 << 30, dtype: torch.dtype | None = torch.float32) -> None:
+    """Write a sharded model as an HF directory, streamed bucket by bucket by rank 0 (`model/gather.py`: no rank
+    holds more than its shard plus two buckets of full tensors); collective."""
+    from north_lightning.model.gather import write_hf_streaming
 
-    state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-    return {k: (v.full_tensor() if hasattr(v, "full_tensor") else v).float() for k, v in state.items()}
-
-
-def export_hf(model: NorthForCausalLM, out_dir: str | Path, tokenizer_dir: str | Path | None = None) -> None:
-    """Write a sharded model as an HF directory (rank 0 writes; collective)."""
-    state = full_state_dict(model)
-    if dist.get_rank() == 0:
-        plain = NorthForCausalLM(model.config)
-        plain.load_state_dict(state)
-        plain.save_pretrained(out_dir, tokenizer_dir=tokenizer_dir)
+    largest = max(t.numel() * (torch.empty((), dtype=dtype).element_size() if dtype and t.is_floating_point()
+                               else t.element_size()) for t in model.state_dict().values())
+    write_hf_streaming(model, model.config, out_dir, bucket_bytes=max(bucket_bytes, largest), dtype=dtype,
+                       tokenizer_dir=tokenizer_dir)
     dist.barrier()
 
 

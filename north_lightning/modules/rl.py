@@ -49,13 +49,15 @@ class RLModule(SFTModule):
     Args (on top of `SFTModule`'s model/optimizer arguments):
         eps_low, eps_high: CISPO weight clip `[1 - eps_low, 1 + eps_high]` (defaults: no lower clip, at most 5).
         moe_aux_loss: add the router's load-balancing loss (coefficient in the model config).
+        max_logprob_diff: leave tokens with |log pi_theta - log pi_sampler| above this out of the loss (off by
+            default; counted as `rl/masked_frac`).
     """
 
     def __init__(self, model: str | dict[str, Any] = "tiny", init_from: str | None = None,
                  config_overrides: dict[str, Any] | None = None, lr: float = 1e-5, weight_decay: float = 0.0,
                  betas: tuple[float, float] = (0.9, 0.99), eps: float = 1e-8, warmup_steps: int = 0,
                  min_lr_ratio: float = 1.0, eps_low: float = 1.0, eps_high: float = 4.0,
-                 moe_aux_loss: bool = True) -> None:
+                 moe_aux_loss: bool = True, max_logprob_diff: float | None = None) -> None:
         super().__init__(model=model, init_from=init_from, config_overrides=config_overrides, lr=lr,
                          weight_decay=weight_decay, betas=betas, eps=eps, warmup_steps=max(warmup_steps, 1),
                          min_lr_ratio=min_lr_ratio)
@@ -63,6 +65,7 @@ class RLModule(SFTModule):
         self.policy_version = 0  # set by the sampler callback at each export
         self.last_export_step = 0
         self.mismatch_logged_version = -1  # newest policy version whose mismatch was logged
+        self.last_loss_share: torch.Tensor | None = None  # the last micro-batch's share of the global loss
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         targets_BS = batch["targets"]
@@ -70,7 +73,9 @@ class RLModule(SFTModule):
                                                     document_ids=batch["document_ids"], with_entropy=True)
         mask_BS = targets_BS != IGNORE_INDEX
         loss, m = cispo_loss(logp_BS, batch["sampler_logprobs"], batch["advantages"], mask_BS, batch["num_tokens"],
-                             eps_low=self.cispo.eps_low, eps_high=self.cispo.eps_high, entropy_BS=ent_BS)
+                             eps_low=self.cispo.eps_low, eps_high=self.cispo.eps_high, entropy_BS=ent_BS,
+                             max_logprob_diff=self.hparams.max_logprob_diff)
+        self.last_loss_share = loss.detach()
         trainer = self._trainer
         scale = (trainer.accumulate_grad_batches * trainer.world_size) if trainer is not None else 1
         total = loss * scale
@@ -78,7 +83,7 @@ class RLModule(SFTModule):
             total = total + self.model.moe_aux_loss()
         B = batch["input_ids"].shape[0]
         self.log("train/loss", loss.detach() * scale, prog_bar=True, batch_size=B)
-        for key in ("clip_frac_low", "clip_frac_high", "ratio_mean", "entropy", "logprob_diff_mean"):
+        for key in ("clip_frac_low", "clip_frac_high", "ratio_mean", "entropy", "logprob_diff_mean", "masked_frac"):
             if key in m:
                 self.log(f"rl/{key}", m[key], batch_size=B)
         self.log("rl/logprob_diff_max", m["logprob_diff_max"], batch_size=B, reduce_fx="max")

@@ -71,6 +71,7 @@ def cispo_loss(
     eps_low: float = 1.0,
     eps_high: float = 4.0,
     entropy_BS: torch.Tensor | None = None,
+    max_logprob_diff: float | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """CISPO loss of one micro-batch and its metrics (see the module docstring for the convention).
 
@@ -83,6 +84,10 @@ def cispo_loss(
     Metrics are over this micro-batch's trainable tokens (sums and counts are included so a caller can
     aggregate them exactly): `clip_frac_low`, `clip_frac_high`, `ratio_mean`, `logprob_diff_mean`,
     `logprob_diff_max` (|log pi_theta - log pi_sampler|) and `entropy` when `entropy_BS` is given.
+
+    `max_logprob_diff` (off by default): tokens whose |log pi_theta - log pi_sampler| exceeds it are left out of
+    the loss (too far off-policy for the clipped weight to be trusted), `masked_frac` counts them. The normaliser
+    stays `num_tokens`, so masking never rescales the other tokens' gradients.
     """
     if not (logp_BS.shape == sampler_logp_BS.shape == advantages_BS.shape == mask_BS.shape):
         raise ValueError(
@@ -95,10 +100,17 @@ def cispo_loss(
         raise ValueError(f"cispo_loss: num_tokens must be > 0, got {num_tokens_f}")
     CISPOConfig(eps_low, eps_high)  # validates the range
     mask_BS = mask_BS.bool()
-    mask_f_BS = mask_BS.to(logp_BS.dtype)
     sampler_logp_BS = sampler_logp_BS.to(logp_BS.dtype)
     # Masked positions may hold anything (padding, -inf); zero the difference there before exp.
     diff_BS = torch.where(mask_BS, logp_BS.detach() - sampler_logp_BS, torch.zeros_like(logp_BS))
+    far_BS = None
+    if max_logprob_diff is not None:
+        if max_logprob_diff <= 0:
+            raise ValueError(f"cispo_loss: max_logprob_diff must be > 0, got {max_logprob_diff}")
+        far_BS = mask_BS & (diff_BS.abs() > max_logprob_diff)
+        trainable_BS = mask_BS
+        mask_BS = mask_BS & ~far_BS
+    mask_f_BS = mask_BS.to(logp_BS.dtype)
     ratio_BS = torch.exp(diff_BS)
     weight_BS = ratio_BS.clamp(min=1.0 - eps_low, max=1.0 + eps_high)
     per_token_BS = weight_BS * advantages_BS.to(logp_BS.dtype) * torch.where(mask_BS, logp_BS, 0.0)
@@ -120,5 +132,7 @@ def cispo_loss(
         }
         if entropy_BS is not None:
             metrics["entropy"] = (entropy_BS.detach() * mask_f_BS).sum() / denom
+        if far_BS is not None:
+            metrics["masked_frac"] = far_BS.sum() / trainable_BS.sum().clamp(min=1)
     return loss, metrics
 

@@ -12,10 +12,22 @@ finishes. The trainer takes batches of N groups from the head:
   is filled out of input order (in completion order, to drain around stragglers); the rest is exactly the
   input order. A jumped group stays at the head and is taken first once it completes.
 
-Staleness = (trainer's policy version when the batch is taken) - (oldest policy version that produced any
-token of the group). It is bounded by `max_staleness`: a group over the bound is either dropped and counted
-(`on_stale="drop"`) or re-dispatched with fresh weights (`on_stale="resample"`). A running group that is
-already over the bound can never become usable, so it is expired at once instead of blocking the head.
+Staleness is counted in optimizer steps: a group's *policy step* is the optimizer step whose exported weights
+produced its oldest token (the caller maps policy versions to export steps), and a batch is formed for the step
+that will train it (`take(..., train_step=i)` for global batch i, trained with the weights after i steps), so
+staleness = train_step - policy step is exact at consumption, however far ahead the batch is prefetched. It is
+bounded by `max_staleness_steps`, at two places:
+- at dispatch (backpressure, `admits`): a new group is dispatched only while it can still be consumed within the
+  bound, i.e. the first batch it can join, given the groups already queued ahead of it, is at most `policy step +
+  max_staleness_steps`; otherwise the dispatcher waits for the trainer (or an export) instead of sampling a group
+  that would only expire;
+- at consumption: a group over the bound for the batch being formed is dropped and counted (`on_stale="drop"`) or
+  re-dispatched with fresh weights (`on_stale="resample"`). A running group over the bound can never become
+  usable, so it is expired at once instead of blocking the head, and its attempt is marked aborted
+  (`is_aborted`), which the sampler's episodes check before each engine call.
+What the bound removed is reported against what was kept (`length_report`: group durations, dispatch to
+completion, or to expiry for a running group, a lower bound), because dropping by staleness removes the slowest,
+longest groups first and biases the data against long tasks.
 
 The ledger gives each dispatched prompt one entry that ends in exactly one terminal state: `trained`,
 `dropped_stale` or `failed` (with a reason). `state_dict()` stores the ledger without the rollouts; on
@@ -50,16 +62,18 @@ class Group:
     group_id: int
     prompt: Any
     env: str
-    dispatch_version: int
+    dispatch_step: int  # policy step (optimizer step of the engine's weights) at dispatch
     dispatched_at: float
     rollouts: list[Any] = field(default_factory=list)
-    min_version: int | None = None
+    min_step: int | None = None  # policy step of the oldest weights that produced a token
     completed_at: float | None = None
     attempts: int = 1
 
-    def staleness(self, current_version: int) -> int:
-        version = self.dispatch_version if self.min_version is None else self.min_version
-        return current_version - version
+    def staleness(self, train_step: int) -> int:
+        return train_step - (self.dispatch_step if self.min_step is None else self.min_step)
+
+    def duration(self, now: float) -> float:
+        return (self.completed_at if self.completed_at is not None else now) - self.dispatched_at
 
 
 @dataclass
@@ -74,15 +88,17 @@ class LedgerEntry:
 class WindowedFIFO:
     """Thread-safe windowed FIFO of groups plus the ledger (see the module docstring)."""
 
-    def __init__(self, *, window: float = 0.1, max_staleness: int = 4, on_stale: str = "drop",
+    def __init__(self, *, window: float = 0.1, max_staleness_steps: int = 16, on_stale: str = "drop",
                  clock: Any = time.monotonic, journal: str | Path | None = None) -> None:
         if not 0.0 <= window <= 1.0:
             raise ValueError(f"queue window must be in [0, 1], got {window}")
-        if max_staleness < 0:
-            raise ValueError(f"max_staleness must be >= 0, got {max_staleness}")
+        if max_staleness_steps < 0:
+            raise ValueError(f"max_staleness_steps must be >= 0, got {max_staleness_steps}")
         if on_stale not in ("drop", "resample"):
             raise ValueError(f"on_stale must be 'drop' or 'resample', got {on_stale!r}")
-        self.window, self.max_staleness, self.on_stale = window, max_staleness, on_stale
+        self.window, self.max_staleness_steps, self.on_stale = window, max_staleness_steps, on_stale
+        self._aborted: set[tuple[int, int]] = set()  # (group_id, attempt) expired while running
+        self._durations: dict[str, list[float]] = {"kept": [], "removed": []}
         self._clock = clock
         self._cond = threading.Condition()
         self._slots: dict[int, Group] = {}  # not yet taken, insertion (= dispatch) order
@@ -94,13 +110,30 @@ class WindowedFIFO:
         self.journal = Path(journal) if journal is not None else None
 
     # -- producer side ------------------------------------------------------------------------------
-    def dispatch(self, prompt: Any, env: str, policy_version: int) -> int:
+    def admits(self, policy_step: int, next_batch: int, batch_size: int) -> bool:
+        """Backpressure: may the next group (the backlog's head, else a new prompt) sampled now by the weights of
+        `policy_step` still be trained within the bound? Its first possible batch is `next_batch` (the next one to
+        form) plus one per `batch_size` groups queued ahead of it (running or completed, not taken; the rest of the
+        backlog comes after it)."""
+        with self._cond:
+            ahead = len(self._slots)
+            ok = next_batch + ahead // max(batch_size, 1) <= policy_step + self.max_staleness_steps
+            if not ok:
+                self.counters["backpressure_waits"] += 1
+            return ok
+
+    def is_aborted(self, group_id: int, attempt: int) -> bool:
+        """True once this attempt of the group expired while running: its episodes should stop."""
+        with self._cond:
+            return (group_id, attempt) in self._aborted
+
+    def dispatch(self, prompt: Any, env: str, policy_step: int) -> int:
         """Register a new group about to be rolled out; returns its id (dispatch order)."""
         with self._cond:
             gid = self._next_id
             self._next_id += 1
             self._ledger[gid] = LedgerEntry(prompt, env, RUNNING)
-            self._slots[gid] = Group(gid, prompt, env, policy_version, self._clock())
+            self._slots[gid] = Group(gid, prompt, env, policy_step, self._clock())
             self.counters["dispatched"] += 1
             if self.journal is not None:  # write-ahead: a dispatch survives a SIGKILL before the next checkpoint
                 with self.journal.open("a") as f:
@@ -108,7 +141,7 @@ class WindowedFIFO:
                     f.flush()
             return gid
 
-    def next_redispatch(self, policy_version: int) -> tuple[int, int, Any, str] | None:
+    def next_redispatch(self, policy_step: int) -> tuple[int, int, Any, str] | None:
         """Pop one group of the backlog (resampled stale groups, groups of a dead engine, groups of a resumed
         run) and put it back in flight under its original id: (group_id, attempt, prompt, env); None when the backlog
         is empty."""
@@ -118,13 +151,13 @@ class WindowedFIFO:
             gid, prompt, env = self._backlog.pop(0)
             entry = self._ledger[gid]
             entry.state, entry.attempts = RUNNING, entry.attempts + 1
-            self._slots[gid] = Group(gid, prompt, env, policy_version, self._clock(), attempts=entry.attempts)
+            self._slots[gid] = Group(gid, prompt, env, policy_step, self._clock(), attempts=entry.attempts)
             self.counters["redispatched"] += 1
             return gid, entry.attempts, prompt, env
 
-    def complete(self, group_id: int, rollouts: list[Any], versions_seen: list[int] | None = None,
+    def complete(self, group_id: int, rollouts: list[Any], steps_seen: list[int] | None = None,
                  attempt: int | None = None) -> None:
-        """All rollouts of a group are done. `versions_seen`: every policy version that produced a token;
+        """All rollouts of a group are done. `steps_seen`: the policy step of every weights that produced a token;
         `attempt`: the attempt the worker ran (a result of an attempt that was since requeued is discarded)."""
         with self._cond:
             group = self._slots.get(group_id)
@@ -134,7 +167,7 @@ class WindowedFIFO:
                 self.counters["late_completion_discarded"] += 1
                 return
             group.rollouts = list(rollouts)
-            group.min_version = min(versions_seen) if versions_seen else group.dispatch_version
+            group.min_step = min(steps_seen) if steps_seen else group.dispatch_step
             group.completed_at = self._clock()
             self._ledger[group_id].state = COMPLETED
             self.counters["completed"] += 1
@@ -160,18 +193,21 @@ class WindowedFIFO:
             self._cond.notify_all()
 
     # -- consumer side ------------------------------------------------------------------------------
-    def take(self, batch_size: int, current_version: int, timeout: float | None = None) -> list[Group] | None:
-        """Block until a batch of `batch_size` groups can be formed under the window rule; None on timeout
-        or when the queue is closed. The groups' ledger state becomes `taken` (see `mark_trained`)."""
+    def take(self, batch_size: int, train_step: int, timeout: float | None = None) -> list[Group] | None:
+        """Block until a batch of `batch_size` groups, to be trained at optimizer step `train_step` (global batch
+        index), can be formed under the window rule and the staleness bound; None on timeout or when the queue is
+        closed. The groups' ledger state becomes `taken` (see `mark_trained`)."""
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
             while True:
-                self._expire_stale(current_version)
+                self._expire_stale(train_step)
                 batch = self._try_form(batch_size)
                 if batch is not None:
+                    now = self._clock()
                     for g in batch:
                         del self._slots[g.group_id]
                         self._ledger[g.group_id].state = TAKEN
+                        self._record("kept", g.duration(now))
                     self.counters["taken"] += len(batch)
                     return batch
                 if self._closed:
@@ -199,16 +235,43 @@ class WindowedFIFO:
                     return None
         return None
 
-    def _expire_stale(self, current_version: int) -> None:
-        for gid in [g for g, grp in self._slots.items() if grp.staleness(current_version) > self.max_staleness]:
+    def _expire_stale(self, train_step: int) -> None:
+        now = self._clock()
+        for gid in [g for g, grp in self._slots.items() if grp.staleness(train_step) > self.max_staleness_steps]:
             group = self._slots.pop(gid)
-            self.counters["stale_running" if group.completed_at is None else "stale_completed"] += 1
+            self._record("removed", group.duration(now))
+            if group.completed_at is None:
+                self.counters["stale_running"] += 1
+                self.counters["aborted_running"] += 1
+                self._aborted.add((gid, group.attempts))
+            else:
+                self.counters["stale_completed"] += 1
             if self.on_stale == "drop":
-                self._finish(gid, DROPPED_STALE, f"staleness>{self.max_staleness}")
+                self._finish(gid, DROPPED_STALE, f"staleness>{self.max_staleness_steps}")
             else:
                 self._ledger[gid].state = BACKLOG
                 self._backlog.append((gid, group.prompt, group.env))
                 self.counters["resampled_stale"] += 1
+
+    def _record(self, kind: str, duration: float, keep: int = 100_000) -> None:
+        values = self._durations[kind]
+        values.append(duration)
+        if len(values) > keep:
+            del values[: len(values) - keep]
+
+    def length_report(self) -> dict[str, float]:
+        """Durations of the groups the staleness bound removed vs those taken for training: count, mean, p50, p90
+        each (running groups count up to their expiry: a lower bound of their length)."""
+        with self._cond:
+            report: dict[str, float] = {}
+            for kind, values in self._durations.items():
+                ordered = sorted(values)
+                report[f"{kind}_n"] = float(len(ordered))
+                if ordered:
+                    report[f"{kind}_mean"] = sum(ordered) / len(ordered)
+                    report[f"{kind}_p50"] = ordered[len(ordered) // 2]
+                    report[f"{kind}_p90"] = ordered[min(len(ordered) - 1, int(0.9 * len(ordered)))]
+            return report
 
     def mark_trained(self, group_ids: list[int]) -> None:
         """The optimizer step that used these groups is done."""

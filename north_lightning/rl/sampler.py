@@ -13,6 +13,11 @@ Two schedules share this code:
 - `sync` (SyncRollouts): exactly one batch of prompts is dispatched per optimizer step, after the previous
   step's weights were exported, and the batch is the whole set in input order (on-policy baseline).
 
+Off-policy control (`rl/queue.py`): staleness is bounded in optimizer steps (`max_staleness_steps`); the service
+maps each policy version to the optimizer step of its export (`on_export`), dispatches a prompt only while its
+group can still be trained within the bound (backpressure, async mode), forms batch i for training step i, and
+lets the episodes of a group that expired while running stop at their next engine call (`GroupAborted`).
+
 Failures never lose a prompt: an environment error fails the group with a reason (`failed/env_error:<type>`),
 an episode whose infrastructure failed after its retries (`rl/rollout.py: run_episode_retrying`) fails its
 group as `failed/infra_error` (no advantage is computed from a broken environment; `rl/infra_error_rate` is the
@@ -114,12 +119,32 @@ def episode_record(episode: Any) -> dict[str, Any]:
     }
 
 
+class GroupAborted(RuntimeError):
+    """The group's attempt expired (staleness bound) while its episodes ran: they stop at the next engine call."""
+
+
+class _AbortableEngine:
+    """The engine as one episode of one group attempt sees it: each `generate` first checks whether the queue
+    aborted that attempt, so an expired group stops sampling at its next turn instead of running to the end."""
+
+    def __init__(self, engine: Any, aborted: Callable[[], bool]) -> None:
+        self._engine, self._aborted = engine, aborted
+
+    def generate(self, *args: Any, **kwargs: Any) -> Any:
+        if self._aborted():
+            raise GroupAborted("the group expired (staleness bound) while running")
+        return self._engine.generate(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._engine, name)
+
+
 class RolloutService:
     """Engine + queue + workers + batcher (see the module docstring)."""
 
     def __init__(self, *, engine: Any, tokenizer: Any, envs: list[EnvSpec], tasks: dict[str, list[Any]],
                  spool: RolloutSpool, groups_per_step: int, group_size: int = 8, mode: str = "async",
-                 num_workers: int = 2, window: float = 0.1, max_staleness: int = 4, on_stale: str = "drop",
+                 num_workers: int = 2, window: float = 0.1, max_staleness_steps: int = 16, on_stale: str = "drop",
                  prefetch_batches: int = 1, rollout_config: Any = None, seed: int = 0,
                  run_episode: Callable[..., Any] | None = None, restart_engine: Callable[[], Any] | None = None,
                  max_engine_restarts: int = 3, journal: str | Path | None = None, image_prefetch: int = 0,
@@ -140,7 +165,7 @@ class RolloutService:
         # run with its reason instead of restarting forever.
         self.max_engine_restarts = max_engine_restarts
         self.engine_restarts = 0
-        self.queue = WindowedFIFO(window=window if mode == "async" else 0.0, max_staleness=max_staleness,
+        self.queue = WindowedFIFO(window=window if mode == "async" else 0.0, max_staleness_steps=max_staleness_steps,
                                   on_stale=on_stale, journal=journal)
         self.rng = random.Random(seed)
         self.seed = seed
@@ -148,6 +173,7 @@ class RolloutService:
         # run left in the spool (see `VLLMSidecar.on_fit_start`).
         self.run_id = uuid.uuid4().hex
         self.trainer_step = 0  # optimizer steps done
+        self.version_steps: dict[int, int] = {}  # policy version -> optimizer step of its export
         self.next_batch = 0  # next spool index to write
         self.batch_groups: dict[int, list[int]] = {}  # spool index -> group ids (not yet trained)
         self._dispatch_allowance = 0  # sync mode: prompts that may still be dispatched for the current step
@@ -171,6 +197,7 @@ class RolloutService:
     # -- lifecycle ------------------------------------------------------------------------------------------
     def start(self, trainer_step: int) -> None:
         self.trainer_step = self.next_batch = trainer_step
+        self.version_steps.setdefault(int(self.engine.policy_version), trainer_step)
         self.spool.restart_at(trainer_step)  # a resumed run starts a fresh sampler
         if self.mode == "sync":
             self._dispatch_allowance = self.groups_per_step
@@ -223,6 +250,20 @@ class RolloutService:
                 self._dispatch_allowance = self.groups_per_step
             self._cond.notify_all()
 
+    def on_export(self, version: int, step: int) -> None:
+        """Policy `version` holds the weights after optimizer step `step`; call before the engine serves it."""
+        with self._cond:
+            self.version_steps[int(version)] = int(step)
+            self._cond.notify_all()
+
+    def policy_step(self, version: int) -> int:
+        """Optimizer step of a policy version's weights (versions older than this service: its start step)."""
+        known = self.version_steps
+        if version in known:
+            return known[version]
+        older = [v for v in known if v <= version]
+        return known[max(older)] if older else min(known.values(), default=self.trainer_step)
+
     def stats(self) -> dict[str, float]:
         depth = self.queue.depth()
         counters = self.queue.counters
@@ -238,6 +279,9 @@ class RolloutService:
             **({"rl/images_prefetched": self.prefetcher.stats()["ready"],
                 "rl/image_prefetch_failed": self.prefetcher.stats()["failed"]} if self.prefetcher else {}),
             "rl/infra_error_rate": self.infra_errors / max(self.episode_runs, 1),
+            "rl/backpressure_waits": counters.get("backpressure_waits", 0),
+            "rl/aborted_running_total": counters.get("aborted_running", 0),
+            **{f"rl/stale_length/{k}": v for k, v in self.queue.length_report().items()},
         }
 
     # -- workers ------------------------------------------------------------------------------------------------
@@ -245,7 +289,11 @@ class RolloutService:
         with self._cond:
             while not self._stop.is_set():
                 version = int(self.engine.policy_version)
-                redo = self.queue.next_redispatch(version)
+                step = self.policy_step(version)
+                if self.mode == "async" and not self.queue.admits(step, self.next_batch, self.groups_per_step):
+                    self._cond.wait(timeout=0.5)  # backpressure: wait for the trainer or an export
+                    continue
+                redo = self.queue.next_redispatch(step)
                 if redo is not None:
                     return redo[0], redo[1], redo[2]
                 if self.mode == "sync" and self._dispatch_allowance <= 0:
@@ -256,7 +304,7 @@ class RolloutService:
                 env, task, seed = self._draw(self.rng)
                 prompt = {"env": env.name, "task_id": task.task_id, "seed": seed}
                 self._warm_images()
-                return self.queue.dispatch(prompt, env.name, version), 1, prompt
+                return self.queue.dispatch(prompt, env.name, step), 1, prompt
         return None
 
     def _draw(self, rng: random.Random) -> tuple[EnvSpec, Any, int]:
@@ -294,9 +342,10 @@ class RolloutService:
             config = replace(self.rollout_config, max_steps=env.max_steps) if env.max_steps else self.rollout_config
             def episode(j: int, env: EnvSpec = env, task: Any = task, config: Any = config,
                         prompt: dict[str, Any] = prompt, attempt: int = attempt, gid: int = gid) -> Any:
+                engine = _AbortableEngine(self.engine, lambda: self.queue.is_aborted(gid, attempt))
                 with routing(group=gid, episode=j):  # a server pool keeps its turns on one server (rl/engines/affinity.py)
                     ep = run_episode_retrying(
-                        lambda: self.run_episode(self.engine, env.harness, self.tokenizer, task, config=config,
+                        lambda: self.run_episode(engine, env.harness, self.tokenizer, task, config=config,
                                                  seed=prompt["seed"] + 7919 * j + 104729 * attempt,
                                                  env_name=env.name),
                         task, retries=getattr(config, "infra_retries", 2), env_name=env.name)
@@ -311,6 +360,8 @@ class RolloutService:
                 # (rl/engines/batching.py) and their sandboxes overlap; results stay in rollout order
                 with ThreadPoolExecutor(self.group_size, thread_name_prefix=f"group{gid}") as pool:
                     episodes = list(pool.map(episode, range(self.group_size)))
+            except GroupAborted:
+                continue  # the queue already ended (dropped) or re-queued (resample) this group, and counted it
             except EngineDied as err:
                 log.warning("engine died during group %d (%s); re-queueing and restarting", gid, err)
                 self.queue.requeue(gid, "engine_died")
@@ -335,7 +386,8 @@ class RolloutService:
                 self.queue.fail(gid, "infra_error")
                 continue
             versions = sorted({v for ep in episodes for v in ep.policy_versions}) or [int(self.engine.policy_version)]
-            self.queue.complete(gid, [episode_record(ep) for ep in episodes], versions, attempt=attempt)
+            self.queue.complete(gid, [episode_record(ep) for ep in episodes], [self.policy_step(v) for v in versions],
+                                attempt=attempt)
 
     # -- batcher -------------------------------------------------------------------------------------------------
     def _batcher_loop(self) -> None:
@@ -346,15 +398,15 @@ class RolloutService:
                     self._cond.wait(timeout=0.5)
             if self._stop.is_set():
                 return
-            groups = self.queue.take(self.groups_per_step, int(self.engine.policy_version), timeout=0.5)
+            index = self.next_batch  # trained at optimizer step index + 1, with the weights after `index` steps
+            groups = self.queue.take(self.groups_per_step, index, timeout=0.5)
             if groups is None:
                 continue
             version = int(self.engine.policy_version)
-            index = self.next_batch
             batch = {
                 "index": index, "policy_version": version, "sampler_run": self.run_id,
                 "groups": [{"group_id": g.group_id, "task_id": g.prompt["task_id"], "env": g.env,
-                            "staleness": g.staleness(version), "rollouts": g.rollouts} for g in groups],
+                            "staleness": g.staleness(index), "rollouts": g.rollouts} for g in groups],
                 "sampler_stats": self.stats(),
             }
             with self._cond:

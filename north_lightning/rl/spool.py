@@ -151,3 +151,18 @@ class RolloutSpool:
                 p.unlink()
                 removed += 1
         return removed
+
+    def indices(self) -> list[int]:
+        """Indices of the batches on disk, ascending."""
+        return sorted(int(p.stem.split("_")[1]) for p in self.dir.glob(f"batch_*{self.path(0).suffix}"))
+
+    def prune_below(self, index: int) -> list[int]:
+        """Delete batches < `index` (the caller decides what is no longer needed: see
+        `callbacks/spool_retention.py`). Returns the indices removed."""
+        removed = []
+        for i in self.indices():
+            if i >= index:
+                break
+            self.path(i).unlink(missing_ok=True)
+            removed.append(i)
+        return removed

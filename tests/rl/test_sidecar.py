@@ -123,7 +123,8 @@ def test_async_sigkill_resume_ledger_and_exports_on_optimizer_steps(tmp_path, in
 def test_sync_rollouts_swap_in_by_class_path_and_stay_on_policy(tmp_path, init_dir):
     run = tmp_path / "sync"
     override = _override(run, init_dir, callback="north_lightning.callbacks.vllm_sidecar.SyncRollouts",
-                         max_steps=2, accumulate=1, export_every=1)
+                         max_steps=2, accumulate=1, export_every=1,
+                         sidecar={"spool_retention": False})  # the batches are read after the run
     _wait(_fit(override), 400, run)
     exports = [json.loads(line) for line in (run / "rl" / "exports.jsonl").read_text().splitlines()]
     assert [(e["step"], e["version"]) for e in exports] == [(1, 1), (2, 2)]
@@ -244,7 +245,8 @@ def test_sync_rollouts_through_sampler_servers(tmp_path, init_dir):
         run = tmp_path / "servers"
         override = _override(run, init_dir, callback="north_lightning.callbacks.vllm_sidecar.SyncRollouts",
                              max_steps=3, accumulate=1, export_every=1, model={"lr": 1.0e-3},
-                             sidecar={"engine": "servers", "engine_kwargs": {"urls": [url, url + "/v1"], "timeout": 300}})
+                             sidecar={"engine": "servers", "spool_retention": False,
+                                      "engine_kwargs": {"urls": [url, url + "/v1"], "timeout": 300}})
         _wait(_fit(override), 400, run)
         # the server now holds the last export (step 3 = the last checkpoint), not its start weights
         from north_lightning.model import NorthForCausalLM

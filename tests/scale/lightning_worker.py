@@ -53,7 +53,7 @@ class LossRecorder(L.Callback):
 
     def on_train_start(self, trainer, pl_module) -> None:
         from north_lightning.model import NorthForCausalLM
-        from north_lightning.model.parallelize import full_state_dict
+        from north_lightning.model.gather import full_state_dict
 
         state = full_state_dict(pl_module.model)  # collective; filled on rank 0
         if trainer.global_rank == 0:

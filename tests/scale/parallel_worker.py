@@ -143,7 +143,8 @@ def sharded_load(ep: int, out: Path) -> dict:
     """Meta-built model, sharded (FSDP2 + EP), materialised empty, filled rank by rank from the HF directory
     OUT's folder / hf_src; returns the max deviation of the gathered weights from the checkpoint."""
     from north_lightning.model import NorthForCausalLM
-    from north_lightning.model.parallelize import full_state_dict, parallelize_north
+    from north_lightning.model.gather import full_state_dict
+    from north_lightning.model.parallelize import parallelize_north
     from north_lightning.model.sharded_load import load_hf_sharded
 
     with torch.device("meta"):

@@ -92,7 +92,8 @@ def main() -> None:
     sidecar = VLLMSidecar(
         envs=[{"name": "terminal", "tasks": "toy:train:4:0:text_transform", "harness": "swe_agent", "max_steps": 1}],
         groups_per_step=2, group_size=2, export_every_n_steps=1, num_workers=2, window=0.5,
-        engine=engine, engine_kwargs={"max_model_len": 1024, "kv_cache_bytes": 64 * 2**20}, rollout=ROLLOUT)
+        engine=engine, engine_kwargs={"max_model_len": 1024, "kv_cache_bytes": 64 * 2**20}, rollout=ROLLOUT,
+        spool_retention=False)  # the test reads every step's batch after the run
     recorder = Recorder(sidecar)
     checkpoints = [ModelCheckpoint(dirpath=run_dir / "checkpoints", save_top_k=-1, every_n_train_steps=1)
                    ] if args.checkpoint else []

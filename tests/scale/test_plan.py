@@ -88,3 +88,106 @@ def test_cpu_offload_moves_sharded_state_to_host() -> None:
 
     with pytest.raises(ValueError, match="cpu_offload"):
         NorthParallelStrategy(expert_parallel_size=8, cpu_offload=True)
+
+
+# ---- RL placement (cli/plan_rl.py) -------------------------------------------------------------------------
+def _rl_yaml(tmp_path, *, nodes: int, sidecar: str) -> str:
+    path = tmp_path / "rl.yaml"
+    path.write_text(
+        f"trainer:\n  num_nodes: {nodes}\n  devices: 8\n  strategy:\n"
+        "    class_path: north_lightning.modules.strategy.NorthParallelStrategy\n"
+        "    init_args: {expert_parallel_size: 8, activation_checkpointing: true}\n"
+        "  callbacks:\n    - class_path: north_lightning.callbacks.vllm_sidecar.VLLMSidecar\n"
+        f"      init_args: {sidecar}\n"
+        "model:\n  init_args: {model: north_mini_code_30b}\n"
+        "data:\n  init_args: {row_tokens: 131072}\n")
+    return str(path)
+
+
+def test_the_30b_rl_config_is_accepted_with_both_sides_planned(capsys) -> None:
+    assert plan.main(["--config", "configs/north_mini_code/rl.yaml"]) == 0
+    out = capsys.readouterr().out
+    assert "RL verdict: ACCEPTED" in out and "sampler per-GPU memory" in out and "export_buckets" in out
+    last = dict(pair.split("=") for pair in out.strip().splitlines()[-1].split())
+    assert int(last["rl_fits"]) == 1 and float(last["trainer_gib"]) <= 80 and float(last["sampler_gib"]) <= 80
+    assert float(last["kv_sequences"]) >= 16  # 128 episodes over 8 replicas
+
+
+def test_the_old_colocated_placement_is_refused_with_its_reason(tmp_path, capsys) -> None:
+    """The recipe before this change: a TP=8 engine with a 64 GiB KV cache on the trainer's own 8 GPUs."""
+    old = _rl_yaml(tmp_path, nodes=1, sidecar="{engine: subprocess, engine_kwargs: {max_model_len: 131072, "
+                   "kv_cache_bytes: 68719476736, engine_kwargs: {tensor_parallel_size: 8}}}")
+    assert plan.main(["--config", old]) == 2
+    out = capsys.readouterr().out
+    assert "RL verdict: REFUSED" in out
+    assert "colocated without sleep/wake: the engine's weights and KV cache (76.1 GiB) stay on the trainer's GPUs" in out
+
+
+def test_colocated_sleep_wake_is_accounted_in_two_phases() -> None:
+    from north_lightning.cli.plan_rl import ASLEEP_RESIDUE_GIB, rl_plan
+    from north_lightning.rl.placement import RLPlacement
+
+    cfg = NorthConfig.preset("north_mini_code_30b")
+    trainer = plan.Strategy(nodes=8, ep=8, seq_len=131072)
+    awake = RLPlacement(sampler_nodes=0, tensor_parallel_size=4, kv_cache_gib=48)
+    asleep = RLPlacement(sampler_nodes=0, tensor_parallel_size=4, kv_cache_gib=48, sleep_wake=True)
+    refused, accepted = rl_plan(cfg, trainer, awake), rl_plan(cfg, trainer, asleep)
+    assert refused["refusals"] and "sleep" in refused["refusals"][0]
+    assert accepted["refusals"] == []
+    t, s = accepted["trainer"], accepted["sampler"]
+    assert accepted["phases"]["train_phase"] == t["total"] + ASLEEP_RESIDUE_GIB
+    assert accepted["phases"]["sample_phase"] == s["total"] + t["params_fp32_sharded"] + t["adamw_fp32_sharded"] + t["reserve"]
+    # more KV than the sampling phase leaves room for: refused, naming the phase
+    greedy = rl_plan(cfg, trainer, RLPlacement(sampler_nodes=0, tensor_parallel_size=4, kv_cache_gib=70, sleep_wake=True))
+    assert any("sample phase" in r for r in greedy["refusals"])
+
+
+def test_disaggregated_refusals_name_the_side() -> None:
+    from north_lightning.cli.plan_rl import rl_plan
+    from north_lightning.rl.placement import RLPlacement
+
+    cfg = NorthConfig.preset("north_mini_code_30b")
+    fits = RLPlacement(sampler_nodes=2, tensor_parallel_size=8, kv_cache_gib=40)
+    assert rl_plan(cfg, plan.Strategy(nodes=8, ep=8, seq_len=131072), fits)["refusals"] == []
+    small_trainer = rl_plan(cfg, plan.Strategy(nodes=2, ep=8, seq_len=131072), fits)["refusals"]
+    assert len(small_trainer) == 1 and small_trainer[0].startswith("trainer:")
+    big_kv = rl_plan(cfg, plan.Strategy(nodes=8, ep=8, seq_len=131072),
+                     RLPlacement(sampler_nodes=2, tensor_parallel_size=1, kv_cache_gib=30))["refusals"]
+    assert any(r.startswith("sampler:") and "GiB per GPU" in r for r in big_kv)  # 57 GiB of bf16 weights + 30 KV
+    tiny_kv = rl_plan(cfg, plan.Strategy(nodes=8, ep=8, seq_len=131072),
+                      RLPlacement(sampler_nodes=2, tensor_parallel_size=8, kv_cache_gib=0.5))["refusals"]
+    assert any("holds 0.57 sequence" in r for r in tiny_kv)
+    odd_tp = rl_plan(cfg, plan.Strategy(nodes=8, ep=8, seq_len=131072),
+                     RLPlacement(sampler_nodes=2, gpus_per_node=6, tensor_parallel_size=3))["refusals"]
+    assert any("does not divide the 32 attention heads" in r for r in odd_tp)
+    import pytest
+
+    with pytest.raises(ValueError, match="must divide gpus_per_node"):
+        RLPlacement(sampler_nodes=1, tensor_parallel_size=3)
+    with pytest.raises(ValueError, match="unknown keys"):
+        RLPlacement.from_dict({"sampler_node": 2})
+
+
+def test_kv_per_sequence_counts_sliding_layers_at_their_window() -> None:
+    from north_lightning.cli.plan_rl import kv_bytes_per_sequence
+    from north_lightning.rl.placement import RLPlacement
+
+    cfg = NorthConfig.preset("north_mini_code_30b")
+    full = sum(cfg.attention_window(i) is None for i in range(cfg.num_hidden_layers))
+    per = kv_bytes_per_sequence(cfg, RLPlacement(tensor_parallel_size=4, max_model_len=131072))
+    # 4 KV heads over TP=4: one per GPU, K and V in bf16
+    assert per == 2 * 128 * 2 * (full * 131072 + (cfg.num_hidden_layers - full) * (cfg.sliding_window + 1))
+
+
+def test_the_sidecar_refuses_a_placement_it_cannot_run() -> None:
+    import pytest
+
+    from north_lightning.callbacks.vllm_sidecar import VLLMSidecar
+
+    envs = [{"name": "terminal", "tasks": "toy:train:4:0", "harness": "swe_agent"}]
+    with pytest.raises(ValueError, match="needs engine: servers"):
+        VLLMSidecar(envs=envs, engine="subprocess", placement={"sampler_nodes": 2})
+    with pytest.raises(ValueError, match="does not put the engine to sleep"):
+        VLLMSidecar(envs=envs, engine="subprocess", placement={"sampler_nodes": 0, "sleep_wake": True})
+    ok = VLLMSidecar(envs=envs, engine="servers", placement={"sampler_nodes": 2})
+    assert ok.placement.sampler_nodes == 2 and ok.placement.export_bucket_mb == 1024

@@ -166,3 +166,19 @@ def test_rl_job_starts_servers_for_nccl_weight_transfer_when_the_config_asks(tmp
     with pytest.raises(SystemExit, match="engine_kwargs.weight_transfer must be one of"):
         slurm.main(["--config", str(_rl_config(tmp_path, {"weight_transfer": "rdma"})), "--nodes", "1",
                     "--sampler-nodes", "1", "--sampler-model", "/m", "--run-dir", str(tmp_path / "run")])
+
+
+def test_rl_render_takes_the_sampler_servers_flags_from_the_placement(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "job.sh"
+    assert slurm.main(["--config", "configs/north_mini_code/rl.yaml", "--nodes", "8", "--run-dir",
+                       str(tmp_path / "run"), "--out", str(out), "--sampler-model", "/ckpt/hf"]) == 0
+    text = out.read_text()
+    subprocess.run(["bash", "-n", str(out)], check=True)
+    directives = _sbatch(text)
+    assert "--nodes=4" in directives[directives.index("hetjob"):]  # placement.sampler_nodes
+    assert ("--tensor-parallel-size=4 --data-parallel-size=2 --max-model-len=131072 "
+            f"--kv-cache-memory-bytes={48 * 2**30} --enable-expert-parallel") in text
+    assert "RL placement: accepted" in capsys.readouterr().err
+    with pytest.raises(SystemExit, match="placement says 4 sampler node"):
+        slurm.main(["--config", "configs/north_mini_code/rl.yaml", "--nodes", "8", "--sampler-nodes", "2",
+                    "--run-dir", str(tmp_path / "run"), "--out", str(out)])
