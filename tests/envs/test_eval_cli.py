@@ -106,3 +106,18 @@ def test_task_pool_resolves_swe_records_and_checks_entries(tmp_path):
     (tmp_path / "pool.json").write_text(json.dumps(pool))
     with pytest.raises(TaskError, match=r"kept\[0\]: 'nope' is not in"):
         load_task_pool(tmp_path / "pool.json")
+
+
+def test_wilson_interval_and_pass1_line():
+    from north_lightning.cli.eval import pass1_line, wilson_interval
+
+    lo, hi = wilson_interval(5, 10)
+    assert (round(lo, 4), round(hi, 4)) == (0.2366, 0.7634)  # the textbook values for 5 / 10
+    lo, hi = wilson_interval(0, 10)
+    assert lo == 0.0 and round(hi, 4) == 0.2775  # not zero-width at 0 / n
+    assert wilson_interval(64, 64)[1] == 1.0 and wilson_interval(64, 64)[0] > 0.94
+    narrow, wide = wilson_interval(50, 100), wilson_interval(5, 10)
+    assert narrow[1] - narrow[0] < wide[1] - wide[0]
+    summary = {"pass@1": {"mean": 0.4375, "ci95": [0.32, 0.56], "episodes": 64}}
+    assert pass1_line(summary, 16, 4, 1) == ("pass@1 = 0.438 (95% CI 0.32-0.56, Wilson; 64 episodes = 16 tasks x 4 "
+                                             "samples x 1 seed)")
