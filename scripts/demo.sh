@@ -46,11 +46,15 @@ fi
 progress() { echo --trainer.enable_progress_bar false --trainer.callbacks+=north_lightning.callbacks.progress.ProgressLineCallback; }
 
 start=$(date +%s)
-cpu_s() { times | awk 'NR == 2 { split($1, u, "m"); split($2, s, "m"); printf "%d", u[1] * 60 + u[2] + s[1] * 60 + s[2] }'; }
+TIMES=$(mktemp)
+trap 'rm -f "$TIMES"' EXIT
+# CPU seconds (user + sys) of all finished child processes: `times` must run in this shell, not in a $(...) subshell
+cpu_s() { times >"$TIMES"; CPU=$(awk 'NR == 2 { split($1, u, "m"); split($2, s, "m"); printf "%d", u[1] * 60 + u[2] + s[1] * 60 + s[2] }' "$TIMES"); }
 SUMMARY=()
-begin() { STAGE=$1; echo; echo "== [$(( $(date +%s) - start )) s] $STAGE"; t0=$(date +%s); c0=$(cpu_s); }
+begin() { STAGE=$1; echo; echo "== [$(( $(date +%s) - start )) s] $STAGE"; t0=$(date +%s); cpu_s; c0=$CPU; }
 end() {
-  local wall=$(( $(date +%s) - t0 )) cpu=$(( $(cpu_s) - c0 ))
+  cpu_s
+  local wall=$(( $(date +%s) - t0 )) cpu=$(( CPU - c0 ))
   echo "== $STAGE: ${wall} s wall, ${cpu} s CPU"
   SUMMARY+=("$(printf '  %-34s %5d s wall %6d s CPU' "$STAGE" "$wall" "$cpu")")
 }
