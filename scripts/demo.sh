@@ -28,6 +28,10 @@ DEMO_RL=${DEMO_RL:-1}
 SFT_HF=${SFT_HF:-}
 export TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 VLLM_ENABLE_V1_MULTIPROCESSING=0
 export PYTHONUNBUFFERED=1  # progress lines reach a CI log as they are printed
+# OpenMP threads that wait at a barrier sleep instead of spinning. On a CPU shared with other jobs (a CI runner, a
+# busy workstation) spinning threads burn the time slices their partner needs: one tiny SFT step took 64-145 s wall
+# and 11-17 CPU s with the default policy vs 10-12 s wall and 2.5 CPU s with PASSIVE, at load average ~18 on 2 cores.
+export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}
 
 if [ "$DEMO" = short ]; then
   S1=(--config configs/tiny/sft_stage1.yaml --config configs/tiny/demo/sft_stage1.yaml)
