@@ -40,6 +40,7 @@ class ProgressLine:
         self._lock = threading.Lock()
         self._t0: float | None = None
         self._last_print: float | None = None  # the first update always prints
+        self._printed_done: int | None = None  # a log line for this count exists: a forced repeat adds nothing
         self._done0 = 0  # units already done at start (a resumed run): excluded from the rate
         self._width = 0
         self.done = 0
@@ -72,6 +73,9 @@ class ProgressLine:
             due = self._last_print is None or now - self._last_print >= self.every_s
             if not (force or due or done >= self.total or self.tty):
                 return
+            if not self.tty and done == self._printed_done and (force or done >= self.total):
+                return
+            self._printed_done = done
             self._last_print = now
             text = self.line(metrics)
             if self.tty:
