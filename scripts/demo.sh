@@ -146,12 +146,24 @@ echo
 echo "== demo ($DEMO) finished in $(( $(date +%s) - start )) s wall; load average now: $(cut -d' ' -f1-3 /proc/loadavg)"
 printf '%s\n' "${SUMMARY[@]}"
 if [ "$DEMO_RL" = "1" ]; then
-  echo "  held-out pass@1 (vLLM-CPU sampling at T = 1; Wilson 95% interval over episodes):"
   "$PY" - "$RUN_DIR" "${EVALS[@]}" <<'PY'
+import csv
+import glob
 import json
 import sys
 
 run_dir = sys.argv[1]
+exports, rewards, steps = 0, [], 0
+for path in sorted(glob.glob(f"{run_dir}/rl/logs/version_*/metrics.csv")):
+    for row in csv.DictReader(open(path)):
+        exports += bool(row.get("rl/export_seconds"))
+        if row.get("rl/reward_mean"):
+            rewards.append(float(row["rl/reward_mean"]))
+            steps = max(steps, int(row["step"]) + 1)
+if rewards:
+    print(f"    RL: {steps} optimizer steps, {exports} weight exports into the engine, train reward per step "
+          + " ".join(f"{r:.2f}" for r in rewards))
+print("  held-out pass@1 (vLLM-CPU sampling at T = 1; Wilson 95% interval over episodes):")
 for spec in sys.argv[2:]:
     name = spec.split()[0]
     for label, prefix in (("before RL", "eval_sft"), ("after RL ", "eval_rl")):
