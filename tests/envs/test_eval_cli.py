@@ -46,8 +46,14 @@ def test_eval_with_scripted_policy_writes_json_and_csv_then_filter(base_image, t
     }
     (tmp_path / "eval.yaml").write_text(yaml.safe_dump(config))
     assert eval_main(["--config", str(tmp_path / "eval.yaml")]) == 0
-    assert capsys.readouterr().out.strip().splitlines()[-1].startswith("pass@1=1.0000±0.0000 pass@2=1.0000")
+    captured = capsys.readouterr()
+    lines = captured.out.strip().splitlines()
+    assert lines[-1].startswith("pass@1=1.0000±0.0000 pass@2=1.0000")
+    # pass@1 with its interval and how many episodes it rests on: 4 tasks x 2 samples x 2 seeds, all solved
+    assert lines[-2] == "pass@1 = 1.000 (95% CI 0.81-1.00, Wilson; 16 episodes = 4 tasks x 2 samples x 2 seeds)"
+    assert "[eval report] episode 16/16 pass 16/16" in captured.err  # the live progress line (stderr)
     report = json.loads((tmp_path / "report.json").read_text())
+    assert report["summary"]["pass@1"]["successes"] == report["summary"]["pass@1"]["episodes"] == 16
     assert report["summary"]["episodes"] == 4 * 2 * 2 and report["summary"]["end_reasons"] == {"submitted": 16}
     assert report["summary"]["pass@1"]["per_seed"] == [1.0, 1.0]
     assert {s["seed"] for s in report["tasks"][0]["samples"]} == {0, 1}
