@@ -154,7 +154,8 @@ import sys
 
 run_dir = sys.argv[1]
 exports, rewards, steps = 0, [], 0
-for path in sorted(glob.glob(f"{run_dir}/rl/logs/version_*/metrics.csv")):
+versions = glob.glob(f"{run_dir}/rl/logs/version_*/metrics.csv")  # this run's: the newest version (a rerun adds one)
+for path in sorted(versions, key=lambda p: int(p.split("version_")[1].split("/")[0]))[-1:]:
     for row in csv.DictReader(open(path)):
         exports += bool(row.get("rl/export_seconds"))
         if row.get("rl/reward_mean"):
