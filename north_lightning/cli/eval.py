@@ -140,8 +140,10 @@ def pass1_line(summary: dict[str, Any], n_tasks: int, n_samples: int, n_seeds: i
     """`pass@1 = 0.438 (95% CI 0.32-0.56, Wilson; 64 episodes = 16 tasks x 4 samples x 1 seed)`."""
     p1 = summary["pass@1"]
     lo, hi = p1["ci95"]
+    left_out = n_tasks * n_samples * n_seeds - p1["episodes"]
     return (f"pass@1 = {p1['mean']:.3f} (95% CI {lo:.2f}-{hi:.2f}, Wilson; {p1['episodes']} episodes = {n_tasks} tasks"
-            f" x {n_samples} samples x {n_seeds} seed{'s' if n_seeds != 1 else ''})")
+            f" x {n_samples} samples x {n_seeds} seed{'s' if n_seeds != 1 else ''}"
+            + (f", less {left_out} infrastructure failures" if left_out else "") + ")")
 
 
 def run_eval(cfg: EvalConfig, progress: bool = True) -> dict[str, Any]:
@@ -216,9 +218,10 @@ def run_eval(cfg: EvalConfig, progress: bool = True) -> dict[str, Any]:
                                 "std": statistics.pstdev(per_seed) if len(per_seed) > 1 else 0.0,
                                 "per_seed": per_seed}
     if 1 in cfg.k:
-        passed = sum(ep.reward >= 1.0 for ep in episodes)
-        summary["pass@1"].update(successes=passed, episodes=len(episodes),
-                                 ci95=list(wilson_interval(passed, len(episodes))))
+        valid = [ep for ep in episodes if not ep.infra_error]  # as in pass@k: infrastructure failures are no samples
+        passed = sum(ep.reward >= 1.0 for ep in valid)
+        summary["pass@1"].update(successes=passed, episodes=len(valid),
+                                 ci95=list(wilson_interval(passed, len(valid))))
     reasons: dict[str, int] = {}
     for ep in episodes:
         reasons[ep.end_reason] = reasons.get(ep.end_reason, 0) + 1

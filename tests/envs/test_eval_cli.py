@@ -127,3 +127,6 @@ def test_wilson_interval_and_pass1_line():
     summary = {"pass@1": {"mean": 0.4375, "ci95": [0.32, 0.56], "episodes": 64}}
     assert pass1_line(summary, 16, 4, 1) == ("pass@1 = 0.438 (95% CI 0.32-0.56, Wilson; 64 episodes = 16 tasks x 4 "
                                              "samples x 1 seed)")
+    summary["pass@1"]["episodes"] = 62  # two infrastructure failures are no samples: named, not hidden
+    assert pass1_line(summary, 16, 4, 1).endswith("62 episodes = 16 tasks x 4 samples x 1 seed, less 2 "
+                                                  "infrastructure failures)")
