@@ -7,7 +7,7 @@ VPY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install docker browser demo test test-gpu bench clean
+.PHONY: install docker browser demo demo-full test test-gpu bench clean
 
 $(STAMP): pyproject.toml scripts/install.sh
 	bash scripts/install.sh $(PY) $(VENV)
@@ -20,8 +20,13 @@ docker: $(STAMP)
 	bash scripts/ensure_docker.sh
 	$(VPY) -m north_lightning tasks build-base
 
+# The main job end to end in a few minutes (DEMO=short, the default); `make demo-full` (= DEMO=full make demo) is the
+# long run that shows the tiny model learning (~60-75 min on 2 cores).
 demo: install docker
 	bash scripts/demo.sh
+
+demo-full: install docker
+	DEMO=full bash scripts/demo.sh
 
 # Debian's chromium + chromium-driver for the humaneval browser test.
 browser:

@@ -2,7 +2,10 @@
 
 Every task is attempted `n_samples` times under each of `seeds` (default 3 seeds, temperature 1.0,
 top_p 0.95). pass@k is the unbiased estimator over the n samples of one seed, averaged over tasks, then
-reported as mean and std over seeds. Writes `<out>.json` (config, summary, every sample) and `<out>.csv`
+reported as mean and std over seeds. pass@1 also gets a 95% Wilson score interval over all its episodes
+(successes / episodes, every seed together), so a small eval says how small it is: the interval treats episodes
+as independent, which samples of the same task are not, so with few tasks read it as a lower bound on the
+uncertainty. Writes `<out>.json` (config, summary, every sample) and `<out>.csv`
 (one row per task); the JSON is what `tasks filter` reads. With `transcripts: true` it also writes
 `<out>.transcripts.jsonl`: every episode's decoded text (prompt, assistant turns, observations) with its reward and
 end reason, to see *why* episodes fail without re-running them.
@@ -25,6 +28,7 @@ import csv
 import importlib
 import inspect
 import json
+import math
 import statistics
 import sys
 import time
@@ -120,7 +124,29 @@ def _tokenizer_path(cfg: EvalConfig) -> str:
     return str(tiny_tokenizer_path())
 
 
-def run_eval(cfg: EvalConfig) -> dict[str, Any]:
+def wilson_interval(successes: int, n: int, z: float = 1.959964) -> tuple[float, float]:
+    """Wilson score interval of a binomial proportion (95% for the default z). Unlike the normal approximation it
+    stays inside [0, 1] and is not zero-width at 0 / n or n / n, which small evals hit."""
+    if n <= 0:
+        return (0.0, 1.0)
+    p = successes / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def pass1_line(summary: dict[str, Any], n_tasks: int, n_samples: int, n_seeds: int) -> str:
+    """`pass@1 = 0.438 (95% CI 0.32-0.56, Wilson; 64 episodes = 16 tasks x 4 samples x 1 seed)`."""
+    p1 = summary["pass@1"]
+    lo, hi = p1["ci95"]
+    left_out = n_tasks * n_samples * n_seeds - p1["episodes"]
+    return (f"pass@1 = {p1['mean']:.3f} (95% CI {lo:.2f}-{hi:.2f}, Wilson; {p1['episodes']} episodes = {n_tasks} tasks"
+            f" x {n_samples} samples x {n_seeds} seed{'s' if n_seeds != 1 else ''}"
+            + (f", less {left_out} infrastructure failures" if left_out else "") + ")")
+
+
+def run_eval(cfg: EvalConfig, progress: bool = True) -> dict[str, Any]:
     from transformers import AutoTokenizer
 
     from north_lightning.envs.tasks import load_tasks
@@ -147,9 +173,26 @@ def run_eval(cfg: EvalConfig) -> dict[str, Any]:
             for sample in range(cfg.n_samples):
                 jobs.append(EpisodeJob(task, harness_of(task), seed=(seed * 100_003 + i) * 1_009 + sample))
                 keys.append((seed, i, sample))
+    line = None
+    if progress:
+        from north_lightning.callbacks.progress import ProgressLine
+
+        line = ProgressLine(f"eval {Path(cfg.out).name}", len(jobs), unit="episode", stream=sys.stderr)
+        counts = {"done": 0, "passed": 0}
+
+        def on_done(episode: Any) -> None:
+            counts["done"] += 1
+            counts["passed"] += episode.reward >= 1.0
+            line.update(counts["done"], {"pass": f"{counts['passed']}/{counts['done']}"})
+
     started = time.monotonic()
-    episodes = run_episodes(policy, tokenizer, jobs, config=rollout, concurrency=cfg.concurrency)
+    if line is not None:
+        line.start()
+    episodes = run_episodes(policy, tokenizer, jobs, config=rollout, concurrency=cfg.concurrency,
+                            on_done=on_done if line is not None else None)
     elapsed = time.monotonic() - started
+    if line is not None:
+        line.finish()
     if cfg.transcripts:
         _write_transcripts(Path(cfg.out).with_suffix(".transcripts.jsonl"), tokenizer, keys, episodes)
     per_task: list[dict[str, Any]] = [
@@ -174,6 +217,11 @@ def run_eval(cfg: EvalConfig) -> dict[str, Any]:
         summary[f"pass@{k}"] = {"mean": statistics.fmean(per_seed),
                                 "std": statistics.pstdev(per_seed) if len(per_seed) > 1 else 0.0,
                                 "per_seed": per_seed}
+    if 1 in cfg.k:
+        valid = [ep for ep in episodes if not ep.infra_error]  # as in pass@k: infrastructure failures are no samples
+        passed = sum(ep.reward >= 1.0 for ep in valid)
+        summary["pass@1"].update(successes=passed, episodes=len(valid),
+                                 ci95=list(wilson_interval(passed, len(valid))))
     reasons: dict[str, int] = {}
     for ep in episodes:
         reasons[ep.end_reason] = reasons.get(ep.end_reason, 0) + 1
@@ -238,6 +286,8 @@ def main(argv: list[str]) -> int:
     json_path, csv_path = write_report(report, cfg.out, cfg.k)
     s = report["summary"]
     print(f"wrote {json_path} and {csv_path}; end reasons: {s['end_reasons']}")
+    if "ci95" in s.get("pass@1", {}):
+        print(pass1_line(s, len(report["tasks"]), cfg.n_samples, len(cfg.seeds)))
     print(" ".join(f"pass@{k}={s[f'pass@{k}']['mean']:.4f}±{s[f'pass@{k}']['std']:.4f}" for k in cfg.k)
           + f" episodes={s['episodes']} seconds={s['seconds']}")
     return 0

@@ -312,19 +312,23 @@ class EpisodeJob:
 
 
 def run_episodes(policy: Policy, tokenizer: Any, jobs: list[EpisodeJob], *, config: RolloutConfig | None = None,
-                 concurrency: int = 4) -> list[Episode]:
+                 concurrency: int = 4, on_done: Callable[[Episode], None] | None = None) -> list[Episode]:
     """Run episodes on `concurrency` threads (sandbox time overlaps; the policy serialises its own calls when
     it must); results in job order. Infrastructure failures are retried (`config.infra_retries`); one that
-    persists is returned as an `infra_error:...` episode rather than aborting the batch."""
+    persists is returned as an `infra_error:...` episode rather than aborting the batch. `on_done(episode)` is
+    called from the worker thread as each episode ends (a progress line)."""
     from concurrent.futures import ThreadPoolExecutor
 
     config = config or RolloutConfig()
 
     def one(job: EpisodeJob) -> Episode:
-        return run_episode_retrying(
+        episode = run_episode_retrying(
             lambda: run_episode(policy, job.harness, tokenizer, job.task, config=config, seed=job.seed,
                                 env_name=job.env_name),
             job.task, retries=config.infra_retries, env_name=job.env_name)
+        if on_done is not None:
+            on_done(episode)
+        return episode
 
     install_cleanup_hooks()  # from the caller's thread: on the main thread, signals then remove the workers' boxes
     with ThreadPoolExecutor(max_workers=max(1, concurrency), thread_name_prefix="rollout") as pool:

@@ -46,8 +46,14 @@ def test_eval_with_scripted_policy_writes_json_and_csv_then_filter(base_image, t
     }
     (tmp_path / "eval.yaml").write_text(yaml.safe_dump(config))
     assert eval_main(["--config", str(tmp_path / "eval.yaml")]) == 0
-    assert capsys.readouterr().out.strip().splitlines()[-1].startswith("pass@1=1.0000±0.0000 pass@2=1.0000")
+    captured = capsys.readouterr()
+    lines = captured.out.strip().splitlines()
+    assert lines[-1].startswith("pass@1=1.0000±0.0000 pass@2=1.0000")
+    # pass@1 with its interval and how many episodes it rests on: 4 tasks x 2 samples x 2 seeds, all solved
+    assert lines[-2] == "pass@1 = 1.000 (95% CI 0.81-1.00, Wilson; 16 episodes = 4 tasks x 2 samples x 2 seeds)"
+    assert "[eval report] episode 16/16 pass 16/16" in captured.err  # the live progress line (stderr)
     report = json.loads((tmp_path / "report.json").read_text())
+    assert report["summary"]["pass@1"]["successes"] == report["summary"]["pass@1"]["episodes"] == 16
     assert report["summary"]["episodes"] == 4 * 2 * 2 and report["summary"]["end_reasons"] == {"submitted": 16}
     assert report["summary"]["pass@1"]["per_seed"] == [1.0, 1.0]
     assert {s["seed"] for s in report["tasks"][0]["samples"]} == {0, 1}
@@ -106,3 +112,21 @@ def test_task_pool_resolves_swe_records_and_checks_entries(tmp_path):
     (tmp_path / "pool.json").write_text(json.dumps(pool))
     with pytest.raises(TaskError, match=r"kept\[0\]: 'nope' is not in"):
         load_task_pool(tmp_path / "pool.json")
+
+
+def test_wilson_interval_and_pass1_line():
+    from north_lightning.cli.eval import pass1_line, wilson_interval
+
+    lo, hi = wilson_interval(5, 10)
+    assert (round(lo, 4), round(hi, 4)) == (0.2366, 0.7634)  # the textbook values for 5 / 10
+    lo, hi = wilson_interval(0, 10)
+    assert lo == 0.0 and round(hi, 4) == 0.2775  # not zero-width at 0 / n
+    assert wilson_interval(64, 64)[1] == 1.0 and wilson_interval(64, 64)[0] > 0.94
+    narrow, wide = wilson_interval(50, 100), wilson_interval(5, 10)
+    assert narrow[1] - narrow[0] < wide[1] - wide[0]
+    summary = {"pass@1": {"mean": 0.4375, "ci95": [0.32, 0.56], "episodes": 64}}
+    assert pass1_line(summary, 16, 4, 1) == ("pass@1 = 0.438 (95% CI 0.32-0.56, Wilson; 64 episodes = 16 tasks x 4 "
+                                             "samples x 1 seed)")
+    summary["pass@1"]["episodes"] = 62  # two infrastructure failures are no samples: named, not hidden
+    assert pass1_line(summary, 16, 4, 1).endswith("62 episodes = 16 tasks x 4 samples x 1 seed, less 2 "
+                                                  "infrastructure failures)")
