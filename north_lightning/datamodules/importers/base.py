@@ -180,3 +180,13 @@ def check_resolved(resolved: bool | None, options: ImportOptions, detail: str) -
     if resolved is False and not options.include_unresolved:
         raise Drop("unresolved", detail)
     return {"resolved": resolved, **({"unresolved": True} if resolved is False else {})}
+
+
+def task_text(text: str, patterns: Any) -> str:
+    """The task statement inside a harness's first user message: the first group of the first of the
+    harness's template `patterns` that matches, else the whole message (stripped)."""
+    for pattern in patterns:
+        found = pattern.search(text)
+        if found:
+            return found.group(1).strip()
+    return text.strip()

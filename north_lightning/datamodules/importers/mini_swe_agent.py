@@ -25,8 +25,8 @@ import re
 from pathlib import Path
 from typing import Any
 
-from north_lightning.datamodules.importers.base import (Drop, ImportOptions, check_resolved, decode_arguments,
-                                                        require, text_of)
+from north_lightning.datamodules.importers.base import (Drop, ImportOptions, check_resolved, decode_arguments, require,
+                                                        task_text, text_of)
 from north_lightning.datamodules.importers.swe_agent import _record_id
 from north_lightning.formats.harnesses.base import ToolCall
 from north_lightning.formats.harnesses.mini_swe_agent import SUBMIT_MARKER
@@ -61,7 +61,7 @@ def convert(item: Any, where: str, options: ImportOptions) -> Trajectory:
         if role == "system" and system is None:
             system = text
         elif role == "user" and task is None:
-            task = _task_text(text)
+            task = task_text(text, _TASK_PATTERNS)
         elif role == "assistant":
             if pending is not None:
                 raise Drop("malformed", f"messages[{i}]: a reply follows a command that got no observation")
@@ -138,10 +138,3 @@ def _observation(msg: dict[str, Any], text: str, final: bool) -> Observation:
         return Observation(cut.group(1) + cut.group(2), exit_code)
     raise Drop("malformed", "an observation without <output> or <output_head>/<output_tail>")
 
-
-def _task_text(text: str) -> str:
-    for pattern in _TASK_PATTERNS:
-        found = pattern.search(text)
-        if found:
-            return found.group(1).strip()
-    return text.strip()

@@ -22,8 +22,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from north_lightning.datamodules.importers.base import (Drop, ImportOptions, check_resolved, decode_arguments,
-                                                        require, text_of)
+from north_lightning.datamodules.importers.base import (Drop, ImportOptions, check_resolved, decode_arguments, require,
+                                                        task_text, text_of)
 from north_lightning.datamodules.importers.swe_agent import _record_id
 from north_lightning.formats.harnesses.base import ToolCall
 from north_lightning.formats.records import Observation, Step, Trajectory
@@ -52,7 +52,7 @@ def convert(item: Any, where: str, options: ImportOptions) -> Trajectory:
         if role == "system":
             system = text
         elif role == "user" and task is None:
-            task = _task_text(text)
+            task = task_text(text, _TASK_PATTERNS)
         elif role == "assistant":
             order.append(_assistant(msg, text, f"{key}[{i}]"))
         elif role == "tool":
@@ -114,10 +114,3 @@ def _result(text: str) -> tuple[str, int | None]:
         return text, None
     return text[: found.start()], int(found.group(1))
 
-
-def _task_text(text: str) -> str:
-    for pattern in _TASK_PATTERNS:
-        found = pattern.search(text)
-        if found:
-            return found.group(1).strip()
-    return text.strip()

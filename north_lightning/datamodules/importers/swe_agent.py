@@ -31,8 +31,8 @@ import re
 from pathlib import Path
 from typing import Any
 
-from north_lightning.datamodules.importers.base import (Drop, ImportOptions, check_resolved, decode_arguments,
-                                                        require, text_of)
+from north_lightning.datamodules.importers.base import (Drop, ImportOptions, check_resolved, decode_arguments, require,
+                                                        task_text, text_of)
 from north_lightning.formats.harnesses.base import ToolCall
 from north_lightning.formats.records import Observation, Step, Trajectory
 
@@ -133,7 +133,7 @@ def _task_from_history(history: list[dict[str, Any]]) -> str:
     first_user = next((m for m in history if m.get("role") == "user"), None)
     if first_user is None:
         raise Drop("malformed", "no problem statement: no replay_config.problem_statement and no user message")
-    return _task_text(text_of(first_user.get("content")))
+    return task_text(text_of(first_user.get("content")), _TASK_PATTERNS)
 
 
 # -- dataset rows ----------------------------------------------------------------------------------------
@@ -153,7 +153,7 @@ def _from_row(row: dict[str, Any], where: str, options: ImportOptions) -> Trajec
         if role == "system":
             system = text
         elif role == "user" and task is None:
-            task = _task_text(text)
+            task = task_text(text, _TASK_PATTERNS)
         elif role == "user":
             if steps and not steps[-1].observations and steps[-1].calls[0].name != "submit":
                 steps[-1] = Step(steps[-1].thought, steps[-1].calls, (Observation(_clean_output(text)),))
@@ -212,13 +212,6 @@ def _clean_output(text: str) -> str:
     text = _STATE_LINES.sub("", text)
     return "" if text.strip() == _NO_OUTPUT else text
 
-
-def _task_text(text: str) -> str:
-    for pattern in _TASK_PATTERNS:
-        found = pattern.search(text)
-        if found:
-            return found.group(1).strip()
-    return text.strip()
 
 
 def _record_id(base: str, steps: list[Step], *extra: str) -> str:
