@@ -16,6 +16,9 @@ class Completion:
     logprobs: list[float] | None
     text: str
     finish_reason: str  # "stop" (end of turn) | "length" (max_tokens) | engine-specific
+    # The policy version that produced each generated token (same length as `token_ids`), when the engine knows:
+    # with in-flight weight updates one completion can span an export, so a single per-call version would lie.
+    versions: list[int] | None = None
 
 
 @runtime_checkable
