@@ -5,7 +5,7 @@ vLLM 0.32 returns them as `CompletionOutput.routed_experts` ([seq_len, num_moe_l
 wires to Model Runner V2 only (`VLLM_USE_V2_MODEL_RUNNER=1`) and which needs prefix caching and a MoE model.
 This script exports a random tiny North model to an HF directory, starts an in-process `vllm.LLM` with those
 settings on the CPU, generates a few tokens and prints what came back. When indices come back, it compares
-them with our own routing of the same tokens (`NorthForCausalLM.hidden_states(..., return_routing=True)`,
+them with our own routing of the same tokens (`NorthForCausalLM.last_routed_experts()` after a forward,
 our MoE layers in order = vLLM's MoE layers in order) and prints the agreement.
 
 Usage: python scripts/vllm_routed_experts_check.py [--runner v1|v2]   (last line: name=value pairs)
@@ -37,8 +37,8 @@ def our_routing(path: str, token_ids: list[int]) -> torch.Tensor:
 
     model = NorthForCausalLM.from_pretrained(path).eval()
     with torch.no_grad():
-        _, routed = model.hidden_states(torch.tensor([token_ids]), return_routing=True)
-    return torch.stack(routed, dim=1)  # [T, L, K]
+        model.hidden_states(torch.tensor([token_ids]))
+    return torch.stack(model.last_routed_experts(), dim=1)  # [T, L, K]
 
 
 def main() -> None:
