@@ -149,7 +149,8 @@ class NorthForCausalLM(nn.Module):
 
     def last_routed_experts(self) -> list[torch.Tensor]:
         """The experts each MoE layer used in the last forward (own top-k or replayed), one detached [B*S, K]
-        index tensor per MoE layer in layer order: what `routed_experts=` replays."""
+        index tensor per MoE layer in layer order (uint8; int16 above 256 experts): what `routed_experts=`
+        replays."""
         routed = [b.last_expert_idx_TK for b in self.moe_blocks()]
         if any(r is None for r in routed):
             raise RuntimeError("last_routed_experts(): no forward has run yet")

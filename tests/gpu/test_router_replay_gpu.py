@@ -58,7 +58,7 @@ def test_replayed_experts_reach_the_gpu_backend(backend: str) -> None:
     out_gpu = gpu(x_gpu[None], given_TK.to(DEVICE))[0]
     out_gpu.backward(grad_TD.to(DEVICE, dtype))
     assert torch.equal(counts["E"], torch.bincount(given_TK.flatten(), minlength=E))
-    assert torch.equal(gpu.last_expert_idx_TK.cpu(), given_TK)
+    assert torch.equal(gpu.last_expert_idx_TK.cpu().long(), given_TK)
     assert rel_err(out_gpu, out_ref) < 2e-2
     assert rel_err(x_gpu.grad, x_ref.grad) < 2e-2
     assert rel_err(gpu.gate.weight.grad, ref.gate.weight.grad) < 2e-2  # the router's gradient through the gates

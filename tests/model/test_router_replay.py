@@ -50,7 +50,7 @@ def test_replaying_recorded_routing_gives_identical_logits_and_gradients(backend
     model = small_model(backend, norm_topk_prob=norm_topk_prob, router_aux_loss_coef=0.01).train()
     logp, grads = loss_and_grads(model)
     recorded = model.last_routed_experts()
-    assert len(recorded) == 2 and recorded[0].shape == (2 * 12, 4)
+    assert len(recorded) == 2 and recorded[0].shape == (2 * 12, 4) and recorded[0].dtype == torch.uint8
     as_batch_tensor = torch.stack(recorded, dim=1).view(2, 12, 2, 4)  # the packed-batch form [B, S, L, K]
     for routed in (recorded, as_batch_tensor):
         logp_replay, grads_replay = loss_and_grads(model, routed)
@@ -67,7 +67,7 @@ def test_rows_of_minus_one_route_themselves() -> None:
     with torch.no_grad():
         reference = model(inputs)
         recorded = model.last_routed_experts()
-        partial = [r.clone() for r in recorded]
+        partial = [r.long() for r in recorded]
         for r in partial:
             r[::2] = -1  # every other token: no replay
         assert torch.equal(model(inputs, routed_experts=partial), reference)
@@ -91,7 +91,7 @@ def test_replaying_other_experts_routes_exactly_to_them() -> None:
     with torch.no_grad():
         replayed = model(inputs, routed_experts=given)
     assert (replayed - own).abs().max() > 1e-3
-    assert torch.equal(model.last_routed_experts()[0], given[0])
+    assert torch.equal(model.last_routed_experts()[0].long(), given[0])
     assert torch.equal(seen["routing"].counts_E, torch.bincount(given[0].flatten(), minlength=E))
 
     # the block's output is exactly sum_k sigmoid(router logit at the given expert) * SwiGLU_expert(x)
@@ -135,6 +135,7 @@ def test_aux_loss_counts_the_replayed_load() -> None:
     (lambda T: torch.zeros(T - 1, 4, dtype=torch.long), r"MoE layer 2: routed_experts has shape \(23, 4\)"),
     (lambda T: torch.full((T, 4), 16), r"MoE layer 2: .*expert index 16 outside \[0, 16\)"),
     (lambda T: torch.tensor([[0, 1, 2, -1]] * T), r"MoE layer 2: .*expert index -1 outside"),
+    (lambda T: torch.full((T, 4), 255, dtype=torch.uint8), r"MoE layer 2: .*expert index 255 outside"),
     (lambda T: torch.zeros(T, 4), r"MoE layer 2: routed_experts must be an integer tensor"),
     (lambda T: torch.tensor([[0, 1, 1, 2]] * T), r"MoE layer 2: routed_experts names the same expert twice"),
 ])
