@@ -14,8 +14,9 @@ Sharding, so that no group is trained twice or skipped:
 
 Each micro-batch follows the packed-batch contract (input_ids, position_ids, document_ids, targets) plus
 `sampler_logprobs` and `advantages` (aligned with targets), `versions` (oldest policy version of the
-document, -1 on padding), optionally `routed_experts` (below), and `num_tokens`: the trainable tokens of the whole **global** batch (all ranks, all
-micro-batches), which the CISPO loss divides by. `meta` carries the step's statistics for logging.
+document, -1 on padding), and `num_tokens`: the trainable tokens of the whole **global** batch (all ranks, all
+micro-batches), which the CISPO loss divides by; optionally `routed_experts` (below). `meta` carries the step's
+statistics for logging.
 
 Router replay: a rollout may carry `routed_experts`, an integer tensor [n, num_moe_layers, top_k] of the experts
 the sampler's router chose for the first n <= len(tokens) tokens of its document (the engine returns none for

@@ -12,18 +12,17 @@ same sorted order; the block scatters them back with `index_add_`. `megablocks` 
 Router replay (RL, MoE): the block can route with given per-token expert indices (`routed_experts_TK`, e.g. the
 experts the sampler chose when it generated the tokens) instead of its own top-k, so the trainer computes the
 policy that actually produced the samples even where a small numerical difference flips a near-tie in the
-router. Gradient treatment: the *choice* is fixed (indices are data, no gradient), but the gate values are
-still the router's own sigmoid scores, gathered at the given indices (and renormalised when `norm_topk_prob`,
-as in normal routing). So the router gets gradient through the replayed experts' gate weights exactly as it
-would through its own top-k (replaying our own choices gives the same logits and gradients bit for bit); the
-task loss gives it none for experts it would have chosen but the replay did not use. The load-balancing loss uses the
+router. Gradient treatment: the *choice* is fixed (indices are data, no gradient), but the gate values are still
+the router's own sigmoid scores, gathered at the given indices (and renormalised when `norm_topk_prob`, as in
+normal routing). So the router gets gradient through the replayed experts' gate weights exactly as it would
+through its own top-k (replaying our own choices gives the same logits and gradients bit for bit); the task loss
+gives it none for experts it would have chosen but the replay did not use. The load-balancing loss uses the
 routed fraction f of the *replayed* choices (what the experts actually computed) and the router's own scores P
 (all E of them, which carry its gradient), so it still pushes the router toward balance, measured on the
-sampler's routing.
-Replay is per token: a row of -1 (padding, tokens the engine returned no routing for) falls back to the
-router's own top-k. Replay happens before the expert sort, so every backend (torch, grouped, megablocks,
-expert-parallel) consumes it unchanged. `last_expert_idx_TK` records the choice of the last forward (own or
-replayed; uint8, as vLLM returns them) for storing and replaying later.
+sampler's routing. Replay is per token: a row of -1 (padding, tokens the engine returned no routing for) falls
+back to the router's own top-k. Replay happens before the expert sort, so every backend (torch, grouped,
+megablocks, expert-parallel) consumes it unchanged. `last_expert_idx_TK` records the choice of the last forward
+(own or replayed; uint8, as vLLM returns them) for storing and replaying later.
 """
 
 from __future__ import annotations

@@ -156,11 +156,16 @@ class NorthForCausalLM(nn.Module):
             raise RuntimeError("last_routed_experts(): no forward has run yet")
         return routed
 
+    def moe_layer_indices(self) -> list[int]:
+        """Decoder-layer index of each MoE layer (vLLM's `routed_experts` has a row for every decoder layer: take
+        these to get what `routed_experts=` expects)."""
+        return [i for i, layer in enumerate(self.model.layers) if isinstance(layer.mlp, MoEBlock)]
+
     def _routed_experts_per_layer(self, routed: RoutedExperts | None, B: int, S: int) -> dict[int, torch.Tensor]:
         """{decoder layer index: [B*S, K] indices} from either accepted form, checking the layer count."""
         if routed is None:
             return {}
-        moe_layers = [i for i, layer in enumerate(self.model.layers) if isinstance(layer.mlp, MoEBlock)]
+        moe_layers = self.moe_layer_indices()
         if isinstance(routed, torch.Tensor):
             if routed.dim() != 4 or tuple(routed.shape[:3]) != (B, S, len(moe_layers)):
                 raise ValueError(f"routed_experts tensor has shape {tuple(routed.shape)}, expected [{B}, {S}, "

@@ -151,7 +151,8 @@ def test_bad_routed_experts_raise_naming_the_layer(bad, message: str) -> None:
 def test_wrong_number_of_layers_or_batch_shape_is_an_error() -> None:
     model = small_model()
     inputs, _ = batch()
-    with pytest.raises(ValueError, match=r"routed_experts has 1 layers, the model has 2 MoE layers \(decoder layers \[1, 2\]\)"):
+    with pytest.raises(ValueError,
+                       match=r"routed_experts has 1 layers, the model has 2 MoE layers \(decoder layers \[1, 2\]\)"):
         model(inputs, routed_experts=[random_choices(inputs.numel(), 4, 16, seed=3)])
     with pytest.raises(ValueError, match=r"expected \[2, 12, 2, top_k\]"):
         model(inputs, routed_experts=torch.zeros(2, 12, 3, 4, dtype=torch.long))
