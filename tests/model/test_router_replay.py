@@ -156,3 +156,17 @@ def test_wrong_number_of_layers_or_batch_shape_is_an_error() -> None:
         model(inputs, routed_experts=[random_choices(inputs.numel(), 4, 16, seed=3)])
     with pytest.raises(ValueError, match=r"expected \[2, 12, 2, top_k\]"):
         model(inputs, routed_experts=torch.zeros(2, 12, 3, 4, dtype=torch.long))
+
+
+def test_replay_under_activation_checkpointing_matches() -> None:
+    """Each checkpointed layer recomputes its forward in backward: the replayed indices must reach it again."""
+    from north_lightning.model.parallelize import apply_activation_checkpointing
+
+    model = small_model(router_aux_loss_coef=0.0).train()
+    given = [random_choices(24, 4, 16, seed=30 + i) for i in range(2)]
+    logp, grads = loss_and_grads(model, given)
+    apply_activation_checkpointing(model)
+    logp_ckpt, grads_ckpt = loss_and_grads(model, given)
+    assert torch.equal(logp_ckpt, logp)
+    for name, grad in grads.items():
+        assert torch.allclose(grads_ckpt[name], grad, atol=1e-7, rtol=1e-6), name
