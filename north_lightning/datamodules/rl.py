@@ -15,7 +15,14 @@ Sharding, so that no group is trained twice or skipped:
 Each micro-batch follows the packed-batch contract (input_ids, position_ids, document_ids, targets) plus
 `sampler_logprobs` and `advantages` (aligned with targets), `versions` (oldest policy version of the
 document, -1 on padding), and `num_tokens`: the trainable tokens of the whole **global** batch (all ranks, all
-micro-batches), which the CISPO loss divides by. `meta` carries the step's statistics for logging.
+micro-batches), which the CISPO loss divides by; optionally `routed_experts` (below). `meta` carries the step's
+statistics for logging.
+
+Router replay: a rollout may carry `routed_experts`, an integer tensor [n, num_moe_layers, top_k] of the experts
+the sampler's router chose for the first n <= len(tokens) tokens of its document (the engine returns none for
+the last token, which it never fed back). When any rollout of a micro-batch has one, the micro-batch gets
+`routed_experts` [B, S, num_moe_layers, top_k] (int16), -1 wherever none was recorded (padding, rollouts
+without it, the tail): the model routes those tokens itself (`model/moe.py`).
 
 Lazy reads (the default in `RLDataModule`): Lightning's fetcher asks for batch k+1 before it trains batch k,
 but a synchronous schedule cannot have produced batch k+1 yet. So the stream yields small descriptors and
@@ -90,6 +97,10 @@ def pack_rollouts(docs: list[tuple[dict[str, Any], float]], row_tokens: int, pad
         "advantages": torch.zeros((B, S), dtype=torch.float32),
         "versions": torch.full((B, S), -1, dtype=torch.long),
     }
+    routed_shape = next((tuple(torch.as_tensor(r["routed_experts"]).shape[1:]) for row in rows for r, _ in row
+                         if r.get("routed_experts") is not None), None)
+    if routed_shape is not None:
+        out["routed_experts"] = torch.full((B, S, *routed_shape), -1, dtype=torch.int16)
     for b, row in enumerate(rows):
         pos = 0
         for d, (rollout, adv) in enumerate(row):
@@ -105,11 +116,23 @@ def pack_rollouts(docs: list[tuple[dict[str, Any], float]], row_tokens: int, pad
             out["sampler_logprobs"][b, sl] = torch.where(learn, torch.tensor(lps[1:] + [0.0]), 0.0)
             out["advantages"][b, sl] = torch.where(learn, torch.tensor(adv), torch.tensor(0.0))
             out["versions"][b, sl] = min(rollout.get("versions") or [-1])
+            if routed_shape is not None and rollout.get("routed_experts") is not None:
+                place_routed_experts(out["routed_experts"][b, sl], rollout)
             pos += n
         if pos < S:
             out["document_ids"][b, pos:] = len(row)  # padding is its own document
             out["position_ids"][b, pos:] = torch.arange(S - pos)
     return out
+
+
+def place_routed_experts(dest_nLK: torch.Tensor, rollout: dict[str, Any]) -> None:
+    """Copy a rollout's recorded experts [m, L, K] (m <= n) into its document's slice [n, L, K] of the batch."""
+    routed = torch.as_tensor(rollout["routed_experts"])
+    if routed.dim() != 3 or routed.shape[1:] != dest_nLK.shape[1:] or routed.shape[0] > dest_nLK.shape[0]:
+        raise ValueError(f"rollout of task {rollout.get('task_id')!r}: routed_experts has shape "
+                         f"{tuple(routed.shape)}, expected [<= {dest_nLK.shape[0]} tokens, "
+                         f"{dest_nLK.shape[1]} MoE layers, {dest_nLK.shape[2]} top_k] like the batch's other rollouts")
+    dest_nLK[:routed.shape[0]] = routed.to(dest_nLK.dtype)
 
 
 def global_batch_stats(batch: dict[str, Any], invalid_reasons: tuple[str, ...]) -> dict[str, float]:

@@ -8,6 +8,21 @@ checkpoint mapping to HF/vLLM is the same whichever backend trains.
 
 Experts backends take tokens sorted by expert (`ExpertRouting`) and return the weighted per-slot outputs in the
 same sorted order; the block scatters them back with `index_add_`. `megablocks` is imported only when asked for.
+
+Router replay (RL, MoE): the block can route with given per-token expert indices (`routed_experts_TK`, e.g. the
+experts the sampler chose when it generated the tokens) instead of its own top-k, so the trainer computes the
+policy that actually produced the samples even where a small numerical difference flips a near-tie in the
+router. Gradient treatment: the *choice* is fixed (indices are data, no gradient), but the gate values are still
+the router's own sigmoid scores, gathered at the given indices (and renormalised when `norm_topk_prob`, as in
+normal routing). So the router gets gradient through the replayed experts' gate weights exactly as it would
+through its own top-k (replaying our own choices gives the same logits and gradients bit for bit); the task loss
+gives it none for experts it would have chosen but the replay did not use. The load-balancing loss uses the
+routed fraction f of the *replayed* choices (what the experts actually computed) and the router's own scores P
+(all E of them, which carry its gradient), so it still pushes the router toward balance, measured on the
+sampler's routing. Replay is per token: a row of -1 (padding, tokens the engine returned no routing for) falls
+back to the router's own top-k. Replay happens before the expert sort, so every backend (torch, grouped,
+megablocks, expert-parallel) consumes it unchanged. `last_expert_idx_TK` records the choice of the last forward
+(own or replayed; uint8, as vLLM returns them) for storing and replaying later.
 """
 
 from __future__ import annotations
@@ -89,9 +104,17 @@ class TopKRouter(nn.Module):
         self.top_k = config.num_experts_per_tok
         self.norm_topk_prob = config.norm_topk_prob
 
-    def forward(self, x_TD: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(self, x_TD: torch.Tensor, routed_experts_TK: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Router logits [T, E], chosen experts [T, K] and their gate weights [T, K]. With `routed_experts_TK`
+        (validated by `check_routed_experts`; rows of -1 route themselves) the choice is the given one and the
+        weights are the sigmoid of this router's logits at those experts (see the module docstring)."""
         logits_TE = F.linear(x_TD, self.weight)
         top_logits_TK, expert_idx_TK = torch.topk(logits_TE, self.top_k, dim=-1)
+        if routed_experts_TK is not None:
+            replay_T1 = (routed_experts_TK >= 0).all(-1, keepdim=True)
+            expert_idx_TK = torch.where(replay_T1, routed_experts_TK.to(expert_idx_TK.dtype), expert_idx_TK)
+            top_logits_TK = logits_TE.gather(-1, expert_idx_TK)
         weight_TK = torch.sigmoid(top_logits_TK.float())
         if self.norm_topk_prob:
             weight_TK = weight_TK / weight_TK.sum(-1, keepdim=True)
@@ -102,18 +125,28 @@ class MoEBlock(nn.Module):
     """Router + experts. After each forward, `aux_loss` (coefficient applied) and `expert_load_E` (fraction of
     routed slots per expert, detached) describe that forward for logging and the load-balancing loss."""
 
-    def __init__(self, config: NorthConfig) -> None:
+    def __init__(self, config: NorthConfig, layer: int | None = None) -> None:
         super().__init__()
-        self.num_experts = config.num_experts
+        self.layer = layer  # decoder layer index, for error messages
+        self.num_experts, self.top_k = config.num_experts, config.num_experts_per_tok
         self.aux_loss_coef = config.router_aux_loss_coef
         self.gate = TopKRouter(config)
         self.experts = load_backend(EXPERTS_BACKENDS, config.experts_backend, "experts")(config)
         self.aux_loss: torch.Tensor | None = None
         self.expert_load_E: torch.Tensor | None = None
+        # the experts of the last forward (own or replayed), compact as vLLM returns them: 1-2 bytes per entry
+        # (int64 would hold ~0.4 GB at 128K tokens x 47 layers x top-8 between forwards)
+        self.record_dtype = torch.uint8 if config.num_experts <= 256 else torch.int16
+        self.last_expert_idx_TK: torch.Tensor | None = None
 
-    def forward(self, x_BSD: torch.Tensor) -> torch.Tensor:
+    def forward(self, x_BSD: torch.Tensor, routed_experts_TK: torch.Tensor | None = None) -> torch.Tensor:
+        """`routed_experts_TK`: optional [T, K] (or [B, S, K]) expert indices to replay (module docstring)."""
         x_TD = x_BSD.reshape(-1, x_BSD.shape[-1])
-        logits_TE, expert_idx_TK, weight_TK = self.gate(x_TD)
+        if routed_experts_TK is not None:
+            routed_experts_TK = check_routed_experts(routed_experts_TK, x_TD.shape[0], self.top_k,
+                                                     self.num_experts, f"MoE layer {self.layer}")
+        logits_TE, expert_idx_TK, weight_TK = self.gate(x_TD, routed_experts_TK)
+        self.last_expert_idx_TK = expert_idx_TK.detach().to(self.record_dtype)
         routing = sort_by_expert(expert_idx_TK, weight_TK, self.num_experts)
         self._record_stats(logits_TE, routing.counts_E)
         out_ND = self.experts(x_TD[routing.token_idx_N], routing)
@@ -132,6 +165,34 @@ class MoEBlock(nn.Module):
             self.aux_loss = self.aux_loss_coef * self.num_experts * (load_E * prob_E).sum()
         else:
             self.aux_loss = None
+
+
+def check_routed_experts(routed_TK: torch.Tensor, num_tokens: int, top_k: int, num_experts: int,
+                         where: str) -> torch.Tensor:
+    """`routed_TK` as a [T, K] int64 tensor, or a ValueError naming `where` (the layer): shape, dtype, range
+    [0, E) (a row of -1 = no replay for that token) and no expert twice for one token. The checks read the
+    values (one device sync per layer): a bad index would otherwise fail far away, inside a kernel, or silently
+    route a token twice through one expert."""
+    if not isinstance(routed_TK, torch.Tensor) or routed_TK.is_floating_point() or routed_TK.is_complex() \
+            or routed_TK.dtype == torch.bool:
+        raise ValueError(f"{where}: routed_experts must be an integer tensor, got "
+                         f"{getattr(routed_TK, 'dtype', type(routed_TK).__name__)}")
+    if routed_TK.shape[-1:] != (top_k,) or routed_TK.numel() != num_tokens * top_k:
+        raise ValueError(f"{where}: routed_experts has shape {tuple(routed_TK.shape)}, expected [{num_tokens}, "
+                         f"{top_k}] (tokens x top_k) or a [batch, seq, {top_k}] view of it")
+    routed_TK = routed_TK.reshape(num_tokens, top_k).long()  # signed: a uint8 255 is not a -1
+    if routed_TK.numel() == 0:
+        return routed_TK
+    own_T1 = (routed_TK == -1).all(-1, keepdim=True)
+    out_of_range_TK = ((routed_TK < 0) | (routed_TK >= num_experts)) & ~own_T1
+    sorted_TK = routed_TK.sort(-1).values
+    repeated_T = (sorted_TK[:, 1:] == sorted_TK[:, :-1]).any(-1) & ~own_T1[:, 0]
+    if not bool(out_of_range_TK.any() | repeated_T.any()):  # the one sync of the happy path
+        return routed_TK
+    if bool(out_of_range_TK.any()):
+        raise ValueError(f"{where}: routed_experts holds expert index {int(routed_TK[out_of_range_TK][0])} outside "
+                         f"[0, {num_experts}) (a token that should route itself needs a whole row of -1)")
+    raise ValueError(f"{where}: routed_experts names the same expert twice for token {int(repeated_T.nonzero()[0])}")
 
 
 def sort_by_expert(expert_idx_TK: torch.Tensor, weight_TK: torch.Tensor, num_experts: int) -> ExpertRouting:

@@ -10,6 +10,7 @@ state-dict adapter in hf.py only has to split/fuse the experts.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,9 @@ from north_lightning.model.config import NorthConfig
 from north_lightning.model.head import chunked_token_logprobs
 from north_lightning.model.moe import DenseMLP, MoEBlock
 from north_lightning.model.rope import apply_rope, rope_cos_sin
+
+# Expert choices to replay: one [B*S, K] index tensor per MoE layer, or one [B, S, num_moe_layers, K] tensor.
+RoutedExperts = Sequence[torch.Tensor] | torch.Tensor
 
 
 class RMSNorm(nn.Module):
@@ -65,11 +69,13 @@ class DecoderLayer(nn.Module):
         super().__init__()
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.self_attn = Attention(config, layer)
-        self.mlp = DenseMLP(config) if config.is_dense(layer) else MoEBlock(config)
+        self.mlp = DenseMLP(config) if config.is_dense(layer) else MoEBlock(config, layer)
 
-    def forward(self, x_BSD: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], layout: SequenceLayout) -> torch.Tensor:
+    def forward(self, x_BSD: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], layout: SequenceLayout,
+                routed_experts_TK: torch.Tensor | None = None) -> torch.Tensor:
         h_BSD = self.input_layernorm(x_BSD)
-        return x_BSD + self.self_attn(h_BSD, rope, layout) + self.mlp(h_BSD)
+        mlp_BSD = self.mlp(h_BSD) if routed_experts_TK is None else self.mlp(h_BSD, routed_experts_TK)
+        return x_BSD + self.self_attn(h_BSD, rope, layout) + mlp_BSD
 
 
 class NorthModel(nn.Module):
@@ -107,34 +113,70 @@ class NorthForCausalLM(nn.Module):
         return self.model.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
 
     def hidden_states(self, input_ids_BS: torch.Tensor, position_ids: torch.Tensor | None = None,
-                      document_ids: torch.Tensor | None = None) -> torch.Tensor:
+                      document_ids: torch.Tensor | None = None,
+                      routed_experts: RoutedExperts | None = None) -> torch.Tensor:
         """Final-norm hidden states [B, S, D]. Packed rows: `document_ids` keeps documents apart; positions
-        default to restarting at 0 at each document start."""
+        default to restarting at 0 at each document start. `routed_experts` replays given expert choices (one
+        [B*S, K] index tensor per MoE layer, or a [B, S, num_moe_layers, K] tensor; see `moe.py`); after any
+        forward, `last_routed_experts()` returns the choices made."""
         B, S = input_ids_BS.shape
         if position_ids is None:
             position_ids = positions_from_documents(document_ids) if document_ids is not None else \
                 torch.arange(S, device=input_ids_BS.device).expand(B, S)
         layout = SequenceLayout(B, S, document_ids)
         rope = rope_cos_sin(position_ids, self.config.head_dim, self.config.rope_theta)
+        replay = self._routed_experts_per_layer(routed_experts, B, S)
         x_BSD = self.model.embed_tokens(input_ids_BS)
-        for layer in self.model.layers:
-            x_BSD = layer(x_BSD, rope, layout)
+        for i, layer in enumerate(self.model.layers):
+            x_BSD = layer(x_BSD, rope, layout) if i not in replay else layer(x_BSD, rope, layout, replay[i])
         return self.model.norm(x_BSD)
 
     def forward(self, input_ids_BS: torch.Tensor, position_ids: torch.Tensor | None = None,
-                document_ids: torch.Tensor | None = None) -> torch.Tensor:
-        h_BSD = self.hidden_states(input_ids_BS, position_ids, document_ids)
+                document_ids: torch.Tensor | None = None, routed_experts: RoutedExperts | None = None) -> torch.Tensor:
+        h_BSD = self.hidden_states(input_ids_BS, position_ids, document_ids, routed_experts)
         return nn.functional.linear(h_BSD, self.output_weight()) * self.config.logit_scale
 
     def token_logprobs(self, input_ids_BS: torch.Tensor, targets_BS: torch.Tensor, position_ids: torch.Tensor | None = None,
-                       document_ids: torch.Tensor | None = None, with_entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+                       document_ids: torch.Tensor | None = None, with_entropy: bool = False,
+                       routed_experts: RoutedExperts | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """float32 log p(target) [B, S] (0 where target is -100) and optionally the entropy [B, S]."""
-        h_BSD = self.hidden_states(input_ids_BS, position_ids, document_ids)
+        h_BSD = self.hidden_states(input_ids_BS, position_ids, document_ids, routed_experts)
         return chunked_token_logprobs(h_BSD, self.output_weight(), targets_BS, scale=self.config.logit_scale,
                                       chunk_size=self.config.head_chunk_size, with_entropy=with_entropy)
 
     def moe_blocks(self) -> list[MoEBlock]:
         return [layer.mlp for layer in self.model.layers if isinstance(layer.mlp, MoEBlock)]
+
+    def last_routed_experts(self) -> list[torch.Tensor]:
+        """The experts each MoE layer used in the last forward (own top-k or replayed), one detached [B*S, K]
+        index tensor per MoE layer in layer order (uint8; int16 above 256 experts): what `routed_experts=`
+        replays."""
+        routed = [b.last_expert_idx_TK for b in self.moe_blocks()]
+        if any(r is None for r in routed):
+            raise RuntimeError("last_routed_experts(): no forward has run yet")
+        return routed
+
+    def moe_layer_indices(self) -> list[int]:
+        """Decoder-layer index of each MoE layer (vLLM's `routed_experts` has a row for every decoder layer: take
+        these to get what `routed_experts=` expects)."""
+        return [i for i, layer in enumerate(self.model.layers) if isinstance(layer.mlp, MoEBlock)]
+
+    def _routed_experts_per_layer(self, routed: RoutedExperts | None, B: int, S: int) -> dict[int, torch.Tensor]:
+        """{decoder layer index: [B*S, K] indices} from either accepted form, checking the layer count."""
+        if routed is None:
+            return {}
+        moe_layers = self.moe_layer_indices()
+        if isinstance(routed, torch.Tensor):
+            if routed.dim() != 4 or tuple(routed.shape[:3]) != (B, S, len(moe_layers)):
+                raise ValueError(f"routed_experts tensor has shape {tuple(routed.shape)}, expected [{B}, {S}, "
+                                 f"{len(moe_layers)}, top_k] (batch, seq, MoE layers, top_k)")
+            per_layer = [r.reshape(B * S, -1) for r in routed.unbind(2)]
+        else:
+            per_layer = list(routed)
+        if len(per_layer) != len(moe_layers):
+            raise ValueError(f"routed_experts has {len(per_layer)} layers, the model has {len(moe_layers)} MoE "
+                             f"layers (decoder layers {moe_layers})")
+        return dict(zip(moe_layers, per_layer))
 
     def moe_aux_loss(self) -> torch.Tensor:
         """Sum over MoE layers of the last forward's load-balancing loss (coefficient applied; 0 if disabled or

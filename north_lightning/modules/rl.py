@@ -51,13 +51,15 @@ class RLModule(SFTModule):
         moe_aux_loss: add the router's load-balancing loss (coefficient in the model config).
         max_logprob_diff: leave tokens with |log pi_theta - log pi_sampler| above this out of the loss (off by
             default; counted as `rl/masked_frac`).
+        router_replay: route every token through the experts the sampler chose (the batch's `routed_experts`,
+            see `model/moe.py` for the gradient treatment); a batch without them is an error. Off by default.
     """
 
     def __init__(self, model: str | dict[str, Any] = "tiny", init_from: str | None = None,
                  config_overrides: dict[str, Any] | None = None, lr: float = 1e-5, weight_decay: float = 0.0,
                  betas: tuple[float, float] = (0.9, 0.99), eps: float = 1e-8, warmup_steps: int = 0,
                  min_lr_ratio: float = 1.0, eps_low: float = 1.0, eps_high: float = 4.0,
-                 moe_aux_loss: bool = True, max_logprob_diff: float | None = None) -> None:
+                 moe_aux_loss: bool = True, max_logprob_diff: float | None = None, router_replay: bool = False) -> None:
         super().__init__(model=model, init_from=init_from, config_overrides=config_overrides, lr=lr,
                          weight_decay=weight_decay, betas=betas, eps=eps, warmup_steps=max(warmup_steps, 1),
                          min_lr_ratio=min_lr_ratio)
@@ -70,7 +72,8 @@ class RLModule(SFTModule):
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         targets_BS = batch["targets"]
         logp_BS, ent_BS = self.model.token_logprobs(batch["input_ids"], targets_BS, position_ids=batch["position_ids"],
-                                                    document_ids=batch["document_ids"], with_entropy=True)
+                                                    document_ids=batch["document_ids"], with_entropy=True,
+                                                    routed_experts=self._routed_experts(batch))
         mask_BS = targets_BS != IGNORE_INDEX
         loss, m = cispo_loss(logp_BS, batch["sampler_logprobs"], batch["advantages"], mask_BS, batch["num_tokens"],
                              eps_low=self.cispo.eps_low, eps_high=self.cispo.eps_high, entropy_BS=ent_BS,
@@ -92,6 +95,14 @@ class RLModule(SFTModule):
         self.log_sparse({key: float(value) for key, value in (meta.get("stats") or {}).items()})
         self.log("rl/policy_version", float(self.policy_version), batch_size=B)
         return total
+
+    def _routed_experts(self, batch: dict[str, Any]) -> torch.Tensor | None:
+        if not self.hparams.router_replay:
+            return None
+        if batch.get("routed_experts") is None:
+            raise ValueError("model.router_replay=true but the rollout batch carries no routed_experts: the engine "
+                             "must return the sampler's routing (vLLM enable_return_routed_experts, Model Runner V2)")
+        return batch["routed_experts"]
 
     def _log_mismatch(self, batch: dict[str, Any], logp_BS: torch.Tensor, mask_BS: torch.Tensor) -> None:
         if self._trainer is None or self.mismatch_logged_version >= self.policy_version:

@@ -8,6 +8,10 @@ A batch is plain data (dicts with str keys, lists, numbers, strings, None). It i
 write access to the run directory is not code execution in the trainer: the numeric lists (token ids,
 logprobs, ...) become safetensors tensors and the rest is JSON in the safetensors header, each list replaced by
 `{"__tensor__": name}`. Reading gives back the same plain data (lists of Python ints/floats).
+
+One exception for bulk integer data: an integer `torch.Tensor` value (e.g. a rollout's `routed_experts`, [tokens, MoE
+layers, top_k] expert indices for router replay, millions of entries at scale) is stored as that tensor, keeping
+its compact dtype, marked `{"__array__": name}`, and read back as a tensor rather than a list.
 """
 
 from __future__ import annotations
@@ -25,6 +29,8 @@ from safetensors.torch import save_file
 
 SPOOL_FORMAT = "north_lightning.spool/1"
 _TENSOR_KEY = "__tensor__"
+_ARRAY_KEY = "__array__"  # an integer tensor value, read back as a tensor
+_ARRAY_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
 _INT64 = (-(2 ** 63), 2 ** 63 - 1)
 
 
@@ -50,6 +56,10 @@ def _encode(value: Any, tensors: dict[str, torch.Tensor]) -> Any:
         return {_TENSOR_KEY: name}
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
+    if isinstance(value, torch.Tensor) and value.dtype in _ARRAY_DTYPES:
+        name = f"t{len(tensors)}"
+        tensors[name] = value.detach().cpu().contiguous()
+        return {_ARRAY_KEY: name}
     raise TypeError(f"spool batches hold plain data only, got {type(value).__name__}")
 
 
@@ -57,6 +67,8 @@ def _decode(value: Any, tensors: dict[str, torch.Tensor]) -> Any:
     if isinstance(value, dict):
         if set(value) == {_TENSOR_KEY}:
             return tensors[value[_TENSOR_KEY]].tolist()
+        if set(value) == {_ARRAY_KEY}:
+            return tensors[value[_ARRAY_KEY]]
         return {k: _decode(v, tensors) for k, v in value.items()}
     if isinstance(value, list):
         return [_decode(v, tensors) for v in value]

@@ -51,3 +51,14 @@ def test_a_planted_pickle_is_refused_not_run(tmp_path):
         spool.get(0, timeout=1)
     assert not marker.exists(), "reading the spool ran code from the batch file"
     assert str(spool.path(0)) in str(err.value)
+
+
+def test_integer_tensors_round_trip_as_tensors_in_their_dtype(tmp_path):
+    """Bulk per-token data (router replay's [tokens, layers, top_k] expert indices) stays a compact tensor."""
+    routed = torch.randint(0, 128, (5, 3, 8), dtype=torch.uint8)
+    batch = _batch()
+    batch["groups"][0]["rollouts"][0]["routed_experts"] = routed
+    spool = RolloutSpool(tmp_path)
+    spool.put(0, batch)
+    got = spool.get(0, timeout=1)["groups"][0]["rollouts"][0]["routed_experts"]
+    assert isinstance(got, torch.Tensor) and got.dtype == torch.uint8 and torch.equal(got, routed)
