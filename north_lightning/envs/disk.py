@@ -8,8 +8,11 @@ outside their work directory. Overlay2 keeps a container's writable layer (`Grap
 the container starts. Between create and start we mount a fresh ext4 file system over that directory (holding a
 copy of what the engine put there), so every write anywhere in the container — workdir, `/`, `/var`, `/opt`,
 `/tmp`, home — lands on it: past `size_mb` it is ENOSPC inside the container, and the host pays at most
-`size_mb`. ext4's reserved blocks (5 %, usable by uid 0 only) leave the grader, which runs as root (and the
-engine's `put_archive`), room to copy the tests in and write the reward after a non-root agent filled its disk.
+`size_mb`. Overlayfs writes to its upper layer with the mounter's (root's) credentials, so ext4's root-only
+reserved blocks would not hold anything back from the agent; instead a `GRADER_RESERVE` file outside the
+container's view holds 1/8 of the bound (at most 64 MB, allocated but never written: the host does not pay for it)
+until `release_reserve()`, which the grader calls before copying its tests in, so an agent that filled its disk
+is graded (and scored 0 by its tests) rather than ending the episode as an infrastructure failure.
 
 Cost: the image is a sparse O_TMPFILE file (it never has a name, so nothing is left on disk even after a SIGKILL),
 formatted without a journal and with lazy inode tables that are never zeroed (`noinit_itable`): tens of
@@ -36,8 +39,9 @@ DEFAULT_DISK_MB = 4096
 DISK_MB_ENV = "NORTH_SANDBOX_DISK_MB"
 DISK_DIR_ENV = "NORTH_SANDBOX_DISK_DIR"  # where the (nameless) image files live: a disk of the engine's host
 DEFAULT_DISK_DIR = "/var/tmp/north_lightning/disks"
-_MKFS_OPTIONS = ("-q", "-F", "-O", "^has_journal", "-E", "lazy_itable_init=1,lazy_journal_init=1,nodiscard")
+_MKFS_OPTIONS = ("-q", "-F", "-m", "0", "-O", "^has_journal", "-E", "lazy_itable_init=1,lazy_journal_init=1,nodiscard")
 _MOUNT_OPTIONS = "loop,nosuid,nodev,noinit_itable"
+GRADER_RESERVE = "north_grader_reserve"  # beside the layer's diff/ and work/, outside the container's view
 
 
 def default_disk_mb() -> int:
@@ -100,6 +104,16 @@ class LayerDisk:
         finally:
             os.close(fd)  # the loop device holds the file from here on
         self.layer = layer
+        reserve = os.open(layer / GRADER_RESERVE, os.O_CREAT | os.O_WRONLY, 0o600)
+        try:
+            os.posix_fallocate(reserve, 0, min(64, self.size_mb // 8) * 2**20)
+        finally:
+            os.close(reserve)
+
+    def release_reserve(self) -> None:
+        """Give the grader's share back to the file system (before the grader writes); idempotent."""
+        if self.layer is not None:
+            (self.layer / GRADER_RESERVE).unlink(missing_ok=True)
 
     def check(self, attrs: dict[str, Any]) -> None:
         """After start: the container's root is the overlay whose upper layer is our file system (not the case

@@ -271,6 +271,11 @@ class DockerSandbox:
             time.sleep(0.1)
         return True
 
+    def release_disk_reserve(self) -> None:
+        """Free the disk bound's grader reserve (envs/disk.py), so the grader can write into a full disk."""
+        if self._disk is not None:
+            self._disk.release_reserve()
+
     # commands
     @_on_engine
     def exec(self, cmd: str | list[str], timeout: float | None = None, *, user: str | None = None,

@@ -17,6 +17,7 @@ import docker
 
 from north_lightning.envs.disk import default_disk_mb
 from north_lightning.envs.docker_host import SandboxError
+from north_lightning.envs.tasks import AGENT_USER
 
 # Each kept capability, and why root steps in the container need it:
 CAPABILITY_REASONS = {
@@ -26,7 +27,6 @@ CAPABILITY_REASONS = {
     "KILL": "root steps end processes the agent left running under its own uid (test harness clean-up)",
 }
 KEPT_CAPABILITIES = tuple(CAPABILITY_REASONS)
-AGENT_USER = "agent"  # the base image's non-root account (uid 1000); task images get one if they lack it
 
 
 class HostDiskLow(SandboxError):

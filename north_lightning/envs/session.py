@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import logging
 import shlex
+import tempfile
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -101,6 +102,8 @@ def resolve_task_image(task: Task, builder: ImageBuilder | None = None,
             if key in _IMAGES:
                 return _IMAGES[key]
         result = resolver.resolve(task.image if isinstance(task, SWETask) else None, task_recipe(task))
+        if result.source != "built":  # a registry's image: add our agent account and its ownership of the repo
+            result = agent_layer(resolver, result, task)
         log.info("task %s: image %s (%s, digest %s, %d pull attempt(s), %.1f s)", task.task_id, result.tag,
                  result.source, result.digest, result.attempts, result.seconds)
         if not isinstance(task, SWETask) and task.workdir is None:  # the Dockerfile's WORKDIR, as Harbor runs there
@@ -108,6 +111,16 @@ def resolve_task_image(task: Task, builder: ImageBuilder | None = None,
         with _IMAGES_LOCK:
             _IMAGES[key] = result
     return result
+
+
+def agent_layer(resolver: ImageResolver, image: ResolvedImage, task: Task) -> ResolvedImage:
+    """`image` plus `AGENT_LAYER` (envs/images.py), with the task's workdir owned by the agent; built once per
+    image id (its id is in the Dockerfile text, so a moved tag gets a new layer)."""
+    image_id = resolver.client.images.get(image.tag).id
+    text = f"FROM {image.tag}\n# {image_id}\nWORKDIR {task.workdir}\n"
+    with tempfile.TemporaryDirectory(prefix="north_agent_layer_") as context:
+        tag = resolver.builder.build(context, name=f"{task.task_id}-agent", dockerfile_text=text)
+    return replace(image, tag=tag)
 
 
 def task_image(task: Task, builder: ImageBuilder | None = None, resolver: ImageResolver | None = None) -> str:
@@ -119,7 +132,8 @@ def sandbox_config(task: Task, image: str, **overrides: Any) -> SandboxConfig:
     """The task's limits as a sandbox config (keyword overrides win, e.g. command_timeout_sec=10)."""
     fields = dict(image=image, cpus=task.cpus, memory_mb=task.memory_mb, allow_internet=task.allow_internet,
                   user=task.user, workdir=task.workdir, episode_timeout_sec=task.agent_timeout_sec,
-                  labels={"north_lightning.task": task.task_id[:60]})
+                  labels={"north_lightning.task": task.task_id[:60]},
+                  **({"disk_mb": task.disk_mb} if task.disk_mb is not None else {}))
     fields.update(overrides)
     return SandboxConfig(**fields)
 
