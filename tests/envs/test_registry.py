@@ -22,6 +22,7 @@ import pytest
 from helpers import require
 from north_lightning.envs.images import ImageBuildError
 from north_lightning.envs.registry import ImagePrefetcher, ImageRecipe, ImageResolver, ImageUnavailable, PullRetry
+from north_lightning.envs.sandbox import DockerSandbox, SandboxConfig
 from north_lightning.envs.session import TaskSession, image_key, resolve_task_image
 from north_lightning.envs.tasks import BUNDLED_DIR, load_swe_jsonl, repo_commit
 
@@ -325,7 +326,10 @@ def test_configured_process_resolver_records_what_episodes_resolve(client, pushe
     task = _swe_task(tmp_path, reference, with_recipe=False)
     configure_image_resolver(retry=FAST, record_path=tmp_path / "run" / "images.json")  # as the RL sidecar does
     try:
-        assert task_image(task) == reference
+        tag = task_image(task)  # the registry's image plus our agent layer (a non-root agent owns /testbed)
+        assert tag != reference and tag.startswith("north-lightning/task:")
+        with DockerSandbox(SandboxConfig(image=tag, workdir="/testbed")) as box:
+            assert box.exec("id -un && stat -c %U /testbed").output == "agent\nagent\n"
     finally:
         configure_image_resolver()
     entry = json.loads((tmp_path / "run" / "images.json").read_text())[reference]
