@@ -13,7 +13,7 @@ import logging
 import shlex
 import tempfile
 import threading
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 
 _IMAGES: dict[tuple[str, str], ResolvedImage] = {}
 _IMAGES_LOCK = threading.Lock()
+_AGENT_LAYERS: dict[tuple[str, str], str] = {}  # (image id, workdir) -> tag with the agent layer
 _KEY_LOCKS: dict[tuple[str, str], threading.Lock] = {}
 _BUILDER: ImageBuilder | None = None
 _RESOLVER: ImageResolver | None = None
@@ -102,8 +103,6 @@ def resolve_task_image(task: Task, builder: ImageBuilder | None = None,
             if key in _IMAGES:
                 return _IMAGES[key]
         result = resolver.resolve(task.image if isinstance(task, SWETask) else None, task_recipe(task))
-        if result.source != "built":  # a registry's image: add our agent account and its ownership of the repo
-            result = agent_layer(resolver, result, task)
         log.info("task %s: image %s (%s, digest %s, %d pull attempt(s), %.1f s)", task.task_id, result.tag,
                  result.source, result.digest, result.attempts, result.seconds)
         if not isinstance(task, SWETask) and task.workdir is None:  # the Dockerfile's WORKDIR, as Harbor runs there
@@ -113,19 +112,30 @@ def resolve_task_image(task: Task, builder: ImageBuilder | None = None,
     return result
 
 
-def agent_layer(resolver: ImageResolver, image: ResolvedImage, task: Task) -> ResolvedImage:
-    """`image` plus `AGENT_LAYER` (envs/images.py), with the task's workdir owned by the agent; built once per
-    image id (its id is in the Dockerfile text, so a moved tag gets a new layer)."""
-    image_id = resolver.client.images.get(image.tag).id
-    text = f"FROM {image.tag}\n# {image_id}\nWORKDIR {task.workdir}\n"
+def agent_layer(image: str, workdir: str, builder: ImageBuilder, name: str = "task") -> str:
+    """`image` plus `AGENT_LAYER` (envs/images.py): the non-root agent account, `workdir` owned by it. Built
+    once per image id (the id is in the Dockerfile text, so a moved tag gets a new layer) and memoised."""
+    image_id = builder.client.images.get(image).id
+    key = (image_id, workdir)
+    with _IMAGES_LOCK:
+        if key in _AGENT_LAYERS:
+            return _AGENT_LAYERS[key]
+    text = f"FROM {image}\n# {image_id}\nWORKDIR {workdir}\n"
     with tempfile.TemporaryDirectory(prefix="north_agent_layer_") as context:
-        tag = resolver.builder.build(context, name=f"{task.task_id}-agent", dockerfile_text=text)
-    return replace(image, tag=tag)
+        tag = builder.build(context, name=f"{name}-agent", dockerfile_text=text)
+    with _IMAGES_LOCK:
+        _AGENT_LAYERS[key] = tag
+    return tag
 
 
 def task_image(task: Task, builder: ImageBuilder | None = None, resolver: ImageResolver | None = None) -> str:
-    """The tag of the task's image (see `resolve_task_image`)."""
-    return resolve_task_image(task, builder, resolver).tag
+    """The tag the task's sandbox runs: its resolved image (see `resolve_task_image`), plus, for a registry's
+    image (which our builds did not make), the agent layer that gives the non-root agent its work directory."""
+    result = resolve_task_image(task, builder, resolver)
+    if result.source == "built":
+        return result.tag
+    builder = builder or (resolver.builder if resolver is not None else image_resolver().builder)
+    return agent_layer(result.tag, task.workdir or "/", builder, task.task_id)
 
 
 def sandbox_config(task: Task, image: str, **overrides: Any) -> SandboxConfig:

@@ -111,3 +111,30 @@ def test_a_low_host_disk_is_an_infrastructure_failure(base_image):
         box.config.min_host_free_mb = floor  # the disk fills while the episode runs
         with pytest.raises(SandboxError, match="MB floor"):
             box.exec("echo more")
+
+
+def test_a_registry_image_without_an_agent_account_gets_one_owning_the_repo(base_image, tmp_path):
+    """SWE-bench-family images come from a registry with the repository owned by root and no `agent`: the
+    sandbox runs them with the agent layer on top (built once per image id)."""
+    import io
+    import uuid
+
+    from north_lightning.envs.session import task_image
+    from north_lightning.envs.tasks import SWETask
+
+    client = docker_client()
+    reference = f"nltest-{uuid.uuid4().hex[:8]}/swe-like:1"
+    dockerfile = (f"FROM {base_image}\nRUN userdel -r agent && mkdir /testbed && echo x > /testbed/f\n"
+                  "WORKDIR /testbed\n").encode()
+    client.images.build(fileobj=io.BytesIO(dockerfile), tag=reference, network_mode="none", rm=True)
+    task = SWETask(instance_id=f"swe-like-{reference}", repo="x/y", base_commit="0" * 40, patch="", test_patch="",
+                   problem_statement="p", fail_to_pass=["t::a"], pass_to_pass=[], image=reference)
+    tag = reference
+    try:
+        tag = task_image(task)
+        assert tag != reference
+        with DockerSandbox(SandboxConfig(image=tag, workdir="/testbed")) as box:
+            assert box.exec("id -un; stat -c %U /testbed/f; echo y >> f && echo ok").output == "agent\nagent\nok\n"
+    finally:
+        for name in {tag, reference}:
+            client.images.remove(name, force=True)
