@@ -1,11 +1,12 @@
-"""The disk bound's cost at sandbox start (envs/disk.py): start + first exec + removal of a sandbox with the
-default bound against the same without it, interleaved in one process so both see the same machine load.
+"""The disk bound's cost per sandbox (envs/disk.py): start and removal of a sandbox with the default bound
+against the same without it, interleaved in one process so both see the same machine load (medians: a loaded
+machine's outliers move means, not medians).
 
 Also times the bound's own steps (sparse O_TMPFILE + mkfs.ext4 without journal and lazy inode tables + loop mount)
 on a scratch directory, and reports what the host pays for an empty bound of the default size.
 
-Last line: `start_ms_bounded=... start_ms_unbounded=... overhead_ms=... overhead_pct=... disk_setup_ms=...
-host_mb_per_empty_disk=...` (medians).
+Last line: `start_ms_bounded=... start_ms_unbounded=... start_overhead_ms=... close_overhead_ms=...
+start_overhead_pct=... disk_setup_ms=... host_mb_per_empty_disk=...` (medians).
 """
 
 from __future__ import annotations
@@ -22,11 +23,14 @@ from north_lightning.envs.images import build_base_image
 from north_lightning.envs.sandbox import DockerSandbox, SandboxConfig
 
 
-def _cycle(image: str, disk_mb: int) -> float:
+def _cycle(image: str, disk_mb: int) -> tuple[float, float]:
+    """Seconds to start a sandbox (to its first command's answer) and to remove it."""
     started = time.monotonic()
-    with DockerSandbox(SandboxConfig(image=image, disk_mb=disk_mb)) as box:
-        box.exec("true")
-    return time.monotonic() - started
+    box = DockerSandbox(SandboxConfig(image=image, disk_mb=disk_mb)).start()
+    box.exec("true")
+    ready = time.monotonic()
+    box.close()
+    return ready - started, time.monotonic() - ready
 
 
 def _disk_setup(size_mb: int) -> tuple[float, float]:
@@ -49,7 +53,7 @@ def _disk_setup(size_mb: int) -> tuple[float, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rounds", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=12)
     args = parser.parse_args()
     image = build_base_image()
     _cycle(image, DEFAULT_DISK_MB)  # warm the engine and the page cache
@@ -58,9 +62,14 @@ def main() -> None:
         bounded.append(_cycle(image, DEFAULT_DISK_MB))
         unbounded.append(_cycle(image, 0))
     setups = [_disk_setup(DEFAULT_DISK_MB) for _ in range(args.rounds)]
-    with_ms, without_ms = statistics.median(bounded) * 1e3, statistics.median(unbounded) * 1e3
+    def median_ms(runs: list[tuple[float, float]], i: int) -> float:
+        return statistics.median(run[i] for run in runs) * 1e3
+
+    with_ms, without_ms = median_ms(bounded, 0), median_ms(unbounded, 0)
     print(f"start_ms_bounded={with_ms:.0f} start_ms_unbounded={without_ms:.0f} "
-          f"overhead_ms={with_ms - without_ms:.0f} overhead_pct={100 * (with_ms / without_ms - 1):.1f} "
+          f"start_overhead_ms={with_ms - without_ms:.0f} "
+          f"close_overhead_ms={median_ms(bounded, 1) - median_ms(unbounded, 1):.0f} "
+          f"start_overhead_pct={100 * (with_ms / without_ms - 1):.1f} "
           f"disk_setup_ms={statistics.median(s for s, _ in setups) * 1e3:.0f} "
           f"host_mb_per_empty_disk={statistics.median(p for _, p in setups):.1f}")
 

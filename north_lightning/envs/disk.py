@@ -16,7 +16,8 @@ is graded (and scored 0 by its tests) rather than ending the episode as an infra
 
 Cost: the image is a sparse O_TMPFILE file (it never has a name, so nothing is left on disk even after a SIGKILL),
 formatted without a journal and with lazy inode tables that are never zeroed (`noinit_itable`): tens of
-milliseconds per sandbox and about 2 MB of host disk for a 4 GB bound (`bench/` none: see the test's timing).
+milliseconds per sandbox (20-80 ms on a loaded 2-core machine, within the noise of a container start) and about
+2 MB of host disk for a 4 GB bound (`bench/sandbox_disk.py`).
 Removal is the engine's: removing the container deletes its layer directory, unmounting our file system on the
 way (`EnsureRemoveAll`), and the loop device, set to autoclear by `mount -o loop`, goes with the last unmount.
 
