@@ -7,6 +7,9 @@ missing=()
 command -v dockerd >/dev/null || missing+=(docker.io)
 command -v mmdebstrap >/dev/null || missing+=(mmdebstrap)
 command -v docker-registry >/dev/null || missing+=(docker-registry)
+# the sandboxes' disk bound (envs/disk.py): mkfs.ext4 -d and loop mounts
+command -v mkfs.ext4 >/dev/null || missing+=(e2fsprogs)
+command -v losetup >/dev/null || missing+=(mount)
 if (( ${#missing[@]} )); then
   export DEBIAN_FRONTEND=noninteractive
   # under the machine's apt lock when several set-ups share one machine

@@ -270,18 +270,14 @@ class _RolloutCallback(L.Callback):
     def _sweep_orphans(self) -> None:
         """Remove the sandbox containers an earlier SIGKILLed run on this host left behind (owner process gone),
         before ours start; live runs' containers, and other users' and hosts' on a shared engine, are kept."""
-        from north_lightning.envs.disk import sweep_orphan_disks
-        from north_lightning.envs.docker_host import docker_client, sweep_orphans
+        from north_lightning.envs.docker_host import sweep_orphans
         from north_lightning.envs.fleet import current_fleet
 
         fleet = current_fleet()
         if fleet is not None:  # host by host; a host that does not answer is swept when it is back
             self.orphans_removed = fleet.sweep_orphans()
-            for client in fleet.local_clients():
-                self.orphans_removed += sweep_orphan_disks(client)
         else:
-            self.orphans_removed = sweep_orphans()
-            self.orphans_removed += sweep_orphan_disks(docker_client())
+            self.orphans_removed = sweep_orphans()  # a container's disk bound goes with it (envs/disk.py)
         if self.orphans_removed:
             log.warning("removed %d orphaned sandbox containers of dead runs: %s", len(self.orphans_removed),
                         ", ".join(self.orphans_removed))

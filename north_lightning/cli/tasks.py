@@ -164,19 +164,15 @@ def read_task_ids(path: str | Path) -> set[str]:
 
 
 def _sweep(args: argparse.Namespace) -> int:
-    from north_lightning.envs.disk import sweep_orphan_disks
-    from north_lightning.envs.docker_host import docker_client, sweep_orphans
+    from north_lightning.envs.docker_host import sweep_orphans
     from north_lightning.envs.fleet import current_fleet
 
     fleet = current_fleet()  # NORTH_DOCKER_HOSTS: every host of the fleet, one by one
     if fleet is not None:
         removed = fleet.sweep_orphans(all_owners=args.all)
-        for client in fleet.local_clients():
-            removed += sweep_orphan_disks(client, all_owners=args.all)
         fleet.close()
     else:
-        removed = sweep_orphans(all_owners=args.all)
-        removed += sweep_orphan_disks(docker_client(), all_owners=args.all)
+        removed = sweep_orphans(all_owners=args.all)  # a container's disk bound goes with it (envs/disk.py)
     print(f"removed {len(removed)} containers" + (f": {', '.join(removed)}" if removed else ""))
     return 0
 

@@ -296,17 +296,6 @@ class DockerFleet:
                 log.warning("orphan sweep skipped Docker host %s (no answer): %s", host.url, err)
         return removed
 
-    def local_clients(self) -> list[docker.DockerClient]:
-        """The clients of hosts on this machine (unix sockets) that answer: where loop-backed disks live."""
-        clients = []
-        for host in self.hosts:
-            try:
-                if is_local_engine(host.client):
-                    clients.append(host.client)
-            except HostUnreachable:
-                continue
-        return clients
-
     def stats(self) -> dict[str, dict[str, Any]]:
         with self._cond:
             return {h.url: {"active": h.active, "placed": h.placed, "cap": h.spec.max_sandboxes,

@@ -8,6 +8,10 @@ Tasks written for Harbor / Terminal-Bench name public images (`FROM python:3.11-
 ubuntu:24.04`) that no registry serves here. `ALIASES` maps such names to the local base, and task images are
 built from a rewritten copy of their Dockerfile, so third-party task directories run unchanged while the
 user's own images of those names (if any) are never touched.
+
+Every task image ends with `AGENT_LAYER`: the non-root `agent` account (when the image lacks one), the work
+directory owned by it, and git's `safe.directory` so the grader (root) may run git in that agent-owned tree; so a
+task runs its agent as non-root by default whatever image it starts from.
 """
 
 from __future__ import annotations
@@ -247,7 +251,7 @@ class ImageBuilder:
             if not dockerfile_path.is_file():
                 raise FileNotFoundError(f"{dockerfile_path}: no Dockerfile for task {name!r}")
             dockerfile_text = dockerfile_path.read_text()
-        text = rewrite_from_lines(dockerfile_text, alias_table(self.base_tag, self.aliases))
+        text = rewrite_from_lines(dockerfile_text, alias_table(self.base_tag, self.aliases)) + AGENT_LAYER
         context, digest = _context_tar(context_dir, text, extra_files)
         # Tagged by content alone: tasks with identical environments (most toy tasks) share one image.
         tag = f"{TASK_REPOSITORY}:{digest}"
@@ -263,6 +267,14 @@ class ImageBuilder:
                 log = "".join(str(chunk.get("stream", chunk.get("error", ""))) for chunk in err.build_log)
                 raise ImageBuildError(f"{dockerfile_path}: image build failed: {err.msg}\n{log[-3000:]}") from err
         return tag
+
+
+AGENT_LAYER = (  # appended to every task Dockerfile (the last stage): see the module docstring
+    "USER root\n"
+    "RUN (id -u agent >/dev/null 2>&1 || useradd --create-home agent || adduser -D agent) \\\n"
+    " && if command -v git >/dev/null; then git config --system --add safe.directory '*'; fi \\\n"
+    " && if [ \"$(pwd)\" != / ]; then chown -R agent:agent \"$(pwd)\"; fi\n"
+)
 
 
 def _build_network() -> bool:

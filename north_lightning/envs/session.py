@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import shlex
+import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,7 @@ log = logging.getLogger(__name__)
 
 _IMAGES: dict[tuple[str, str], ResolvedImage] = {}
 _IMAGES_LOCK = threading.Lock()
+_AGENT_LAYERS: dict[tuple[str, str], str] = {}  # (image id, workdir) -> tag with the agent layer
 _KEY_LOCKS: dict[tuple[str, str], threading.Lock] = {}
 _BUILDER: ImageBuilder | None = None
 _RESOLVER: ImageResolver | None = None
@@ -110,16 +112,38 @@ def resolve_task_image(task: Task, builder: ImageBuilder | None = None,
     return result
 
 
+def agent_layer(image: str, workdir: str, builder: ImageBuilder, name: str = "task") -> str:
+    """`image` plus `AGENT_LAYER` (envs/images.py): the non-root agent account, `workdir` owned by it. Built
+    once per image id (the id is in the Dockerfile text, so a moved tag gets a new layer) and memoised."""
+    image_id = builder.client.images.get(image).id
+    key = (image_id, workdir)
+    with _IMAGES_LOCK:
+        if key in _AGENT_LAYERS:
+            return _AGENT_LAYERS[key]
+    text = f"FROM {image}\n# {image_id}\nWORKDIR {workdir}\n"
+    with tempfile.TemporaryDirectory(prefix="north_agent_layer_") as context:
+        tag = builder.build(context, name=f"{name}-agent", dockerfile_text=text)
+    with _IMAGES_LOCK:
+        _AGENT_LAYERS[key] = tag
+    return tag
+
+
 def task_image(task: Task, builder: ImageBuilder | None = None, resolver: ImageResolver | None = None) -> str:
-    """The tag of the task's image (see `resolve_task_image`)."""
-    return resolve_task_image(task, builder, resolver).tag
+    """The tag the task's sandbox runs: its resolved image (see `resolve_task_image`), plus, for a registry's
+    image (which our builds did not make), the agent layer that gives the non-root agent its work directory."""
+    result = resolve_task_image(task, builder, resolver)
+    if result.source == "built":
+        return result.tag
+    builder = builder or (resolver.builder if resolver is not None else image_resolver().builder)
+    return agent_layer(result.tag, task.workdir or "/", builder, task.task_id)
 
 
 def sandbox_config(task: Task, image: str, **overrides: Any) -> SandboxConfig:
     """The task's limits as a sandbox config (keyword overrides win, e.g. command_timeout_sec=10)."""
     fields = dict(image=image, cpus=task.cpus, memory_mb=task.memory_mb, allow_internet=task.allow_internet,
                   user=task.user, workdir=task.workdir, episode_timeout_sec=task.agent_timeout_sec,
-                  labels={"north_lightning.task": task.task_id[:60]})
+                  labels={"north_lightning.task": task.task_id[:60]},
+                  **({"disk_mb": task.disk_mb} if task.disk_mb is not None else {}))
     fields.update(overrides)
     return SandboxConfig(**fields)
 

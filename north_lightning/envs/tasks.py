@@ -2,7 +2,7 @@
 
 A Harbor task directory holds `instruction.md`, `task.toml` (`[agent] timeout_sec`, `[verifier] timeout_sec`,
 `[environment] cpus / memory_mb / allow_internet`, plus our `[agent] max_steps` and `[environment] user /
-workdir`), `environment/Dockerfile`, `tests/test.sh` (writes the reward to /logs/verifier/reward.txt or
+workdir / disk_mb`), `environment/Dockerfile`, `tests/test.sh` (writes the reward to /logs/verifier/reward.txt or
 reward.json) and optionally `solution/solve.sh`. A SWE record names a repository at a base commit, the fix
 (`patch`), the tests that prove it (`test_patch`, `FAIL_TO_PASS`, `PASS_TO_PASS`) and the issue text. A bad
 file raises `TaskError` naming the file (and line / key) at fault.
@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Union
 
+AGENT_USER = "agent"  # the non-root account every task image has (envs/images.py: AGENT_LAYER)
 BUNDLED_DIR = Path(__file__).resolve().parent / "bundled"  # terminal/ (Harbor dirs) and swe/ (tasks.jsonl, repos/)
 DEFAULT_MAX_STEPS = 30
 DEFAULT_AGENT_TIMEOUT_SEC = 900.0
@@ -51,7 +52,8 @@ class HarborTask:
     memory_mb: int = 2048
     allow_internet: bool = False
     max_steps: int = DEFAULT_MAX_STEPS
-    user: str = "root"
+    user: str = AGENT_USER  # who the agent's commands run as; "root" only when the task says so
+    disk_mb: int | None = None  # the sandbox's disk bound (None: the run's default, envs/disk.py; 0: none)
     # None: the image's WORKDIR (filled in when the image is built, see `session.task_image`)
     workdir: str | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
@@ -94,7 +96,8 @@ class SWETask:
     cpus: float = 1.0
     memory_mb: int = 2048
     allow_internet: bool = False
-    user: str = "root"
+    user: str = AGENT_USER  # the instance image's repository is owned by this user (envs/session.py)
+    disk_mb: int | None = None
     workdir: str = SWE_WORKDIR
     # Imported pools (envs/swe_pool.py): how the benchmark runs and reads the tests. Empty test_cmd = pytest
     # on the test files named by the ids; log_parser = a name in envs/log_parsers.PARSERS.
@@ -150,6 +153,12 @@ def _memory_mb(env: dict[str, Any], where: str) -> int:
     return 2048
 
 
+def _disk_mb(value: int | None, where: str) -> int | None:
+    if value is not None and value != 0 and value < 8:
+        raise TaskError(f"{where}.disk_mb: expected 0 (no bound) or at least 8 MB, got {value}")
+    return value
+
+
 def load_harbor_task(path: str | Path) -> HarborTask:
     """Read one Harbor task directory; raises TaskError naming the file/key that is wrong."""
     path = Path(path)
@@ -182,7 +191,8 @@ def load_harbor_task(path: str | Path) -> HarborTask:
         memory_mb=_memory_mb(env, f"{where}: [environment]"),
         allow_internet=bool(_get(env, "allow_internet", bool, False, f"{where}: [environment]")),
         max_steps=max_steps,
-        user=str(_get(env, "user", str, "root", f"{where}: [environment]")),
+        user=str(_get(env, "user", str, AGENT_USER, f"{where}: [environment]")),
+        disk_mb=_disk_mb(_get(env, "disk_mb", int, None, f"{where}: [environment]"), f"{where}: [environment]"),
         workdir=_get(env, "workdir", str, None, f"{where}: [environment]"),
         metadata=metadata,
     )
@@ -212,9 +222,21 @@ def _expected_status(value: Any, where: str) -> dict[str, str] | None:
     return value
 
 
+def _record_user(value: Any, where: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise TaskError(f"{where}: expected a user name (e.g. \"root\"), got {value!r}")
+    return value
+
+
+def _record_int(value: Any, where: str) -> int | None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+        raise TaskError(f"{where}: expected a whole number, got {value!r}")
+    return value
+
+
 def load_swe_jsonl(path: str | Path) -> list[SWETask]:
     """Read SWE-bench-style records. Optional keys: `image`, `max_steps`, `agent_timeout_sec`,
-    `verifier_timeout_sec`, `memory_mb`, `cpus`, and those `tasks import` writes (`version`, `test_cmd`,
+    `verifier_timeout_sec`, `memory_mb`, `cpus`, `user` (default the non-root `agent`), `disk_mb`, and those `tasks import` writes (`version`, `test_cmd`,
     `log_parser`, `setup_cmd`, `expected_status`). The repository copy (the image recipe; required without
     `image`) is looked up at `<jsonl dir>/repos/<repo with / replaced by __>`."""
     path = Path(path)
@@ -260,6 +282,8 @@ def load_swe_jsonl(path: str | Path) -> list[SWETask]:
             version=str(record.get("version") or ""), test_cmd=str(record.get("test_cmd") or ""),
             log_parser=str(record.get("log_parser") or "pytest"), setup_cmd=str(record.get("setup_cmd") or ""),
             expected_status=_expected_status(record.get("expected_status"), f"{where}: key 'expected_status'"),
+            user=_record_user(record.get("user", AGENT_USER), f"{where}: key 'user'"),
+            disk_mb=_disk_mb(_record_int(record.get("disk_mb"), f"{where}: key 'disk_mb'"), f"{where}: key 'disk_mb'"),
         ))
     return tasks
 
@@ -299,14 +323,14 @@ def repo_commit(repo_dir: str | Path) -> str:
 
 
 def swe_dockerfile() -> str:
-    """The image of a bundled SWE repository: the base, the repo committed at /testbed."""
+    """The image of a bundled SWE repository: the base, the repo committed at /testbed and owned by the agent."""
     env = " ".join(f"{k}={json.dumps(v)}" for k, v in GIT_ENV.items())
     return (
         "FROM north-lightning/base:latest\n"
         f"COPY . {SWE_WORKDIR}/\n"
         f"WORKDIR {SWE_WORKDIR}\n"
         f"RUN {env} GIT_CONFIG_GLOBAL=/dev/null bash -c '{GIT_COMMIT_SCRIPT}' "
-        "&& git config --system --add safe.directory '*'\n"
+        f"&& git config --system --add safe.directory '*' && chown -R {AGENT_USER}:{AGENT_USER} {SWE_WORKDIR}\n"
     )
 
 

@@ -66,7 +66,9 @@ def _run_root(box: DockerSandbox, cmd: str, timeout: float, workdir: str) -> tup
 
 
 def verify_harbor(box: DockerSandbox, task: HarborTask) -> VerifierResult:
-    # Fresh tests and no stale reward: an agent running as root could have planted either.
+    # Fresh tests and no stale reward: an agent running as root could have planted either. The disk bound's
+    # reserve is freed first, so an agent that filled its disk is still graded (and fails its tests).
+    box.release_disk_reserve()
     _run_root(box, f"rm -rf {TESTS_DIR} {REWARD_DIR}/reward.txt {REWARD_DIR}/reward.json; mkdir -p {REWARD_DIR}",
               60, "/")
     box.put_dir(task.tests_dir, TESTS_DIR)

@@ -83,8 +83,8 @@ def test_third_party_task_runs_in_its_dockerfile_workdir(base_image, tmp_path):
     (tmp_path / "task.toml").write_text('version = "1.0"\n[environment]\nmemory = "1G"\n')
     (tmp_path / "tests" / "test.sh").write_text("echo 1 > /logs/verifier/reward.txt\n")
     task = load_harbor_task(tmp_path)
-    assert task.workdir is None and task.memory_mb == 1024 and task.user == "root"
+    assert task.workdir is None and task.memory_mb == 1024 and task.user == "agent"  # no user: non-root
     with TaskSession(task) as session:
         assert task.workdir == "/workspace"
-        assert session.box.exec("pwd; id -un") == (0, "/workspace\nroot\n")
+        assert session.box.exec("pwd; id -un; touch mine && stat -c %U mine") == (0, "/workspace\nagent\nagent\n")
         assert session.verify().reward == 1.0

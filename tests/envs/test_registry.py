@@ -319,13 +319,13 @@ def test_resolver_settings_name_bad_keys_and_values():
 
 
 def test_configured_process_resolver_records_what_episodes_resolve(client, pushed, tmp_path):
-    from north_lightning.envs.session import configure_image_resolver, task_image
+    from north_lightning.envs.session import configure_image_resolver
 
     reference, digest = pushed["alpha"]
     task = _swe_task(tmp_path, reference, with_recipe=False)
     configure_image_resolver(retry=FAST, record_path=tmp_path / "run" / "images.json")  # as the RL sidecar does
     try:
-        assert task_image(task) == reference
+        assert resolve_task_image(task).tag == reference  # (task_image adds the agent layer: test_privileges.py)
     finally:
         configure_image_resolver()
     entry = json.loads((tmp_path / "run" / "images.json").read_text())[reference]
