@@ -273,7 +273,10 @@ AGENT_LAYER = (  # appended to every task Dockerfile (the last stage): see the m
     "USER root\n"
     "RUN (id -u agent >/dev/null 2>&1 || useradd --create-home agent || adduser -D agent) \\\n"
     " && if command -v git >/dev/null; then git config --system --add safe.directory '*'; fi \\\n"
-    " && if [ \"$(pwd)\" != / ]; then chown -R agent:agent \"$(pwd)\"; fi\n"
+    " && if [ \"$(pwd)\" != / ]; then chown -R agent:agent \"$(pwd)\"; fi \\\n"
+    # apt drops to its `_apt` user to fetch, which needs SETUID/SETGID, capabilities no sandbox keeps: without
+    # this, a grader's `apt-get install` (common in Terminal-Bench tests.sh) dies with "Failed to setgroups".
+    " && if [ -d /etc/apt/apt.conf.d ]; then echo 'APT::Sandbox::User \"root\";' > /etc/apt/apt.conf.d/99north-sandbox; fi\n"
 )
 
 

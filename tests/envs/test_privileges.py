@@ -77,6 +77,10 @@ def test_a_harbor_task_without_a_user_runs_its_agent_as_non_root(base_image, tmp
         assert session.box.exec("echo second >> /app/data.txt && touch /app/new && echo ok").output == "ok\n"
         assert session.box.exec("touch /etc/x").exit_code != 0
         assert session.verify().reward == 1.0  # the grader (root) still works in the agent's tree
+        # apt as root works without SETUID/SETGID (graders install packages); offline here, so it stops at DNS,
+        # not at apt's privilege drop ("Failed to setgroups") as it did before the agent layer configured apt
+        apt = session.box.exec("apt-get update 2>&1", user="root", timeout=60).output
+        assert "setgroups" not in apt and "Reading package lists" in apt, apt
 
 
 def test_a_task_that_says_root_gets_root(base_image, tmp_path, bundled_tasks):
