@@ -25,6 +25,7 @@ from north_lightning.envs.registry import ImagePrefetcher, ImageRecipe, ImageRes
 from north_lightning.envs.session import TaskSession, image_key, resolve_task_image
 from north_lightning.envs.socket_proxy import SocketProxy
 from north_lightning.envs.tasks import BUNDLED_DIR, load_swe_jsonl, repo_commit
+from north_lightning.rl.engines.health import wait_healthy
 
 pytestmark = pytest.mark.docker
 UID = uuid.uuid4().hex[:10]
@@ -66,15 +67,8 @@ def registry(tmp_path_factory, client):
     proc = subprocess.Popen([binary, "serve", str(config)], stdout=subprocess.DEVNULL,
                             stderr=open(root / "registry.log", "w"))
     try:
-        for _ in range(100):
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/", timeout=1) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                time.sleep(0.1)
-        else:
-            raise RuntimeError(f"docker-registry did not answer: {(root / 'registry.log').read_text()[-2000:]}")
+        wait_healthy(proc, f"http://127.0.0.1:{port}/v2/", 30, name="docker-registry", interval=0.1,
+                     log_path=root / "registry.log")
         yield f"127.0.0.1:{port}"
     finally:
         proc.terminate()
