@@ -22,6 +22,20 @@ def require(condition: bool, why: str) -> None:
     pytest.skip(why)
 
 
+def expected_assistant_mask(tok, ids: list[int]) -> list[int]:
+    """Independent reference for chat-template masks: a token is the assistant's iff it follows
+    `<|START_OF_TURN_TOKEN|><|CHATBOT_TOKEN|>` up to and including the next `<|END_OF_TURN_TOKEN|>`."""
+    start, chatbot, end = tok.convert_tokens_to_ids(["<|START_OF_TURN_TOKEN|>", "<|CHATBOT_TOKEN|>", "<|END_OF_TURN_TOKEN|>"])
+    mask, inside = [], False
+    for i, t in enumerate(ids):
+        mask.append(int(inside))
+        if inside and t == end:
+            inside = False
+        if t == chatbot and i > 0 and ids[i - 1] == start:
+            inside = True
+    return mask
+
+
 def docker_ok() -> bool:
     """Whether a Docker engine answers (the project's shared client, so the same socket the sandboxes use)."""
     try:
