@@ -36,6 +36,19 @@ def expected_assistant_mask(tok, ids: list[int]) -> list[int]:
     return mask
 
 
+def logprob_error(model, prompt: list[int], token_ids: list[int], logprobs: list[float]):
+    """|Δ logprob| per sampled token (a 1-D tensor) between a sampler's `logprobs` and `model` scoring the same
+    `token_ids` after `prompt`: how the engine tests tell which weights an engine samples from."""
+    import torch
+
+    seq = torch.tensor([prompt + token_ids])
+    targets = seq[:, 1:].clone()
+    targets[:, : len(prompt) - 1] = -100
+    with torch.no_grad():
+        logp, _ = model.token_logprobs(seq[:, :-1], targets)
+    return (logp[0, len(prompt) - 1 :] - torch.tensor(logprobs)).abs()
+
+
 def docker_ok() -> bool:
     """Whether a Docker engine answers (the project's shared client, so the same socket the sandboxes use)."""
     try:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from helpers import require
+from helpers import logprob_error, require
 
 PROMPT = [1, 10, 20, 30]
 
@@ -64,12 +64,7 @@ def tiny_cpu_server(tmp: Path, extra_args: tuple[str, ...] = ()) -> Iterator[tup
 def max_logprob_error(model, policy, prompt: list[int] = PROMPT, seed: int = 0):
     """(largest |Δ logprob| between the policy's sampled tokens and `model` on the same tokens, the completion)."""
     comp = policy.generate([prompt], max_tokens=8, seed=seed)[0]
-    seq = torch.tensor([prompt + comp.token_ids])
-    targets = seq[:, 1:].clone()
-    targets[:, : len(prompt) - 1] = -100
-    with torch.no_grad():
-        logp, _ = model.token_logprobs(seq[:, :-1], targets)
-    return (logp[0, len(prompt) - 1 :] - torch.tensor(comp.logprobs)).abs().max().item(), comp
+    return logprob_error(model, prompt, comp.token_ids, comp.logprobs).max().item(), comp
 
 
 def perturbed(model, seed: int):

@@ -29,7 +29,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from helpers import complete_ledger, docker_ok, require
+from helpers import complete_ledger, docker_ok, logprob_error, require
 from north_lightning.rl.spool import read_batch
 
 pytestmark = [pytest.mark.vllm, pytest.mark.docker, pytest.mark.slow]
@@ -106,13 +106,7 @@ def _probe_error(model_dir: Path, probe: dict) -> float:
     from north_lightning.model import NorthForCausalLM
 
     model = NorthForCausalLM.from_pretrained(model_dir).eval()
-    prompt = probe["prompt"]
-    seq = torch.tensor([prompt + probe["token_ids"]])
-    targets = seq[:, 1:].clone()
-    targets[:, : len(prompt) - 1] = -100
-    with torch.no_grad():
-        logp, _ = model.token_logprobs(seq[:, :-1], targets)
-    return (logp[0, len(prompt) - 1:] - torch.tensor(probe["logprobs"])).abs().max().item()
+    return logprob_error(model, probe["prompt"], probe["token_ids"], probe["logprobs"]).max().item()
 
 
 def _tensors(hf_dir: Path) -> dict[str, torch.Tensor]:
