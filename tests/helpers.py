@@ -49,6 +49,17 @@ def logprob_error(model, prompt: list[int], token_ids: list[int], logprobs: list
     return (logp[0, len(prompt) - 1 :] - torch.tensor(logprobs)).abs()
 
 
+def safetensors_in(directory):
+    """Every tensor of every *.safetensors file in `directory`, whatever its index says (the export tests compare
+    what was written, not what the index lists)."""
+    from safetensors.torch import load_file
+
+    tensors = {}
+    for file in sorted(directory.glob("*.safetensors")):
+        tensors.update(load_file(file))
+    return tensors
+
+
 def docker_ok() -> bool:
     """Whether a Docker engine answers (the project's shared client, so the same socket the sandboxes use)."""
     try:
