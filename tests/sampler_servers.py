@@ -5,22 +5,15 @@ from __future__ import annotations
 
 import copy
 import importlib.util
-import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 
-from helpers import logprob_error, require
+from helpers import free_port, logprob_error, require
 
 PROMPT = [1, 10, 20, 30]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def save_tiny_model(out: Path, seed: int = 0):

@@ -9,17 +9,15 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import subprocess
 import threading
 import time
-import urllib.request
 import uuid
 from pathlib import Path
 
 import pytest
 
-from helpers import require
+from helpers import free_port, require
 from north_lightning.envs.images import ImageBuildError
 from north_lightning.envs.registry import ImagePrefetcher, ImageRecipe, ImageResolver, ImageUnavailable, PullRetry
 from north_lightning.envs.session import TaskSession, image_key, resolve_task_image
@@ -31,12 +29,6 @@ pytestmark = pytest.mark.docker
 UID = uuid.uuid4().hex[:10]
 TEST_LABEL = "north_lightning.test"
 FAST = PullRetry(attempts=4, base_delay_sec=0.05, factor=2.0)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +52,7 @@ def registry(tmp_path_factory, client):
     binary = shutil.which("docker-registry")
     require(binary is not None, "docker-registry is not installed (scripts/ensure_docker.sh installs it)")
     root = tmp_path_factory.mktemp("registry")
-    port = _free_port()
+    port = free_port()
     config = root / "config.yml"
     config.write_text(f"version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {root / 'data'}\n"
                       f"http:\n  addr: 127.0.0.1:{port}\n")
@@ -132,7 +124,7 @@ def test_pull_records_the_registry_digest_then_uses_the_local_image(client, push
     always = ImageResolver(client=client, retry=FAST, pull_policy="always")
     assert (always.resolve(reference).source, always.resolve(reference).attempts) == ("pulled", 1)
     # `always` with the registry away: the image the engine has still serves, the failed attempts are reported
-    moved = f"127.0.0.1:{_free_port()}/nltest-{UID}/alpha:1"
+    moved = f"127.0.0.1:{free_port()}/nltest-{UID}/alpha:1"
     client.images.get(reference).tag(moved)
     stale = ImageResolver(client=client, retry=PullRetry(2, base_delay_sec=0.01), pull_policy="always").resolve(moved)
     assert (stale.source, stale.attempts, len(stale.errors)) == ("local", 2, 2)
@@ -155,7 +147,7 @@ def test_registry_that_fails_then_recovers_is_retried_with_backoff(client, regis
 
 
 def test_registry_down_for_good_falls_back_to_the_recipe(client, base_image, tmp_path):
-    down = f"127.0.0.1:{_free_port()}/nltest-{UID}/gone:1"  # nothing listens there
+    down = f"127.0.0.1:{free_port()}/nltest-{UID}/gone:1"  # nothing listens there
     task = _swe_task(tmp_path, down, with_recipe=True)
     resolver = ImageResolver(client=client, retry=PullRetry(attempts=3, base_delay_sec=0.01),
                              record_path=tmp_path / "images.json")
@@ -171,7 +163,7 @@ def test_registry_down_for_good_falls_back_to_the_recipe(client, base_image, tmp
 
 
 def test_no_registry_and_no_recipe_is_an_infrastructure_error(client, registry, tmp_path):
-    down = f"127.0.0.1:{_free_port()}/nltest-{UID}/gone:1"
+    down = f"127.0.0.1:{free_port()}/nltest-{UID}/gone:1"
     task = _swe_task(tmp_path, down, with_recipe=False)
     assert task.repo_dir is None
     with pytest.raises(ImageUnavailable, match=r"(?s)gone:1.*no recipe.*attempt 2: .*connection refused") as err:

@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
+from helpers import free_port
 from north_lightning.rl.engines.health import wait_healthy
-from sampler_servers import free_port
 
 
 def _start(*args: str) -> subprocess.Popen:

@@ -16,9 +16,9 @@ import threading
 import pytest
 import torch
 
+from helpers import free_port
 from north_lightning.envs.socket_proxy import SocketProxy
-from sampler_servers import PROMPT, FilesStandInForNCCL, free_port, max_logprob_error, perturbed, \
-    tiny_cpu_server
+from sampler_servers import PROMPT, FilesStandInForNCCL, max_logprob_error, perturbed, tiny_cpu_server
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 
