@@ -76,6 +76,13 @@ def record_reject_reason(harness: Any, record: Any, tokenizer: Any, seq_len: int
     return None if mask[1:seq_len].any() else "no_trainable_tokens"
 
 
+def _reject(cfg: PrepareConfig, report: FilterReport, component: str, record: Any, reason: str) -> None:
+    """Count a dropped record, or stop the prepare when `on_reject` is 'fail'."""
+    if cfg.on_reject == "fail":
+        raise FilterError(f"{component}: record {record.id!r} rejected: {reason}")
+    report.drop(component, reason, f"{component}/{record.id}")
+
+
 def _process_chunk(job: tuple[int, list[Any], str]) -> str:
     """Render, filter and tokenise one chunk of records; write its arrays and (last) its .json."""
     ci, records, base = job
@@ -89,9 +96,7 @@ def _process_chunk(job: tuple[int, list[Any], str]) -> str:
             render_seed = stable_seed(cfg.seed, comp.name, record.id, variant)
             reason, messages = render_checked(harness, record, render_seed, cfg.checks, _WORKER["controls"])
             if reason is not None:
-                if cfg.on_reject == "fail":
-                    raise FilterError(f"{comp.name}: record {record.id!r} rejected: {reason}")
-                report.drop(comp.name, reason, f"{comp.name}/{record.id}")
+                _reject(cfg, report, comp.name, record, reason)
                 break  # the checks depend on the record, not on the template: count it once
             tools = record.tools if record.tools is not None else harness.tools_for(render_seed)
             pending.append((record, variant, messages, tools))
@@ -109,9 +114,7 @@ def _process_chunk(job: tuple[int, list[Any], str]) -> str:
             learn[:-1] = mask[1:]  # position t learns token t+1
             reason = None if learn.any() else "no_trainable_tokens"
         if reason is not None:
-            if cfg.on_reject == "fail":
-                raise FilterError(f"{comp.name}: record {record.id!r} rejected: {reason}")
-            report.drop(comp.name, reason, f"{comp.name}/{record.id}")
+            _reject(cfg, report, comp.name, record, reason)
             dropped_ids.add(record.id)
             continue
         ids_out.append(ids)
