@@ -18,23 +18,11 @@ from __future__ import annotations
 
 import argparse
 import signal
-import statistics
-import time
 
 import torch
 
+from kernel_timing import documents, interrupt, median_seconds
 from north_lightning.model.attention import SDPAAttention, SequenceLayout
-
-
-def documents(S: int, mean_len: int, gen: torch.Generator) -> torch.Tensor:
-    """Document ids [1, S] for a packed row of documents with lengths in [mean/2, 3*mean/2]."""
-    doc = torch.empty(1, S, dtype=torch.long)
-    start, idx = 0, 0
-    while start < S:
-        length = int(torch.randint(mean_len // 2, 3 * mean_len // 2 + 1, (1,), generator=gen))
-        doc[0, start:start + length] = idx
-        start, idx = start + length, idx + 1
-    return doc
 
 
 def allowed_pairs(doc_BS: torch.Tensor, window: int) -> int:
@@ -76,20 +64,6 @@ def run_once(backend, q, k, v, layout: SequenceLayout, window: int, backward: bo
     return out
 
 
-def timed(fn, device: str, iters: int) -> float:
-    fn()  # warm-up (compilation, autotuning)
-    times = []
-    for _ in range(iters):
-        if device == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        fn()
-        if device == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times) * 1e3
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
@@ -111,7 +85,7 @@ def main() -> None:
     gen = torch.Generator().manual_seed(0)
     results: dict[str, float] = {}
     notes: dict[str, str] = {"window": str(window)}
-    signal.signal(signal.SIGTERM, _interrupt)  # `timeout` in scripts/test_gpu.sh: still print what was measured
+    signal.signal(signal.SIGTERM, interrupt)  # `timeout` in scripts/test_gpu.sh: still print what was measured
     failed = False
     try:
         for S in sizes:
@@ -123,16 +97,13 @@ def main() -> None:
         raise SystemExit("a backend disagreed with SDPA (see above)")
 
 
-def _interrupt(signum, frame) -> None:
-    raise KeyboardInterrupt
-
-
 def measure_size(S: int, backends: list[str], args, results: dict[str, float], notes: dict[str, str], window: int,
                  shape: tuple[int, int, int], dtype: torch.dtype, backward: bool, gen: torch.Generator) -> bool:
     """Time every backend at S tokens; returns True if one of them computed a wrong result."""
     H, G, d = shape
     scale, failed = d**-0.5, False
-    doc_BS = documents(S, mean_len=args.doc_len or (8192 if args.device == "cuda" else 256), gen=gen).to(args.device)
+    mean_len = args.doc_len or (8192 if args.device == "cuda" else 256)
+    doc_BS = documents(S, mean_len=mean_len, gen=gen)[None].to(args.device)
     results[f"pairs_{S}"] = allowed_pairs(doc_BS, window)
     q, k, v = (torch.randn(1, S, n, d, generator=gen).to(args.device, dtype).requires_grad_(backward)
                for n in (H, G, G))
@@ -163,7 +134,8 @@ def measure_size(S: int, backends: list[str], args, results: dict[str, float], n
                 notes[f"{name}_wrong"] = "1"
                 failed = True
                 continue
-            ms = timed(lambda: run_once(backend, q, k, v, layout, window, backward), args.device, args.iters)
+            step = lambda: run_once(backend, q, k, v, layout, window, backward)  # noqa: E731
+            ms = median_seconds(step, args.device, args.iters) * 1e3
         except torch.OutOfMemoryError:
             print(f"{name:>5} S={S:>6}: out of memory", flush=True)
             notes[f"{name}_oom_{S}"] = "1"

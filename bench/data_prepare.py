@@ -87,7 +87,7 @@ def measure_rank(mix: dict, data_dir: str, prepared: str) -> dict:
 def _map_batch(batch: dict) -> dict:
     """datasets.map body: the same records → filter → render → template → tokens + mask as prepare does."""
     from north_lightning.datamodules.filters import COMMON_CONTROL_STRINGS, check_messages
-    from north_lightning.datamodules.prepare import stable_seed
+    from north_lightning.datamodules.prepare_config import stable_seed
     from north_lightning.datamodules.tokenize import chat_tokens_batch, control_strings
     from north_lightning.formats.harnesses import get_harness
     from north_lightning.formats.records import Trajectory

@@ -17,7 +17,8 @@ import tempfile
 
 from north_lightning.cli.data import mixture_errors
 from north_lightning.datamodules.mixture import MixtureSampler
-from north_lightning.datamodules.prepare import PrepareConfig, load_documents, prepare
+from north_lightning.datamodules.prepare import PrepareConfig, prepare
+from north_lightning.datamodules.prepare_documents import load_documents
 from north_lightning.datamodules.shards import ShardIndex
 
 STAGES = (("configs/tiny/mixtures/sft_stage1.yaml", 2048), ("configs/tiny/mixtures/sft_stage2.yaml", 4096))

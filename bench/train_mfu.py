@@ -21,11 +21,10 @@ from __future__ import annotations
 
 import argparse
 import signal
-import statistics
-import time
 
 import torch
 
+from kernel_timing import documents, interrupt, median_seconds
 from north_lightning.model import NorthConfig, NorthForCausalLM
 
 PEAK_BF16_TFLOPS = {"H100 PCIe": 756.0, "H100": 989.4, "H200": 989.4, "B200": 2250.0, "A100": 312.0}
@@ -68,16 +67,6 @@ def flops_per_token(cfg: NorthConfig, doc_S: torch.Tensor) -> float:
     return 3 * (2 * matmul_params + attention)
 
 
-def documents(S: int, mean_len: int, gen: torch.Generator) -> torch.Tensor:
-    doc = torch.empty(S, dtype=torch.long)
-    start, idx = 0, 0
-    while start < S:
-        length = int(torch.randint(mean_len // 2, 3 * mean_len // 2 + 1, (1,), generator=gen))
-        doc[start:start + length] = idx
-        start, idx = start + length, idx + 1
-    return doc
-
-
 def build(cfg: NorthConfig, device: str, dtype: torch.dtype) -> NorthForCausalLM:
     with torch.device("meta"):
         model = NorthForCausalLM(cfg)
@@ -95,17 +84,7 @@ def measure(model: NorthForCausalLM, batch: dict[str, torch.Tensor], iters: int,
         for p in model.parameters():
             p.grad = None
 
-    step()  # warm-up: kernel JIT / compilation / autotuning
-    times = []
-    for _ in range(iters):
-        if device == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        step()
-        if device == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    return median_seconds(step, device, iters)
 
 
 def main() -> None:
@@ -143,7 +122,7 @@ def main() -> None:
 
     results: dict[str, float] = {}
     interrupted = ""
-    signal.signal(signal.SIGTERM, _interrupt)  # `timeout` in scripts/test_gpu.sh: still print what was measured
+    signal.signal(signal.SIGTERM, interrupt)  # `timeout` in scripts/test_gpu.sh: still print what was measured
     try:
         for label, experts in (("", args.experts), ("_" + (args.baseline_experts or "none") + "_experts",
                                                      args.baseline_experts)):
@@ -170,10 +149,6 @@ def main() -> None:
     pairs += [f"seq={seq}", f"layers={base.num_hidden_layers}", f"flops_per_token={flops_per_token(base, doc_S):.4g}",
               f"peak_tflops={peak:g}"] + ([interrupted.strip()] if interrupted else [])
     print(" ".join(pairs))
-
-
-def _interrupt(signum, frame) -> None:
-    raise KeyboardInterrupt
 
 
 if __name__ == "__main__":

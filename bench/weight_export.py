@@ -49,6 +49,16 @@ def rl_batch(rollouts: int, tokens: int, vocab: int, seed: int) -> dict[str, tor
     return pack_rollouts(docs, row_tokens=2 * tokens, pad_id=0)
 
 
+def logprob_mismatch(model: NorthForCausalLM, prompt: list[int], out) -> torch.Tensor:
+    """|Δ logprob| per sampled token between the engine's completion `out` and `model` scoring the same tokens."""
+    seq = torch.tensor([prompt + out.token_ids])
+    targets = seq[:, 1:].clone()
+    targets[:, : len(prompt) - 1] = -100
+    with torch.no_grad():
+        logp, _ = model.token_logprobs(seq[:, :-1], targets)
+    return (logp[0, len(prompt) - 1:] - torch.tensor(out.logprobs)).abs()
+
+
 def _streamed_rank(rank: int, world: int, port: int, src: str, out: str, bucket_mb: float) -> None:
     """One gloo rank of the streamed export: load, shard (FSDP2 + EP), stream to `out` (rank 0 writes)."""
     import torch.distributed as dist
@@ -137,12 +147,7 @@ def main() -> None:
             export_s.append(time.perf_counter() - start)
             nbytes = sum(t.numel() * t.element_size() for t in hf.values())
         out = engine.generate(prompt, max_tokens=16, seed=1)[0]
-        seq = torch.tensor([prompt[0] + out.token_ids])
-        targets = seq[:, 1:].clone()
-        targets[:, : len(prompt[0]) - 1] = -100
-        with torch.no_grad():
-            logp, _ = model.token_logprobs(seq[:, :-1], targets)
-        mismatch = (logp[0, len(prompt[0]) - 1:] - torch.tensor(out.logprobs)).abs()
+        mismatch = logprob_mismatch(model, prompt[0], out)
 
         with torch.no_grad():  # one more training-like change, so the streamed export has something to carry
             for param in model.parameters():
@@ -152,12 +157,7 @@ def main() -> None:
         engine.load_weights(streamed_dir, args.repeats + 1)
         streamed_s = max(r["seconds"] for r in ranks) + time.perf_counter() - start
         out = engine.generate(prompt, max_tokens=16, seed=2)[0]
-        seq = torch.tensor([prompt[0] + out.token_ids])
-        targets = seq[:, 1:].clone()
-        targets[:, : len(prompt[0]) - 1] = -100
-        with torch.no_grad():
-            logp, _ = model.token_logprobs(seq[:, :-1], targets)
-        streamed_mismatch = (logp[0, len(prompt[0]) - 1:] - torch.tensor(out.logprobs)).abs().max()
+        streamed_mismatch = logprob_mismatch(model, prompt[0], out).max()
         engine.close()
     peak_mb = max(r["peak_bytes"] for r in ranks) / 2**20
 

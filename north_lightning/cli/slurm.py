@@ -63,14 +63,28 @@ def render_template(template: str, values: dict[str, str], name: str = "template
     return text
 
 
-def _run_dir_from_config(config: Path) -> str:
-    """`trainer.default_root_dir` of the config when set, else runs/<config stem>."""
+def _trainer_config(config: Path) -> dict[str, Any]:
+    """The config's `trainer` mapping ({} when it has none); a YAML syntax error names the file."""
     try:
-        data = yaml.safe_load(config.read_text()) or {}
+        with config.open() as fh:  # a stream, so PyYAML's message names the file
+            data = yaml.safe_load(fh) or {}
     except yaml.YAMLError as exc:
         raise SystemExit(f"{config}: not valid YAML: {exc}") from exc
     trainer = data.get("trainer") if isinstance(data, dict) else None
-    root = trainer.get("default_root_dir") if isinstance(trainer, dict) else None
+    return trainer if isinstance(trainer, dict) else {}
+
+
+def _callback_init_args(config: Path) -> list[dict[str, Any]]:
+    """The `init_args` mapping of each of the config's trainer callbacks that has one, in order."""
+    callbacks = _trainer_config(config).get("callbacks")
+    callbacks = callbacks if isinstance(callbacks, list) else []
+    inits = [c.get("init_args") if isinstance(c, dict) else None for c in callbacks]
+    return [init for init in inits if isinstance(init, dict)]
+
+
+def _run_dir_from_config(config: Path) -> str:
+    """`trainer.default_root_dir` of the config when set, else runs/<config stem>."""
+    root = _trainer_config(config).get("default_root_dir")
     return str(root) if root else f"runs/{config.stem}"
 
 
@@ -78,16 +92,8 @@ def _weight_transfer_from_config(config: Path) -> str:
     """`engine_kwargs.weight_transfer` of the config's `engine: servers` sampler callback (`files` when unset)."""
     from north_lightning.rl.engines.weight_transfer import parse_weight_transfer
 
-    try:
-        with config.open() as fh:  # a stream, so PyYAML's message names the file
-            data = yaml.safe_load(fh) or {}
-    except yaml.YAMLError as exc:
-        raise SystemExit(f"{config}: not valid YAML: {exc}") from exc
-    trainer = data.get("trainer") if isinstance(data, dict) else None
-    callbacks = trainer.get("callbacks") if isinstance(trainer, dict) else None
-    for callback in callbacks if isinstance(callbacks, list) else []:
-        init = callback.get("init_args") if isinstance(callback, dict) else None
-        if isinstance(init, dict) and init.get("engine") == "servers":
+    for init in _callback_init_args(config):
+        if init.get("engine") == "servers":
             kwargs = init.get("engine_kwargs") or {}
             try:
                 parse_weight_transfer(kwargs.get("weight_transfer", "files"), kwargs.get("nccl"))
@@ -101,12 +107,8 @@ def _placement_from_config(config: Path) -> Any:
     """The sampler callback's `placement` (rl/placement.py), or None."""
     from north_lightning.rl.placement import RLPlacement
 
-    data = yaml.safe_load(config.read_text()) or {}
-    trainer = data.get("trainer") if isinstance(data, dict) else None
-    callbacks = trainer.get("callbacks") if isinstance(trainer, dict) else None
-    for callback in callbacks if isinstance(callbacks, list) else []:
-        init = callback.get("init_args") if isinstance(callback, dict) else None
-        if isinstance(init, dict) and init.get("placement") is not None:
+    for init in _callback_init_args(config):
+        if init.get("placement") is not None:
             try:
                 return RLPlacement.from_dict(init["placement"])
             except (TypeError, ValueError) as exc:

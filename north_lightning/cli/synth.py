@@ -88,7 +88,7 @@ def filter_records(records: list[Trajectory], tokenizer: Any, seq_len: int, task
     """The SFT filters (`datamodules/filters.py`, render + checks + length as `data prepare` applies them) on every
     harness each record renders in; (records passing all, the FilterReport with per-harness counts)."""
     from north_lightning.datamodules.filters import COMMON_CONTROL_STRINGS, FilterConfig, FilterReport
-    from north_lightning.datamodules.prepare import record_reject_reason
+    from north_lightning.datamodules.prepare_documents import record_reject_reason
     from north_lightning.datamodules.tokenize import control_strings
     from north_lightning.rl.rollout import make_harness
 

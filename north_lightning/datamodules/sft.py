@@ -31,7 +31,8 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from north_lightning.datamodules.position import record_batch_position
-from north_lightning.datamodules.prepare import PrepareConfig, expected_key, prepare, shard_dir
+from north_lightning.datamodules.prepare import prepare
+from north_lightning.datamodules.prepare_config import PrepareConfig, expected_key, shard_dir
 from north_lightning.datamodules.shards import RowReader, ShardIndex, ShardMismatch, check_index, describe_difference
 
 log = logging.getLogger(__name__)

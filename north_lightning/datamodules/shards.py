@@ -60,7 +60,7 @@ class ShardIndex:
 
 def check_index(index: ShardIndex, key: str, record: dict[str, Any], tokenizer_fp: str) -> None:
     """Refuse shards made by another format version, tokenizer, config or input data, saying which."""
-    from north_lightning.datamodules.prepare import FORMAT_VERSION
+    from north_lightning.datamodules.prepare_config import FORMAT_VERSION
 
     meta, where = index.meta, index.path
     if meta.get("format_version") != FORMAT_VERSION:

@@ -92,6 +92,23 @@ class DecontaminationReport:
                 "dropped_ids": self.dropped_ids}
 
 
+def pool_records(path: str | Path) -> list[tuple[str, dict[str, Any]]]:
+    """(line, record) of every non-blank line of a pool JSONL; a line that is not a JSON object with
+    `instance_id` and `repo` is a TaskError naming the file and line (decontamination and `tasks split` read
+    pools this way and write kept lines unchanged)."""
+    out = []
+    for lineno, line in enumerate(Path(path).read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            record["instance_id"], record["repo"]
+        except (json.JSONDecodeError, KeyError, TypeError) as err:
+            raise TaskError(f"{path}:{lineno}: not a pool record with instance_id and repo ({err})") from err
+        out.append((line, record))
+    return out
+
+
 def decontaminate(pool: str | Path, out: str | Path, against: Iterable[str], *,
                   instances: str | Path | None = None, ngram: int = 13) -> DecontaminationReport:
     """Write the pool's instances that survive to `out` (lines unchanged); reasons are `repo:<list>` (the
@@ -107,16 +124,9 @@ def decontaminate(pool: str | Path, out: str | Path, against: Iterable[str], *,
             if row is None or not isinstance(row.get("problem_statement"), str):
                 raise TaskError(f"{where}: a benchmark instance needs a 'problem_statement' string")
             grams |= word_ngrams(row["problem_statement"], ngram)
-    pool = Path(pool)
     kept_lines = []
-    for lineno, line in enumerate(pool.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-            iid, repo = record["instance_id"], record["repo"]
-        except (json.JSONDecodeError, KeyError, TypeError) as err:
-            raise TaskError(f"{pool}:{lineno}: not a pool record with instance_id and repo ({err})") from err
+    for line, record in pool_records(pool):
+        iid, repo = record["instance_id"], record["repo"]
         report.input += 1
         identity = normalize_repo(repo, renames)
         reason = next((f"repo:{b.name}" for b in lists if identity in b.repos), None)

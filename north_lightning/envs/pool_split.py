@@ -16,7 +16,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from north_lightning.envs.decontamination import normalize_repo
+from north_lightning.envs.decontamination import normalize_repo, pool_records
 from north_lightning.envs.tasks import TaskError
 
 
@@ -25,23 +25,9 @@ def repo_side(repo: str, sft_fraction: float, seed: int) -> str:
     return "sft" if int.from_bytes(digest[:8], "big") / 2**64 < sft_fraction else "rl"
 
 
-def _records(path: Path) -> list[tuple[str, dict[str, Any]]]:
-    out = []
-    for lineno, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-            record["instance_id"], record["repo"]
-        except (json.JSONDecodeError, KeyError, TypeError) as err:
-            raise TaskError(f"{path}:{lineno}: not a pool record with instance_id and repo ({err})") from err
-        out.append((line, record))
-    return out
-
-
 def check_split(sft: str | Path, rl: str | Path) -> dict[str, int]:
     """Raise TaskError if a repository (normalised) or an instance id is on both sides; return the counts."""
-    sides = {name: _records(Path(p)) for name, p in (("sft", sft), ("rl", rl))}
+    sides = {name: pool_records(p) for name, p in (("sft", sft), ("rl", rl))}
     repos = {name: {normalize_repo(r["repo"]) for _, r in recs} for name, recs in sides.items()}
     ids = {name: {r["instance_id"] for _, r in recs} for name, recs in sides.items()}
     shared = repos["sft"] & repos["rl"]
@@ -62,7 +48,7 @@ def split_pool(pool: str | Path, out_dir: str | Path, *, sft_fraction: float, se
     out_dir.mkdir(parents=True, exist_ok=True)
     lines: dict[str, list[str]] = {"sft": [], "rl": []}
     sides: dict[str, str] = {}
-    for line, record in _records(Path(pool)):
+    for line, record in pool_records(pool):
         repo = normalize_repo(record["repo"])
         side = sides.setdefault(repo, repo_side(repo, sft_fraction, seed))
         lines[side].append(line)

@@ -1,38 +1,47 @@
-"""A stand-in for a remote Docker host: a byte forwarder from a unix socket (or a 127.0.0.1 TCP port) to the local
-engine's socket, which can be cut (listener and every open connection closed, as when a host dies or its
-network goes) and restored. The fleet test and `bench/env_throughput.py` put two of these in front of the one
-engine of this machine to have two "hosts"; nothing in a run uses it.
+"""A stand-in for a remote host: a byte forwarder from a unix socket (or a 127.0.0.1 TCP port) to a local server
+(a unix socket path, by default the Docker engine's, or a 127.0.0.1 TCP port), which can be cut (listener and every
+open connection closed, as when a host dies or its network goes) and restored. Nothing in a run uses it:
+- the fleet test and `bench/env_throughput.py` put two in front of the one engine of this machine to have two
+  Docker "hosts";
+- the sampler-server tests put one in front of a `vllm serve` (`scheme="http"`): closing it is a sampler node
+  going away, a new one on the same `port` (or `restore()`) is that node coming back;
+- the registry test resets the first `refuse_first` connections (RST, as a registry restarting behind a load
+  balancer does) and forwards the rest.
 
-The unix form is preferred: its socket lives in a directory only its creator can enter, while a TCP port on
-127.0.0.1 lets any local user reach the engine for as long as the proxy runs.
+The unix form is preferred in front of the engine: its socket lives in a directory only its creator can enter,
+while a TCP port on 127.0.0.1 lets any local user reach the engine for as long as the proxy runs.
 """
 
 from __future__ import annotations
 
 import os
 import socket
+import struct
 import threading
 from pathlib import Path
 
 
 class SocketProxy:
-    """`SocketProxy(unix_path=...)` or `SocketProxy()` (TCP on 127.0.0.1, a free port); `.start()`, `.url`,
-    `.cut()`, `.restore()`, `.close()`."""
+    """`SocketProxy(target, unix_path=...)` or `SocketProxy(target)` (TCP on 127.0.0.1, `port` or a free one);
+    `target` is a unix socket path or a TCP port on 127.0.0.1. `.start()`, `.url` (`unix://`, or `scheme://` with
+    the TCP port), `.cut()`, `.restore()`, `.close()`; `.connections` forwarded, `.refused` reset."""
 
-    def __init__(self, target: str = "/var/run/docker.sock", *, unix_path: str | Path | None = None) -> None:
+    def __init__(self, target: str | int = "/var/run/docker.sock", *, unix_path: str | Path | None = None,
+                 port: int = 0, scheme: str = "tcp", refuse_first: int = 0) -> None:
         self.target = target
         self.unix_path = str(unix_path) if unix_path is not None else None
-        self.port = 0
+        self.port, self.scheme, self.refuse_first = port, scheme, refuse_first
         self._listener: socket.socket | None = None
         self._conns: set[socket.socket] = set()
         self._lock = threading.Lock()
         self._up = False
-        self.connections = 0  # accepted so far (the bench reports it)
+        self.connections = 0  # forwarded so far (the bench reports it)
+        self.refused = 0  # reset at accept, the first `refuse_first`
         self.errors: list[str] = []  # connections that failed other than by a cut (for tests and the bench)
 
     @property
     def url(self) -> str:
-        return f"unix://{self.unix_path}" if self.unix_path else f"tcp://127.0.0.1:{self.port}"
+        return f"unix://{self.unix_path}" if self.unix_path else f"{self.scheme}://127.0.0.1:{self.port}"
 
     def start(self) -> "SocketProxy":
         if self.unix_path:
@@ -60,13 +69,16 @@ class SocketProxy:
                 continue
             except OSError:
                 return
-            upstream = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            if self.refused < self.refuse_first:
+                self.refused += 1
+                client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close = RST
+                client.close()
+                continue
             try:
-                upstream.connect(self.target)
+                upstream = self._connect_upstream()
             except OSError as err:
                 self.errors.append(f"upstream connect: {err!r}")
                 client.close()
-                upstream.close()
                 continue
             with self._lock:
                 if not self._up:
@@ -78,6 +90,17 @@ class SocketProxy:
             open_ways = [2]  # both directions of the pair; the sockets are closed when both have ended
             for src, dst in ((client, upstream), (upstream, client)):
                 threading.Thread(target=self._pump, args=(src, dst, open_ways), daemon=True).start()
+
+    def _connect_upstream(self) -> socket.socket:
+        if isinstance(self.target, int):
+            return socket.create_connection(("127.0.0.1", self.target))
+        upstream = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            upstream.connect(self.target)
+        except OSError:
+            upstream.close()
+            raise
+        return upstream
 
     def _pump(self, src: socket.socket, dst: socket.socket, open_ways: list[int]) -> None:
         """Copy src -> dst until EOF (then half-close dst) or an error / a cut (then shut both down). Only the
@@ -118,6 +141,7 @@ class SocketProxy:
             listener, self._listener = self._listener, None
             conns = list(self._conns)
         if listener is not None:
+            self._shut(listener)  # stops listening now: a bare close leaves the port open while accept still polls it
             listener.close()
         self._shut(*conns)
 

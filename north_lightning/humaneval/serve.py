@@ -73,6 +73,13 @@ def create_app(db_path: str | Path, *, n_boot: int = 1000) -> Starlette:
                                               status_code=403)
         return JSONResponse({"error": why}, status_code=403)
 
+    def admin(request: Request) -> db.Annotator | Response:
+        """The signed-in admin, or the 401 / 403 response to send (the report pages are the admin's alone)."""
+        person = who(request)
+        if isinstance(person, Response) or person.is_admin:
+            return person
+        return forbidden(request, "only the admin token sees the report")
+
     def index(request: Request) -> Response:
         person = who(request)
         if isinstance(person, Response):
@@ -182,11 +189,9 @@ def create_app(db_path: str | Path, *, n_boot: int = 1000) -> Starlette:
         return JSONResponse({"ok": True, "vote": vote})
 
     def report_page(request: Request) -> Response:
-        person = who(request)
+        person = admin(request)
         if isinstance(person, Response):
             return person
-        if not person.is_admin:
-            return forbidden(request, "only the admin token sees the report")
         from north_lightning.humaneval.report import build_report, format_summary
 
         report = build_report(conn(), n_boot=n_boot)
@@ -196,11 +201,9 @@ def create_app(db_path: str | Path, *, n_boot: int = 1000) -> Starlette:
                                                                   "report_json": json.dumps(report, indent=2)})
 
     def report_file(request: Request) -> Response:
-        person = who(request)
+        person = admin(request)
         if isinstance(person, Response):
             return person
-        if not person.is_admin:
-            return forbidden(request, "only the admin token sees the report")
         from north_lightning.humaneval.report import build_report, export_rows, write_chart
 
         if request.path_params["name"] == "chart.png":

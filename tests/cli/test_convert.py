@@ -9,9 +9,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
-from helpers import CodeRunningPickle
+from helpers import CodeRunningPickle, safetensors_in
 from north_lightning.__main__ import main
 from north_lightning.assets import tiny_tokenizer_path
 from north_lightning.model import NorthConfig, NorthForCausalLM
@@ -19,13 +18,6 @@ from north_lightning.modules import SFTModule
 
 SMALL = dict(num_hidden_layers=2, hidden_size=64, num_attention_heads=2, num_key_value_heads=1, head_dim=32,
              num_experts=4, num_experts_per_tok=2, expert_intermediate_size=32, dense_intermediate_size=64)
-
-
-def _safetensors(d: Path) -> dict[str, torch.Tensor]:
-    out: dict[str, torch.Tensor] = {}
-    for f in sorted(d.glob("*.safetensors")):
-        out.update(load_file(f))
-    return out
 
 
 @pytest.fixture
@@ -48,7 +40,7 @@ def test_round_trip_hf_ckpt_hf_is_exact(hf_dir: Path, tmp_path: Path) -> None:
     assert main(["convert", "ckpt-to-hf", str(ckpt), str(out)]) == 0
     assert json.loads((out / "config.json").read_text()) == json.loads((hf_dir / "config.json").read_text())
     assert module.config.to_hf_dict().items() <= json.loads((out / "config.json").read_text()).items()
-    a, b = _safetensors(hf_dir), _safetensors(out)
+    a, b = safetensors_in(hf_dir), safetensors_in(out)
     assert a.keys() == b.keys() and len(a) > 0
     for k in a:
         assert torch.equal(a[k], b[k]), k

@@ -19,7 +19,8 @@ import yaml
 from torch.utils.data import DataLoader
 
 from north_lightning.cli.data import inspect_row, mixture_errors
-from north_lightning.datamodules.prepare import PrepareConfig, load_tokenizer, prepare, stable_seed
+from north_lightning.datamodules.prepare import PrepareConfig, prepare
+from north_lightning.datamodules.prepare_config import load_tokenizer, stable_seed
 from north_lightning.datamodules.sft import SFTDataModule
 from north_lightning.datamodules.shards import ShardIndex, ShardMismatch
 from north_lightning.datamodules.tokenize import chat_tokens

@@ -9,79 +9,26 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import subprocess
 import threading
 import time
-import urllib.request
 import uuid
 from pathlib import Path
 
 import pytest
 
-from helpers import require
+from helpers import free_port, require
 from north_lightning.envs.images import ImageBuildError
 from north_lightning.envs.registry import ImagePrefetcher, ImageRecipe, ImageResolver, ImageUnavailable, PullRetry
 from north_lightning.envs.session import TaskSession, image_key, resolve_task_image
+from north_lightning.envs.socket_proxy import SocketProxy
 from north_lightning.envs.tasks import BUNDLED_DIR, load_swe_jsonl, repo_commit
+from north_lightning.rl.engines.health import wait_healthy
 
 pytestmark = pytest.mark.docker
 UID = uuid.uuid4().hex[:10]
 TEST_LABEL = "north_lightning.test"
 FAST = PullRetry(attempts=4, base_delay_sec=0.05, factor=2.0)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class RefusingProxy:
-    """Fault stand-in for a registry that is briefly unreachable: a TCP forwarder on 127.0.0.1 that resets the
-    first `refuse` connections (RST, as a registry restarting behind a load balancer does) and then forwards to
-    the real registry. Docker opens one or more connections per pull attempt, so `refuse` covers >= 1 attempt."""
-
-    def __init__(self, target_port: int, refuse: int):
-        self.target_port, self.refuse, self.connections = target_port, refuse, 0
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(32)
-        self.port = self.sock.getsockname()[1]
-        self._closed = False
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while not self._closed:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            self.connections += 1
-            if self.connections <= self.refuse:
-                conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\0\0\0\0\0\0\0")  # close = RST
-                conn.close()
-                continue
-            upstream = socket.create_connection(("127.0.0.1", self.target_port))
-            for src, dst in ((conn, upstream), (upstream, conn)):
-                threading.Thread(target=self._pipe, args=(src, dst), daemon=True).start()
-
-    @staticmethod
-    def _pipe(src: socket.socket, dst: socket.socket) -> None:
-        try:
-            while data := src.recv(65536):
-                dst.sendall(data)
-        except OSError:
-            pass
-        finally:
-            try:
-                dst.shutdown(socket.SHUT_WR)
-            except OSError:
-                pass
-
-    def close(self) -> None:
-        self._closed = True
-        self.sock.close()
 
 
 @pytest.fixture(scope="module")
@@ -105,22 +52,15 @@ def registry(tmp_path_factory, client):
     binary = shutil.which("docker-registry")
     require(binary is not None, "docker-registry is not installed (scripts/ensure_docker.sh installs it)")
     root = tmp_path_factory.mktemp("registry")
-    port = _free_port()
+    port = free_port()
     config = root / "config.yml"
     config.write_text(f"version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {root / 'data'}\n"
                       f"http:\n  addr: 127.0.0.1:{port}\n")
     proc = subprocess.Popen([binary, "serve", str(config)], stdout=subprocess.DEVNULL,
                             stderr=open(root / "registry.log", "w"))
     try:
-        for _ in range(100):
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/", timeout=1) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                time.sleep(0.1)
-        else:
-            raise RuntimeError(f"docker-registry did not answer: {(root / 'registry.log').read_text()[-2000:]}")
+        wait_healthy(proc, f"http://127.0.0.1:{port}/v2/", 30, name="docker-registry", interval=0.1,
+                     log_path=root / "registry.log")
         yield f"127.0.0.1:{port}"
     finally:
         proc.terminate()
@@ -184,7 +124,7 @@ def test_pull_records_the_registry_digest_then_uses_the_local_image(client, push
     always = ImageResolver(client=client, retry=FAST, pull_policy="always")
     assert (always.resolve(reference).source, always.resolve(reference).attempts) == ("pulled", 1)
     # `always` with the registry away: the image the engine has still serves, the failed attempts are reported
-    moved = f"127.0.0.1:{_free_port()}/nltest-{UID}/alpha:1"
+    moved = f"127.0.0.1:{free_port()}/nltest-{UID}/alpha:1"
     client.images.get(reference).tag(moved)
     stale = ImageResolver(client=client, retry=PullRetry(2, base_delay_sec=0.01), pull_policy="always").resolve(moved)
     assert (stale.source, stale.attempts, len(stale.errors)) == ("local", 2, 2)
@@ -192,7 +132,7 @@ def test_pull_records_the_registry_digest_then_uses_the_local_image(client, push
 
 def test_registry_that_fails_then_recovers_is_retried_with_backoff(client, registry, pushed):
     _, digest = pushed["beta"]
-    proxy = RefusingProxy(int(registry.rsplit(":", 1)[1]), refuse=3)
+    proxy = SocketProxy(int(registry.rsplit(":", 1)[1]), refuse_first=3).start()  # then forwards to the registry
     slept: list[float] = []
     try:
         via_proxy = f"127.0.0.1:{proxy.port}/nltest-{UID}/beta:1"
@@ -200,14 +140,14 @@ def test_registry_that_fails_then_recovers_is_retried_with_backoff(client, regis
     finally:
         proxy.close()
     assert result.source == "pulled" and result.digest == digest  # the same manifest, through the proxy's address
-    assert proxy.connections > proxy.refuse == 3
+    assert proxy.refused == 3 and proxy.connections >= 1
     assert 2 <= result.attempts <= FAST.attempts and len(result.errors) == result.attempts - 1
     assert all("connection reset" in e or "EOF" in e for e in result.errors), result.errors
     assert slept == [0.05 * 2 ** k for k in range(result.attempts - 1)]  # exponential backoff between attempts
 
 
 def test_registry_down_for_good_falls_back_to_the_recipe(client, base_image, tmp_path):
-    down = f"127.0.0.1:{_free_port()}/nltest-{UID}/gone:1"  # nothing listens there
+    down = f"127.0.0.1:{free_port()}/nltest-{UID}/gone:1"  # nothing listens there
     task = _swe_task(tmp_path, down, with_recipe=True)
     resolver = ImageResolver(client=client, retry=PullRetry(attempts=3, base_delay_sec=0.01),
                              record_path=tmp_path / "images.json")
@@ -223,7 +163,7 @@ def test_registry_down_for_good_falls_back_to_the_recipe(client, base_image, tmp
 
 
 def test_no_registry_and_no_recipe_is_an_infrastructure_error(client, registry, tmp_path):
-    down = f"127.0.0.1:{_free_port()}/nltest-{UID}/gone:1"
+    down = f"127.0.0.1:{free_port()}/nltest-{UID}/gone:1"
     task = _swe_task(tmp_path, down, with_recipe=False)
     assert task.repo_dir is None
     with pytest.raises(ImageUnavailable, match=r"(?s)gone:1.*no recipe.*attempt 2: .*connection refused") as err:

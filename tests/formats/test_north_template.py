@@ -14,6 +14,7 @@ import cohere_melody
 import pytest
 from transformers import AutoTokenizer
 
+from helpers import expected_assistant_mask
 from north_lightning.assets import tiny_tokenizer_path
 from north_lightning.formats.command_a import (
     END_ACTION,
@@ -161,20 +162,6 @@ def test_renders_byte_identical_to_melody_cmd3(tok) -> None:
                         f"reference {reference[at - 80:at + 80]!r}")
 
 
-def expected_mask(tok, ids: list[int]) -> list[int]:
-    """Independent reference: a token is the assistant's iff it follows `<|START_OF_TURN_TOKEN|><|CHATBOT_TOKEN|>`
-    up to and including the next `<|END_OF_TURN_TOKEN|>`."""
-    start, chatbot, end = tok.convert_tokens_to_ids(["<|START_OF_TURN_TOKEN|>", "<|CHATBOT_TOKEN|>", "<|END_OF_TURN_TOKEN|>"])
-    mask, inside = [], False
-    for i, t in enumerate(ids):
-        mask.append(int(inside))
-        if inside and t == end:
-            inside = False
-        if t == chatbot and i > 0 and ids[i - 1] == start:
-            inside = True
-    return mask
-
-
 def _assistant_spans(tok, msgs, tools, options) -> tuple[list[int], list[int], list[str]]:
     out = _render(tok, msgs, tools, options, tokenize=True, return_dict=True, return_assistant_tokens_mask=True)
     ids, mask = list(out["input_ids"]), list(out["assistant_masks"])
@@ -195,7 +182,7 @@ def test_assistant_mask_matches_independent_derivation(tok) -> None:
     for _ in range(40):
         msgs, tools, options = conversation(rng)
         ids, mask, spans = _assistant_spans(tok, msgs, tools, options)
-        assert mask == expected_mask(tok, ids)
+        assert mask == expected_assistant_mask(tok, ids)
         assert len(spans) == sum(m["role"] == "assistant" for m in msgs)
         assert all(s.endswith("<|END_OF_TURN_TOKEN|>") for s in spans)
 

@@ -19,8 +19,8 @@ import os
 import pytest
 import torch
 
-from helpers import require
-from sampler_servers import free_port, max_logprob_error, perturbed, running_server, save_tiny_model
+from helpers import free_port, require
+from sampler_servers import max_logprob_error, perturbed, running_server, save_tiny_model
 
 pytestmark = pytest.mark.gpu
 

@@ -4,18 +4,11 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from north_lightning.rl.engines.health import wait_healthy
 
 
 def start_server(db_path: str | Path, port: int, log_path: str | Path | None = None,
@@ -24,18 +17,13 @@ def start_server(db_path: str | Path, port: int, log_path: str | Path | None = N
     proc = subprocess.Popen([sys.executable, "-m", "north_lightning", "humaneval", "serve", "--db", str(db_path),
                              "--host", "127.0.0.1", "--port", str(port)], stdout=log, stderr=subprocess.STDOUT,
                             env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}, start_new_session=True)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"humaneval serve exited with {proc.returncode} (log: {log_path})")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as resp:
-                if resp.status == 200:
-                    return proc
-        except OSError:
-            time.sleep(0.2)
-    kill_server(proc)
-    raise TimeoutError(f"humaneval serve did not answer on port {port} within {timeout} s")
+    try:
+        wait_healthy(proc, f"http://127.0.0.1:{port}/healthz", timeout, name="humaneval serve", interval=0.2,
+                     log_path=log_path)
+    except TimeoutError:
+        kill_server(proc)
+        raise
+    return proc
 
 
 def kill_server(proc: subprocess.Popen) -> None:

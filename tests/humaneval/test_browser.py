@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from helpers import require
-from humaneval.live_server import free_port, kill_server, start_server
+from helpers import free_port, require
+from humaneval.live_server import kill_server, start_server
 from north_lightning.humaneval import db
 
 pytestmark = [pytest.mark.docker, pytest.mark.vllm, pytest.mark.slow]

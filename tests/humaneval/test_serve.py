@@ -11,7 +11,8 @@ import urllib.request
 import pytest
 from starlette.testclient import TestClient
 
-from humaneval.live_server import free_port, kill_server, start_server
+from helpers import free_port
+from humaneval.live_server import kill_server, start_server
 from humaneval.votes_table import RUBRICS, many_responses
 from north_lightning.humaneval import db
 from north_lightning.humaneval.serve import COOKIE, create_app

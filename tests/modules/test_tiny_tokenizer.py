@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from transformers import AutoTokenizer
 
+from helpers import expected_assistant_mask
 from north_lightning.assets import tiny_tokenizer_path
 
 TOOLS = [{"type": "function", "function": {"name": "bash", "description": "Run a shell command.",
@@ -41,27 +42,12 @@ def test_vocab_and_special_tokens(tok) -> None:
     assert tok(text)["input_ids"] == ids
 
 
-def _expected_mask(tok, ids: list[int]) -> list[int]:
-    """Independent reference: a token is trainable iff it lies after an assistant header
-    (`<|START_OF_TURN_TOKEN|><|CHATBOT_TOKEN|>`) up to and including the next `<|END_OF_TURN_TOKEN|>`."""
-    start, chatbot = tok.convert_tokens_to_ids(["<|START_OF_TURN_TOKEN|>", "<|CHATBOT_TOKEN|>"])
-    end = tok.eos_token_id
-    mask, inside = [], False
-    for i, t in enumerate(ids):
-        mask.append(int(inside))
-        if inside and t == end:
-            inside = False
-        if t == chatbot and i > 0 and ids[i - 1] == start:
-            inside = True
-    return mask
-
-
 def test_assistant_mask_is_exact_token_by_token(tok) -> None:
     out = tok.apply_chat_template(CONVERSATION, tools=TOOLS, tokenize=True, return_dict=True,
                                   return_assistant_tokens_mask=True)
     ids, mask = out["input_ids"], out["assistant_masks"]
     assert len(ids) == len(mask)
-    assert mask == _expected_mask(tok, ids)
+    assert mask == expected_assistant_mask(tok, ids)
     trained = tok.decode([t for t, m in zip(ids, mask) if m])
     assert trained == (
         "I'll compute it in the shell.<|START_ACTION|>[{\"name\": \"bash\", \"arguments\": "

@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from helpers import over_budget_seeded_prompts, require
+from helpers import logprob_error, over_budget_seeded_prompts, require
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 
@@ -114,12 +114,7 @@ def test_inprocess_engine_that_failed_in_a_step_reports_death_and_restarts_on_th
         assert engine.is_alive() and engine.restarts == 1 and engine.policy_version == 1
         prompt = [1, 10, 20, 30, 40]
         comp = engine.generate([prompt], max_tokens=8, temperature=1.0, seed=5)[0]
-        seq = torch.tensor([prompt + comp.token_ids])
-        targets = seq[:, 1:].clone()
-        targets[:, : len(prompt) - 1] = -100
-        with torch.no_grad():
-            logp, _ = model.token_logprobs(seq[:, :-1], targets)
-        error = (logp[0, len(prompt) - 1:] - torch.tensor(comp.logprobs)).abs().max().item()
+        error = logprob_error(model, prompt, comp.token_ids, comp.logprobs).max().item()
         assert error < 1e-3, f"restarted engine does not sample from the version-1 weights (max |dlogp| {error})"
     finally:
         engine.close()

@@ -6,7 +6,7 @@ import importlib.util
 import pytest
 import torch
 
-from helpers import over_budget_seeded_prompts, require
+from helpers import logprob_error, over_budget_seeded_prompts, require
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 
@@ -36,15 +36,7 @@ def engine(exported):
 
 
 def recomputed_logprob_error(model, prompts, completions) -> torch.Tensor:
-    errors = []
-    for prompt, comp in zip(prompts, completions):
-        seq = torch.tensor([prompt + comp.token_ids])
-        targets = seq[:, 1:].clone()
-        targets[:, : len(prompt) - 1] = -100
-        with torch.no_grad():
-            logp, _ = model.token_logprobs(seq[:, :-1], targets)
-        errors.append((logp[0, len(prompt) - 1 :] - torch.tensor(comp.logprobs)).abs())
-    return torch.cat(errors)
+    return torch.cat([logprob_error(model, p, c.token_ids, c.logprobs) for p, c in zip(prompts, completions)])
 
 
 def test_generate_returns_tokens_and_sampler_logprobs_matching_our_model(exported, engine):

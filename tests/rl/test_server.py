@@ -16,8 +16,9 @@ import threading
 import pytest
 import torch
 
-from sampler_servers import PROMPT, FilesStandInForNCCL, Forwarder, free_port, max_logprob_error, perturbed, \
-    tiny_cpu_server
+from helpers import free_port
+from north_lightning.envs.socket_proxy import SocketProxy
+from sampler_servers import PROMPT, FilesStandInForNCCL, max_logprob_error, perturbed, tiny_cpu_server
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 
@@ -205,7 +206,7 @@ def test_dead_servers_episodes_move_to_a_live_server(server, tmp_path):
     from north_lightning.rl.engines.inprocess import EngineDied
 
     model, model_dir, url = server
-    fwd = Forwarder(int(url.rsplit(":", 1)[1]))
+    fwd = SocketProxy(int(url.rsplit(":", 1)[1]), scheme="http").start()
     pool = ServerPool([fwd.url, url], model_dir=model_dir, weights_dir=tmp_path / "w", timeout=30)
     a0, b0, a1 = _Episode("A", 0), _Episode("B", 0), _Episode("A", 1)
     for ep in (a0, b0, a1):

@@ -8,7 +8,8 @@ runs the real one; test_server.py has the refusal by a server started without th
 import pytest
 import torch
 
-from sampler_servers import PROMPT, FilesStandInForNCCL, Forwarder, max_logprob_error, perturbed, tiny_cpu_server
+from north_lightning.envs.socket_proxy import SocketProxy
+from sampler_servers import PROMPT, FilesStandInForNCCL, max_logprob_error, perturbed, tiny_cpu_server
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 
@@ -39,8 +40,7 @@ def test_pool_sends_to_live_servers_and_joins_a_returning_one_anew(nccl_server, 
     model, model_dir, url = nccl_server
     log = FilesStandInForNCCL.install(monkeypatch, model_dir)
     port = int(url.rsplit(":", 1)[1])
-    fwd = Forwarder(port)
-    fwd_port = fwd.port
+    fwd = SocketProxy(port, scheme="http").start()  # server 0's address; closed and restored below
     pool = ServerPool([fwd.url, url], model_dir=model_dir, weights_dir=tmp_path / "w", timeout=30,
                       weight_transfer="nccl", nccl={"master_address": "127.0.0.1", "master_port": 29650})
     check = OpenAIServerPolicy(url, model_dir=model_dir)  # server 1 directly
@@ -65,7 +65,7 @@ def test_pool_sends_to_live_servers_and_joins_a_returning_one_anew(nccl_server, 
         pool.load_weights(to_hf_state_dict(new2), version=2)  # server 0 still away: skipped, not an error
         assert log == [("send", url, "dict")] and max_logprob_error(new2, check)[0] < 1e-4
 
-        fwd = Forwarder(port, port=fwd_port)  # server 0 is back (a new process, as far as NCCL knows)
+        fwd.restore()  # server 0 is back (a new process, as far as NCCL knows)
         del log[:]
         pool.load_weights(to_hf_state_dict(new3), version=3)  # it rejoins on a fresh port: 29650 + 0 + 1 * 2
         assert log == [("send", url, "dict"), ("open", fwd.url, 29652), ("send", fwd.url, "dict")]
@@ -75,7 +75,7 @@ def test_pool_sends_to_live_servers_and_joins_a_returning_one_anew(nccl_server, 
         with pytest.raises(EngineDied):
             for _ in range(2):
                 pool.generate([PROMPT], max_tokens=2)
-        fwd = Forwarder(port, port=fwd_port)
+        fwd.restore()
         pool.restart()
         assert list(pool.dead) == [fwd.url]  # it rejoins at the next export
         del log[:]

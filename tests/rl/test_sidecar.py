@@ -18,7 +18,7 @@ import pytest
 import torch
 import yaml
 
-from helpers import complete_ledger, docker_ok, require
+from helpers import complete_ledger, docker_ok, logprob_error, require
 from north_lightning.model.safe_load import load_checkpoint_file
 from north_lightning.rl.spool import read_batch
 
@@ -263,12 +263,7 @@ def test_sync_rollouts_through_sampler_servers(tmp_path, init_dir):
         comp = OpenAIServerPolicy(url).generate([prompt], max_tokens=16, seed=0)[0]
         errors = {}
         for name, model in (("final", final), ("init", NorthForCausalLM.from_pretrained(init_dir).eval())):
-            seq = torch.tensor([prompt + comp.token_ids])
-            targets = seq[:, 1:].clone()
-            targets[:, : len(prompt) - 1] = -100
-            with torch.no_grad():
-                logp, _ = model.token_logprobs(seq[:, :-1], targets)
-            errors[name] = (logp[0, len(prompt) - 1 :] - torch.tensor(comp.logprobs)).abs().max().item()
+            errors[name] = logprob_error(model, prompt, comp.token_ids, comp.logprobs).max().item()
         assert errors["final"] < 1e-4 < 1e-3 < errors["init"], errors
     exports = [json.loads(line) for line in (run / "rl" / "exports.jsonl").read_text().splitlines()]
     assert [(e["step"], e["version"]) for e in exports] == [(1, 1), (2, 2), (3, 3)]

@@ -13,20 +13,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
+from helpers import safetensors_in
 from north_lightning.assets import tiny_tokenizer_path
 from north_lightning.model import NorthConfig, NorthForCausalLM
 
 WORKER = Path(__file__).with_name("hf_export_worker.py")
 TIMEOUT_S = 240
-
-
-def _tensors(hf_dir: Path) -> dict[str, torch.Tensor]:
-    tensors: dict[str, torch.Tensor] = {}
-    for file in sorted(hf_dir.glob("*.safetensors")):
-        tensors.update(load_file(file))
-    return tensors
 
 
 def test_sharded_hf_export_equals_one_process_export(tmp_path: Path) -> None:
@@ -50,10 +43,10 @@ def test_sharded_hf_export_equals_one_process_export(tmp_path: Path) -> None:
         assert done["global_step"] == 1 and done["last_export"] == str(run_dir / "hf")
         assert done["sharded"] == "DTensor"
 
-    ref_tensors = _tensors(reference)
+    ref_tensors = safetensors_in(reference)
     assert len(ref_tensors) > 10 and "model.layers.1.mlp.experts.15.down_proj.weight" in ref_tensors
     for exported in (run_dir / "hf" / "step_1", run_dir / "hf"):
-        got = _tensors(exported)
+        got = safetensors_in(exported)
         assert got.keys() == ref_tensors.keys(), exported
         for name, want in ref_tensors.items():
             assert got[name].dtype == want.dtype and torch.equal(got[name], want), f"{exported}: {name}"

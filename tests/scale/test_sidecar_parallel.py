@@ -27,9 +27,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
-from helpers import complete_ledger, docker_ok, require
+from helpers import complete_ledger, docker_ok, logprob_error, require, safetensors_in
 from north_lightning.rl.spool import read_batch
 
 pytestmark = [pytest.mark.vllm, pytest.mark.docker, pytest.mark.slow]
@@ -106,20 +105,7 @@ def _probe_error(model_dir: Path, probe: dict) -> float:
     from north_lightning.model import NorthForCausalLM
 
     model = NorthForCausalLM.from_pretrained(model_dir).eval()
-    prompt = probe["prompt"]
-    seq = torch.tensor([prompt + probe["token_ids"]])
-    targets = seq[:, 1:].clone()
-    targets[:, : len(prompt) - 1] = -100
-    with torch.no_grad():
-        logp, _ = model.token_logprobs(seq[:, :-1], targets)
-    return (logp[0, len(prompt) - 1:] - torch.tensor(probe["logprobs"])).abs().max().item()
-
-
-def _tensors(hf_dir: Path) -> dict[str, torch.Tensor]:
-    out: dict[str, torch.Tensor] = {}
-    for file in sorted(hf_dir.glob("*.safetensors")):
-        out.update(load_file(file))
-    return out
+    return logprob_error(model, probe["prompt"], probe["token_ids"], probe["logprobs"]).max().item()
 
 
 def test_sidecar_under_fsdp2_on_two_ranks(tmp_path: Path, init_dir: Path) -> None:
@@ -147,7 +133,7 @@ def test_sidecar_under_fsdp2_on_two_ranks(tmp_path: Path, init_dir: Path) -> Non
     assert owners == {done[0]["pid"]}, (owners, done[0]["pid"], done[1]["pid"])
 
     # the engine started from the full (gathered) initial weights, not from one rank's shards
-    init, engine_init = _tensors(init_dir), _tensors(run / "rl" / "engine_init")
+    init, engine_init = safetensors_in(init_dir), safetensors_in(run / "rl" / "engine_init")
     assert engine_init.keys() == init.keys()
     assert all(torch.equal(engine_init[k], init[k]) for k in init)
 

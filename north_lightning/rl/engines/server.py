@@ -35,6 +35,7 @@ import torch
 
 from north_lightning.rl.engines.affinity import AffinityTable, Route, current_route
 from north_lightning.rl.engines.auth import MIDDLEWARE_PATH, SAMPLER_KEY_ENV, auth_headers, new_sampler_key, sampler_key
+from north_lightning.rl.engines.health import wait_healthy
 from north_lightning.rl.engines.weights import WeightsWriter, check_version
 from north_lightning.rl.engines.inprocess import EngineDied, _require_vllm, whole_prompt_prefill
 from north_lightning.rl.policy import Completion
@@ -73,18 +74,12 @@ def launch_vllm_server(model_dir: str | Path, *, port: int, host: str = "127.0.0
         cmd.append("--no-enable-chunked-prefill")
     log_file = open(log_path, "ab") if log_path else subprocess.DEVNULL
     proc = subprocess.Popen(cmd, env=env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
-    deadline = time.monotonic() + start_timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"vllm serve exited with code {proc.returncode} during start (log: {log_path})")
-        try:
-            with urllib.request.urlopen(f"http://{host}:{port}/health", timeout=2) as resp:
-                if resp.status == 200:
-                    return proc
-        except OSError:
-            time.sleep(1.0)
-    stop_vllm_server(proc)
-    raise TimeoutError(f"vllm serve did not become healthy on {host}:{port} within {start_timeout:.0f} s")
+    try:
+        wait_healthy(proc, f"http://{host}:{port}/health", start_timeout, name="vllm serve", log_path=log_path)
+    except TimeoutError:
+        stop_vllm_server(proc)
+        raise
+    return proc
 
 
 def stop_vllm_server(proc: subprocess.Popen, timeout: float = 30.0) -> None:
