@@ -144,7 +144,8 @@ def trainer_step_with_sampling(engines: list[str], repeats: int = 3) -> dict[str
     from north_lightning.assets import tiny_tokenizer_path
     from north_lightning.datamodules.rl import pack_rollouts
     from north_lightning.model import NorthConfig, NorthForCausalLM
-    from north_lightning.rl.engines.inprocess import SubprocessVLLMEngine, VLLMEngine
+    from north_lightning.rl.engines.child import SubprocessVLLMEngine
+    from north_lightning.rl.engines.inprocess import VLLMEngine
     from north_lightning.rl.losses import cispo_loss
 
     torch.manual_seed(0)

@@ -285,7 +285,8 @@ class _RolloutCallback(L.Callback):
             log.info("no orphaned sandbox containers")
 
     def _start_engine(self, model_dir: Path) -> Any:
-        from north_lightning.rl.engines.inprocess import SubprocessVLLMEngine, VLLMEngine
+        from north_lightning.rl.engines.child import SubprocessVLLMEngine
+        from north_lightning.rl.engines.stepped import SteppedVLLMEngine
 
         if self.engine_kind == "servers":
             from north_lightning.rl.engines.server import ServerPool

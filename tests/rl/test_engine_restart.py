@@ -19,7 +19,8 @@ def test_killed_engine_is_restarted_and_its_group_requeued(tmp_path):
     from north_lightning.assets import tiny_tokenizer_path
     from north_lightning.rl.spool import RolloutSpool
     from north_lightning.model import NorthConfig, NorthForCausalLM
-    from north_lightning.rl.engines.inprocess import EngineDied, SubprocessVLLMEngine
+    from north_lightning.rl.engines.child import SubprocessVLLMEngine
+    from north_lightning.rl.engines.inprocess import EngineDied
     from north_lightning.rl.rollout import Episode, Segment
     from north_lightning.rl.sampler import EnvSpec, RolloutService
 
