@@ -40,11 +40,28 @@ def versions(tmp_path_factory):
     return v0, v1, out
 
 
-def _engine(model_dir, mode):
+@pytest.fixture(scope="module")
+def shared_engine(versions):
+    """One in-process engine for the three modes (one start, ~10 s on this machine): each test first goes back to
+    v0's weights under a new version (`_on_v0`), then sets its mode (read at every update)."""
     from north_lightning.rl.engines.stepped import SteppedVLLMEngine
 
-    return SteppedVLLMEngine(model_dir, weight_update_mode=mode, max_model_len=512, kv_cache_bytes=64 * 2**20,
-                             ignore_eos=True, stale_kv_samples=4)
+    engine = SteppedVLLMEngine(versions[2], max_model_len=512, kv_cache_bytes=64 * 2**20, ignore_eos=True,
+                               stale_kv_samples=4)
+    yield engine
+    engine.close()
+
+
+def _on_v0(engine, v0, mode):
+    """v0's weights loaded (a fresh version number when the engine already moved on); returns that version."""
+    from north_lightning.model.hf import to_hf_state_dict
+
+    if engine.policy_version != 0:
+        engine.mode = "drain"
+        engine.load_weights(to_hf_state_dict(v0), version=engine.policy_version + 1)
+    engine.metrics()
+    engine.mode = mode
+    return engine.policy_version
 
 
 def _own_logprobs(model, prompt, token_ids) -> torch.Tensor:
@@ -57,7 +74,7 @@ def _own_logprobs(model, prompt, token_ids) -> torch.Tensor:
     return logp[0, len(prompt) - 1:]
 
 
-def _generate_across_export(engine, v1, *, others=0):
+def _generate_across_export(engine, v1, old, *, others=0):
     """Start a long generation (plus `others` concurrent ones), export v1 once SWAP_AFTER tokens exist, return
     the spanning completion, the other completions and the tokens generated before the swap."""
     from north_lightning.model.hf import to_hf_state_dict
@@ -75,31 +92,29 @@ def _generate_across_export(engine, v1, *, others=0):
     deadline = time.monotonic() + 300
     while engine.generated_tokens - before < SWAP_AFTER * (1 + others) and time.monotonic() < deadline:
         time.sleep(0.002)
-    engine.load_weights(to_hf_state_dict(v1), version=1)
+    engine.load_weights(to_hf_state_dict(v1), version=old + 1)
     for t in threads:
         t.join(timeout=300)
-    assert engine.swaps[-1][0] == 1
+    assert engine.swaps[-1][0] == old + 1
     return results[0], [results[i] for i in range(1, 1 + others)], engine.swaps[-1][1] - before
 
 
-def _switch_index(versions):
-    assert versions == sorted(versions), "versions must only increase along a completion"
-    return versions.index(1) if 1 in versions else len(versions)
+def _switch_index(versions, old=0):
+    assert versions == sorted(versions) and set(versions) <= {old, old + 1}, versions
+    return versions.index(old + 1) if old + 1 in versions else len(versions)
 
 
-def test_keep_switches_version_where_the_swap_happened_and_logs_the_stale_kv_difference(versions):
-    v0, v1, model_dir = versions
-    engine = _engine(model_dir, "keep")
-    try:
-        comp, _, swapped_at = _generate_across_export(engine, v1)
-        metrics = engine.metrics(wait_s=120)
-    finally:
-        engine.close()
+def test_keep_switches_version_where_the_swap_happened_and_logs_the_stale_kv_difference(versions, shared_engine):
+    v0, v1, _ = versions
+    engine = shared_engine
+    old = _on_v0(engine, v0, "keep")
+    comp, _, swapped_at = _generate_across_export(engine, v1, old)
+    metrics = engine.metrics(wait_s=120)
     assert len(comp.token_ids) == len(comp.versions) == len(comp.logprobs) == LONG
-    k = _switch_index(comp.versions)
+    k = _switch_index(comp.versions, old)
     # the only request running: tokens before the swap are v0, every later token v1, and none were lost
     assert k == swapped_at and SWAP_AFTER <= k < LONG
-    assert set(comp.versions[:k]) == {0} and set(comp.versions[k:]) == {1}
+    assert set(comp.versions[:k]) == {old} and set(comp.versions[k:]) == {old + 1}
     sampler = torch.tensor(comp.logprobs)
     assert (_own_logprobs(v0, PROMPT, comp.token_ids)[:k] - sampler[:k]).abs().max() < 1e-4
     # after the swap the sampler used v1 weights on a KV cache v0 computed: not v1's full-prefix logprobs
@@ -112,19 +127,18 @@ def test_keep_switches_version_where_the_swap_happened_and_logs_the_stale_kv_dif
     assert abs(metrics["rl/stale_kv_logprob_diff_max"] - float(stale.max())) < 1e-3
 
 
-def test_recompute_gives_each_token_its_own_versions_logprob_on_its_full_prefix(versions):
-    v0, v1, model_dir = versions
-    engine = _engine(model_dir, "recompute")
-    try:
-        comp, others, _ = _generate_across_export(engine, v1, others=2)
-        metrics = engine.metrics(wait_s=120)
-        assert engine.max_running >= 3  # concurrent calls ran as concurrent vLLM requests
-        assert engine.recomputed_requests >= 1
-    finally:
-        engine.close()
+def test_recompute_gives_each_token_its_own_versions_logprob_on_its_full_prefix(versions, shared_engine):
+    v0, v1, _ = versions
+    engine = shared_engine
+    old = _on_v0(engine, v0, "recompute")
+    recomputed = engine.recomputed_requests
+    comp, others, _ = _generate_across_export(engine, v1, old, others=2)
+    metrics = engine.metrics(wait_s=120)
+    assert engine.max_running >= 3  # concurrent calls ran as concurrent vLLM requests
+    assert engine.recomputed_requests - recomputed == 3  # all three were running at the export
     for c, prompt, n in [(comp, PROMPT, LONG)] + [(o, [1, 7 + i, 9 + i], 40) for i, o in enumerate(others, 1)]:
         assert len(c.token_ids) == len(c.versions) == len(c.logprobs) == n
-        k = _switch_index(c.versions)
+        k = _switch_index(c.versions, old)
         sampler = torch.tensor(c.logprobs)
         err0 = (_own_logprobs(v0, prompt, c.token_ids)[:k] - sampler[:k]).abs()
         err1 = (_own_logprobs(v1, prompt, c.token_ids)[k:] - sampler[k:]).abs()
@@ -132,34 +146,33 @@ def test_recompute_gives_each_token_its_own_versions_logprob_on_its_full_prefix(
               f"v1 max={err1.max() if k < n else 0:.2e}")
         assert k == n or err1.max() < 1e-4
         assert k == 0 or err0.max() < 1e-4
-    assert 0 < _switch_index(comp.versions) < LONG
+    assert all(0 < _switch_index(c.versions, old) < len(c.versions) for c in [comp] + others)
     assert metrics["rl/stale_kv_logprob_diff_max"] < 1e-4  # recomputed KV: nothing stale to measure
 
 
-def test_drain_finishes_running_turns_on_the_old_weights_and_holds_new_ones(versions):
+def test_drain_finishes_running_turns_on_the_old_weights_and_holds_new_ones(versions, shared_engine):
     from north_lightning.model.hf import to_hf_state_dict
 
-    v0, v1, model_dir = versions
-    engine = _engine(model_dir, "drain")
-    try:
-        results = {}
-        first = threading.Thread(target=lambda: results.setdefault("a", engine.generate([PROMPT], max_tokens=LONG,
-                                                                                        seed=3)[0]))
-        first.start()
-        while engine.generated_tokens < SWAP_AFTER:
-            time.sleep(0.002)
-        update = threading.Thread(target=engine.load_weights, args=(to_hf_state_dict(v1), 1))
-        update.start()
-        while engine._update is None and engine.policy_version == 0:
-            time.sleep(0.001)
-        late = engine.generate([[1, 5, 6]], max_tokens=8, seed=4)[0]  # submitted while the export waits
-        first.join(timeout=300)
-        update.join(timeout=300)
-    finally:
-        engine.close()
-    assert results["a"].versions == [0] * LONG  # ran to its end on v0
-    assert engine.swaps == [(1, LONG)]  # the swap came after all of it and before `late`
-    assert late.versions == [1] * 8
+    v0, v1, _ = versions
+    engine = shared_engine
+    old = _on_v0(engine, v0, "drain")
+    results = {}
+    before = engine.generated_tokens
+    first = threading.Thread(target=lambda: results.setdefault("a", engine.generate([PROMPT], max_tokens=LONG,
+                                                                                    seed=3)[0]))
+    first.start()
+    while engine.generated_tokens - before < SWAP_AFTER:
+        time.sleep(0.002)
+    update = threading.Thread(target=engine.load_weights, args=(to_hf_state_dict(v1), old + 1))
+    update.start()
+    while engine._update is None and engine.policy_version == old:
+        time.sleep(0.001)
+    late = engine.generate([[1, 5, 6]], max_tokens=8, seed=4)[0]  # submitted while the export waits
+    first.join(timeout=300)
+    update.join(timeout=300)
+    assert results["a"].versions == [old] * LONG  # ran to its end on v0
+    assert engine.swaps[-1] == (old + 1, before + LONG)  # the swap came after all of it and before `late`
+    assert late.versions == [old + 1] * 8
     err = (_own_logprobs(v1, [1, 5, 6], late.token_ids) - torch.tensor(late.logprobs)).abs()
     assert err.max() < 1e-4
 
