@@ -249,6 +249,7 @@ def inflight_vs_drain(seconds: float, export_every_s: float, workers: int, media
                             done[0] += 1
 
             threads = [threading.Thread(target=work, args=(w,), daemon=True) for w in range(workers)]
+            exports_before = engine.updates
             start = time.perf_counter()
             for t in threads:
                 t.start()
@@ -263,7 +264,8 @@ def inflight_vs_drain(seconds: float, export_every_s: float, workers: int, media
             for t in threads:
                 t.join(timeout=600)
             print(f"inflight round {i}: {mode:<5} rollouts={done[0]} in {elapsed:.1f} s "
-                  f"({60 * done[0] / elapsed:.1f}/min), exports={engine.updates}")
+                  f"({60 * done[0] / elapsed:.1f}/min), exports={engine.updates - exports_before} (a drain export "
+                  "blocks the exporter as it blocks the trainer)")
         engine.close()
     per_min = {mode: 60 * n / t for mode, (n, t) in totals.items()}
     return {"keep_rollouts_per_min": per_min["keep"], "drain_rollouts_per_min": per_min["drain"],
@@ -318,11 +320,12 @@ def main() -> None:
     steps = trainer_step_with_sampling(engines) if engines else {}
     for kind, seconds in steps.items():
         print(f"trainer RL step (tiny, 8 x 256 tokens) with sampling {kind if kind != 'off' else 'off'}: {seconds:.3f} s")
-    real = " ".join(f"train_step_{kind}_s={seconds:.3f}" for kind, seconds in steps.items())
+    figures = [f"train_step_{kind}_s={seconds:.3f}" for kind, seconds in steps.items()]
     if args.inflight_seconds > 0:
         inflight = inflight_vs_drain(args.inflight_seconds, args.inflight_export_every_s, args.inflight_workers,
                                      args.inflight_median_tokens, args.inflight_tail)
-        real += " " + " ".join(f"{k}={v:.2f}" for k, v in inflight.items())
+        figures += [f"{k}={v:.2f}" for k, v in inflight.items()]
+    real = " ".join(figures)
     print(f"windowed_vs_sync={tput['windowed'] / tput['sync']:.2f} "
           f"windowed_vs_completion={tput['windowed'] / tput['completion']:.2f} trained_duration_vs_sync={ratio:.3f} "
           f"max_staleness={max_stale} {real}".rstrip())
