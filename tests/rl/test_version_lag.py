@@ -54,3 +54,12 @@ def test_rl_module_logs_the_version_lag_of_trained_tokens(tmp_path):
     logged = {k: float(v) for r in rows for k, v in r.items() if k.startswith("rl/version_lag") and v}
     assert abs(logged["rl/version_lag_mean"] - 8 / 6) < 1e-6 and logged["rl/version_lag_max"] == 2.0
     assert abs(logged["rl/version_lag/1"] - 4 / 6) < 1e-6 and abs(logged["rl/version_lag/2"] - 2 / 6) < 1e-6
+
+
+def test_sidecar_refuses_an_unknown_weight_update_mode():
+    import pytest
+
+    from north_lightning.callbacks.vllm_sidecar import VLLMSidecar
+
+    with pytest.raises(ValueError, match="weight_update_mode must be one of .*'keep', 'recompute', 'drain'.*'pause'"):
+        VLLMSidecar(envs=[{"name": "e", "tasks": "t"}], weight_update_mode="pause")
