@@ -43,6 +43,7 @@ def test_generate_returns_tokens_and_sampler_logprobs_matching_our_model(exporte
     model, _ = exported
     outs = engine.generate(PROMPTS, max_tokens=16, temperature=1.0, seed=0)
     assert [len(o.token_ids) for o in outs] == [16, 16, 16]
+    assert all(o.versions == [engine.policy_version] * 16 for o in outs)
     assert all(len(o.logprobs) == len(o.token_ids) and o.finish_reason == "length" for o in outs)
     err = recomputed_logprob_error(model, PROMPTS, outs)
     print(f"v0 logprob |delta| mean={err.mean():.2e} max={err.max():.2e}")

@@ -138,7 +138,8 @@ class VLLMEngine:
                 self._failure = f"{type(err).__name__}: {err}"
                 raise EngineDied(f"in-process vLLM engine failed inside a step ({self._failure})") from err
             self.generate_seconds += time.perf_counter() - start
-        completions = [_completion_from_vllm(out.outputs[0]) for out in outputs]
+            version = self.policy_version  # exact: weights change only under this lock
+        completions = [_completion_from_vllm(out.outputs[0], version) for out in outputs]
         self.generated_tokens += sum(len(c.token_ids) for c in completions)
         return completions
 
@@ -222,12 +223,13 @@ class NorthWorkerExtension:
         return _repack_cpu_moe_experts(self)
 
 
-def _completion_from_vllm(out: Any) -> Completion:
+def _completion_from_vllm(out: Any, version: int) -> Completion:
     ids = list(out.token_ids)
     logprobs = None
     if out.logprobs is not None:
         logprobs = [float(step[tok].logprob) for tok, step in zip(ids, out.logprobs)]
-    return Completion(token_ids=ids, logprobs=logprobs, text=out.text, finish_reason=str(out.finish_reason))
+    return Completion(token_ids=ids, logprobs=logprobs, text=out.text, finish_reason=str(out.finish_reason),
+                      versions=[version] * len(ids))
 
 
 class EngineDied(RuntimeError):
