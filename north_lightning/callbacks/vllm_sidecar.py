@@ -386,7 +386,10 @@ class _RolloutCallback(L.Callback):
         metrics = {"rl/export_seconds": seconds, "rl/export_peak_extra_mb": stats.peak_bytes / 2**20}
         engine_metrics = getattr(self.engine, "metrics", None)  # stale-KV figures of the last export window
         if trainer.is_global_zero and callable(engine_metrics):
-            metrics.update(engine_metrics())
+            try:
+                metrics.update(engine_metrics())
+            except RuntimeError as err:  # a dead engine (EngineDied) is the rollout service's to handle, not ours
+                log.warning("engine metrics unavailable at export: %s", err)
         log_sparse_metrics(trainer, metrics)
 
     def _check_service(self) -> None:
