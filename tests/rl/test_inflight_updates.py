@@ -12,7 +12,7 @@ import time
 import pytest
 import torch
 
-from helpers import require
+from helpers import logprob_error, require
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 
@@ -64,16 +64,6 @@ def _on_v0(engine, v0, mode):
     return engine.policy_version
 
 
-def _own_logprobs(model, prompt, token_ids) -> torch.Tensor:
-    """Our model's logprob of each generated token given its full prefix (one fresh forward)."""
-    seq = torch.tensor([prompt + token_ids])
-    targets = seq[:, 1:].clone()
-    targets[:, : len(prompt) - 1] = -100
-    with torch.no_grad():
-        logp, _ = model.token_logprobs(seq[:, :-1], targets)
-    return logp[0, len(prompt) - 1:]
-
-
 def _generate_across_export(engine, v1, old, *, others=0):
     """Start a long generation (plus `others` concurrent ones), export v1 once SWAP_AFTER tokens exist, return
     the spanning completion, the other completions and the tokens generated before the swap."""
@@ -115,10 +105,9 @@ def test_keep_switches_version_where_the_swap_happened_and_logs_the_stale_kv_dif
     # the only request running: tokens before the swap are v0, every later token v1, and none were lost
     assert k == swapped_at and SWAP_AFTER <= k < LONG
     assert set(comp.versions[:k]) == {old} and set(comp.versions[k:]) == {old + 1}
-    sampler = torch.tensor(comp.logprobs)
-    assert (_own_logprobs(v0, PROMPT, comp.token_ids)[:k] - sampler[:k]).abs().max() < 1e-4
+    assert logprob_error(v0, PROMPT, comp.token_ids, comp.logprobs)[:k].max() < 1e-4
     # after the swap the sampler used v1 weights on a KV cache v0 computed: not v1's full-prefix logprobs
-    stale = (_own_logprobs(v1, PROMPT, comp.token_ids)[k:] - sampler[k:]).abs()
+    stale = logprob_error(v1, PROMPT, comp.token_ids, comp.logprobs)[k:]
     print(f"keep: switch at {k}, stale-KV |delta| mean={stale.mean():.3e} max={stale.max():.3e}, metrics={metrics}")
     assert stale.mean() > 1e-3
     # ... and the engine measured that difference itself (re-scoring under v1 with a full prefill)
@@ -139,9 +128,8 @@ def test_recompute_gives_each_token_its_own_versions_logprob_on_its_full_prefix(
     for c, prompt, n in [(comp, PROMPT, LONG)] + [(o, [1, 7 + i, 9 + i], 40) for i, o in enumerate(others, 1)]:
         assert len(c.token_ids) == len(c.versions) == len(c.logprobs) == n
         k = _switch_index(c.versions, old)
-        sampler = torch.tensor(c.logprobs)
-        err0 = (_own_logprobs(v0, prompt, c.token_ids)[:k] - sampler[:k]).abs()
-        err1 = (_own_logprobs(v1, prompt, c.token_ids)[k:] - sampler[k:]).abs()
+        err0 = logprob_error(v0, prompt, c.token_ids, c.logprobs)[:k]
+        err1 = logprob_error(v1, prompt, c.token_ids, c.logprobs)[k:]
         print(f"recompute: switch at {k}/{n}, v0 max={err0.max() if k else 0:.2e}, "
               f"v1 max={err1.max() if k < n else 0:.2e}")
         assert k == n or err1.max() < 1e-4
@@ -173,8 +161,7 @@ def test_drain_finishes_running_turns_on_the_old_weights_and_holds_new_ones(vers
     assert results["a"].versions == [old] * LONG  # ran to its end on v0
     assert engine.swaps[-1] == (old + 1, before + LONG)  # the swap came after all of it and before `late`
     assert late.versions == [old + 1] * 8
-    err = (_own_logprobs(v1, [1, 5, 6], late.token_ids) - torch.tensor(late.logprobs)).abs()
-    assert err.max() < 1e-4
+    assert logprob_error(v1, [1, 5, 6], late.token_ids, late.logprobs).max() < 1e-4
 
 
 def test_subprocess_engine_takes_an_export_while_a_generation_runs(versions, tmp_path):
