@@ -18,8 +18,11 @@ removed long tasks.
 Then, on the real tiny model and vLLM-CPU (`--engines`), the trainer's RL step time with sampling off and with an
 engine generating continuously beside it, in this process (`inprocess`: its Python threads share the trainer's
 GIL) and in a child process (`subprocess`, the sidecar's default), all in one run on the same machine.
+Then `inflight_vs_drain`: rollouts per minute on the real stepped engine with heavy-tailed generation lengths and
+an export every few seconds, in-flight (`keep`) over `drain`, both in the same run (`inflight_vs_drain()`).
 Last line: `windowed_vs_sync=... windowed_vs_completion=... trained_duration_vs_sync=... max_staleness=...
-train_step_off_s=... train_step_inprocess_s=... train_step_subprocess_s=...`.
+train_step_off_s=... train_step_inprocess_s=... train_step_subprocess_s=... keep_rollouts_per_min=...
+drain_rollouts_per_min=... inflight_vs_drain=...`.
 """
 
 from __future__ import annotations
@@ -144,7 +147,8 @@ def trainer_step_with_sampling(engines: list[str], repeats: int = 3) -> dict[str
     from north_lightning.assets import tiny_tokenizer_path
     from north_lightning.datamodules.rl import pack_rollouts
     from north_lightning.model import NorthConfig, NorthForCausalLM
-    from north_lightning.rl.engines.inprocess import SubprocessVLLMEngine, VLLMEngine
+    from north_lightning.rl.engines.child import SubprocessVLLMEngine
+    from north_lightning.rl.engines.inprocess import VLLMEngine
     from north_lightning.rl.losses import cispo_loss
 
     torch.manual_seed(0)
@@ -194,6 +198,80 @@ def trainer_step_with_sampling(engines: list[str], repeats: int = 3) -> dict[str
     return out
 
 
+def inflight_vs_drain(seconds: float, export_every_s: float, workers: int, median_tokens: float,
+                      tail: float, rounds: int = 2) -> dict[str, float]:
+    """Rollouts per minute of the tiny model on the real stepped vLLM-CPU engine (`rl/engines/stepped.py`) with
+    heavy-tailed generation lengths (lognormal max_tokens, ignore_eos) and an export every `export_every_s`,
+    under `keep` (in-flight update) and `drain`, measured on one engine in the same run, in ABBA order so drift
+    of the shared machine's load hits both alike. Every worker draws the same length sequence in both modes."""
+    import os
+    import tempfile
+    import threading
+    import time
+
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    import torch
+
+    from north_lightning.assets import tiny_tokenizer_path
+    from north_lightning.model import NorthConfig, NorthForCausalLM
+    from north_lightning.model.hf import to_hf_state_dict
+    from north_lightning.rl.engines.stepped import SteppedVLLMEngine
+
+    torch.manual_seed(0)
+    model = NorthForCausalLM(NorthConfig.preset("tiny")).eval()
+    weights = [to_hf_state_dict(model)]
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    weights.append(to_hf_state_dict(model))
+    max_model_len, prompt = 1024, [1, 10, 20, 30, 40, 50, 60, 70]
+    totals = {"keep": [0, 0.0], "drain": [0, 0.0]}  # rollouts, seconds
+    with tempfile.TemporaryDirectory() as tmp:
+        model.save_pretrained(tmp, tokenizer_dir=tiny_tokenizer_path())
+        engine = SteppedVLLMEngine(tmp, max_model_len=max_model_len, kv_cache_bytes=256 * 2**20, ignore_eos=True)
+        engine.generate([prompt], max_tokens=4)  # warm
+        order = (["keep", "drain", "drain", "keep"] * rounds)[: 2 * rounds]
+        for i, mode in enumerate(order):
+            engine.mode = mode
+            stop = threading.Event()
+            done = [0]
+            lock = threading.Lock()
+
+            def work(w: int, rnd: int = i // 2) -> None:
+                lengths = Durations(1000 * rnd + w, median_tokens, tail)
+                j = 0
+                while not stop.is_set():
+                    n = max(1, min(int(lengths()), max_model_len - len(prompt) - 1))
+                    engine.generate([prompt], max_tokens=n, seed=j)
+                    j += 1
+                    if not stop.is_set():
+                        with lock:
+                            done[0] += 1
+
+            threads = [threading.Thread(target=work, args=(w,), daemon=True) for w in range(workers)]
+            exports_before = engine.updates
+            start = time.perf_counter()
+            for t in threads:
+                t.start()
+            while time.perf_counter() - start < seconds:
+                time.sleep(export_every_s)
+                engine.load_weights(weights[(engine.policy_version + 1) % 2], engine.policy_version + 1)
+            elapsed = time.perf_counter() - start
+            stop.set()
+            with lock:
+                totals[mode][0] += done[0]
+            totals[mode][1] += elapsed
+            for t in threads:
+                t.join(timeout=600)
+            print(f"inflight round {i}: {mode:<5} rollouts={done[0]} in {elapsed:.1f} s "
+                  f"({60 * done[0] / elapsed:.1f}/min), exports={engine.updates - exports_before} (a drain export "
+                  "blocks the exporter as it blocks the trainer)")
+        engine.close()
+    per_min = {mode: 60 * n / t for mode, (n, t) in totals.items()}
+    return {"keep_rollouts_per_min": per_min["keep"], "drain_rollouts_per_min": per_min["drain"],
+            "inflight_vs_drain": per_min["keep"] / per_min["drain"]}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--batch", type=int, default=64, help="groups per optimizer step")
@@ -208,6 +286,12 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--engines", default="inprocess,subprocess",
                    help="engines to measure the trainer's step beside (comma-separated; 'none' skips the real part)")
+    p.add_argument("--inflight-seconds", type=float, default=30.0,
+                   help="seconds per mode and round of the keep-vs-drain measurement on the real engine (0 skips)")
+    p.add_argument("--inflight-export-every-s", type=float, default=3.0)
+    p.add_argument("--inflight-workers", type=int, default=16, help="concurrent rollouts (threads)")
+    p.add_argument("--inflight-median-tokens", type=float, default=48.0)
+    p.add_argument("--inflight-tail", type=float, default=10.0, help="p99 / median of generation lengths")
     args = p.parse_args()
 
     d = Durations(args.seed, args.median, args.tail)
@@ -236,7 +320,12 @@ def main() -> None:
     steps = trainer_step_with_sampling(engines) if engines else {}
     for kind, seconds in steps.items():
         print(f"trainer RL step (tiny, 8 x 256 tokens) with sampling {kind if kind != 'off' else 'off'}: {seconds:.3f} s")
-    real = " ".join(f"train_step_{kind}_s={seconds:.3f}" for kind, seconds in steps.items())
+    figures = [f"train_step_{kind}_s={seconds:.3f}" for kind, seconds in steps.items()]
+    if args.inflight_seconds > 0:
+        inflight = inflight_vs_drain(args.inflight_seconds, args.inflight_export_every_s, args.inflight_workers,
+                                     args.inflight_median_tokens, args.inflight_tail)
+        figures += [f"{k}={v:.2f}" for k, v in inflight.items()]
+    real = " ".join(figures)
     print(f"windowed_vs_sync={tput['windowed'] / tput['sync']:.2f} "
           f"windowed_vs_completion={tput['windowed'] / tput['completion']:.2f} trained_duration_vs_sync={ratio:.3f} "
           f"max_staleness={max_stale} {real}".rstrip())

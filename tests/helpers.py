@@ -37,6 +37,20 @@ def expected_assistant_mask(tok, ids: list[int]) -> list[int]:
     return mask
 
 
+def saved_tiny_north(directory):
+    """The tiny North model (seed 0, eval mode) saved with the tiny tokenizer into `directory`, for the engine
+    tests; returns the model."""
+    import torch
+
+    from north_lightning.assets import tiny_tokenizer_path
+    from north_lightning.model import NorthConfig, NorthForCausalLM
+
+    torch.manual_seed(0)
+    model = NorthForCausalLM(NorthConfig.preset("tiny")).eval()
+    model.save_pretrained(directory, tokenizer_dir=tiny_tokenizer_path())
+    return model
+
+
 def logprob_error(model, prompt: list[int], token_ids: list[int], logprobs: list[float]):
     """|Δ logprob| per sampled token (a 1-D tensor) between a sampler's `logprobs` and `model` scoring the same
     `token_ids` after `prompt`: how the engine tests tell which weights an engine samples from."""

@@ -81,7 +81,11 @@ class _RolloutCallback(L.Callback):
                  image_prefetch: int = 0, images: dict[str, Any] | None = None,
                  docker_hosts: list[Any] | None = None,
                  spool_retention: bool = True, placement: dict[str, Any] | None = None,
-                 export_bucket_mb: int | None = None, export_dtype: str | None = None) -> None:
+                 export_bucket_mb: int | None = None, export_dtype: str | None = None,
+                 weight_update_mode: str = "keep") -> None:
+        from north_lightning.rl.engines.stepped import check_update_mode
+
+        self.weight_update_mode = check_update_mode(weight_update_mode)
         if export_every_n_steps is None:
             export_every_n_steps = self.default_export_every
         if export_every_n_steps < 1:
@@ -285,7 +289,8 @@ class _RolloutCallback(L.Callback):
             log.info("no orphaned sandbox containers")
 
     def _start_engine(self, model_dir: Path) -> Any:
-        from north_lightning.rl.engines.inprocess import SubprocessVLLMEngine, VLLMEngine
+        from north_lightning.rl.engines.child import SubprocessVLLMEngine
+        from north_lightning.rl.engines.stepped import SteppedVLLMEngine
 
         if self.engine_kind == "servers":
             from north_lightning.rl.engines.server import ServerPool
@@ -297,8 +302,9 @@ class _RolloutCallback(L.Callback):
                               policy_version=self.policy_version, **kwargs)
             pool.reload(model_dir)  # the servers started from another checkpoint (SFT export, or before a resume)
             return pool
-        cls = VLLMEngine if self.engine_kind == "inprocess" else SubprocessVLLMEngine
-        return cls(model_dir, policy_version=self.policy_version, **self.engine_kwargs)
+        cls = SteppedVLLMEngine if self.engine_kind == "inprocess" else SubprocessVLLMEngine
+        return cls(model_dir, policy_version=self.policy_version, weight_update_mode=self.weight_update_mode,
+                   **self.engine_kwargs)
 
     def _restart_engine(self) -> None:
         restart = getattr(self.engine, "restart", None)
@@ -377,8 +383,14 @@ class _RolloutCallback(L.Callback):
                                     "seconds": round(seconds, 4), "buckets": stats.buckets,
                                     "peak_extra_mb": round(stats.peak_bytes / 2**20, 3)}) + "\n")
         pl_module.policy_version, pl_module.last_export_step = self.policy_version, trainer.global_step
-        log_sparse_metrics(trainer, {"rl/export_seconds": seconds,
-                                     "rl/export_peak_extra_mb": stats.peak_bytes / 2**20})
+        metrics = {"rl/export_seconds": seconds, "rl/export_peak_extra_mb": stats.peak_bytes / 2**20}
+        engine_metrics = getattr(self.engine, "metrics", None)  # stale-KV figures of the last export window
+        if trainer.is_global_zero and callable(engine_metrics):
+            try:
+                metrics.update(engine_metrics())
+            except RuntimeError as err:  # a dead engine (EngineDied) is the rollout service's to handle, not ours
+                log.warning("engine metrics unavailable at export: %s", err)
+        log_sparse_metrics(trainer, metrics)
 
     def _check_service(self) -> None:
         if self.service is not None and self.service.errors:
@@ -469,6 +481,15 @@ class VLLMSidecar(_RolloutCallback):
             stays bounded; every kept checkpoint keeps the batches it would train next), see
             `callbacks/spool_retention.py`; false keeps every batch (to inspect a short run's data).
         rollout: `RolloutConfig` fields (max_context, max_tokens_per_turn, temperature, ...).
+        weight_update_mode: what an export does to the turns being generated (`rl/engines/stepped.py`):
+            `keep` (default, PipelineRL's choice: running requests pause between two engine steps with their KV
+            cache kept, the weights change, they resume; tokens after the swap carry the new version; the KV kept
+            was computed by the old weights, and the logprob difference this makes is measured on a sample of
+            such completions and logged as `rl/stale_kv_logprob_diff_{mean,max}`), `recompute` (running requests
+            are resubmitted as prompt + tokens so far, so their KV is recomputed under the new weights; each
+            token keeps its own version and logprob) or `drain` (the export waits for running turns and holds new
+            ones back: the old behaviour, for comparison). Every token records the policy version that produced
+            it; the RL module logs the version lag (`rl/version_lag_{mean,max}`, `rl/tokens_across_update`).
     """
 
     mode = "async"

@@ -14,7 +14,8 @@ Sharding, so that no group is trained twice or skipped:
 
 Each micro-batch follows the packed-batch contract (input_ids, position_ids, document_ids, targets) plus
 `sampler_logprobs` and `advantages` (aligned with targets), `versions` (oldest policy version of the
-document, -1 on padding), and `num_tokens`: the trainable tokens of the whole **global** batch (all ranks, all
+document, -1 on padding), `token_versions` (the policy version that generated each target token, aligned with
+targets, -1 where nothing is learned: an in-flight weight update can change it within a turn), and `num_tokens`: the trainable tokens of the whole **global** batch (all ranks, all
 micro-batches), which the CISPO loss divides by; optionally `routed_experts` (below). `meta` carries the step's
 statistics for logging.
 
@@ -68,6 +69,35 @@ def rollout_document(rollout: dict[str, Any]) -> tuple[list[int], list[bool], li
     return ids, gen, lps
 
 
+def rollout_token_versions(rollout: dict[str, Any]) -> list[int]:
+    """The policy version of each token of `rollout_document` (-1 on tokens not generated). Segments written
+    before per-token versions (or by an engine that has none) take their turn's version from `versions`."""
+    turn_versions = list(rollout.get("versions") or [])
+    out: list[int] = []
+    turn = 0
+    for seg in rollout["segments"]:
+        n = len(seg["token_ids"])
+        if not seg["trainable"]:
+            out += [-1] * n
+            continue
+        per_token = seg.get("versions")
+        if per_token is None:
+            fallback = turn_versions[turn] if turn < len(turn_versions) else min(turn_versions or [-1])
+            per_token = [fallback] * n
+        elif len(per_token) != n:
+            raise ValueError(f"rollout of task {rollout.get('task_id')!r}: a segment has {n} tokens but "
+                             f"{len(per_token)} versions")
+        out += list(per_token)
+        turn += 1
+    return out
+
+
+def tokens_across_update(rollout: dict[str, Any]) -> int:
+    """Tokens of the rollout's generated turns that span more than one policy version."""
+    return sum(len(seg["token_ids"]) for seg in rollout["segments"]
+               if seg["trainable"] and len(set(seg.get("versions") or [])) > 1)
+
+
 def trainable_targets(rollout: dict[str, Any]) -> int:
     """Number of positions whose target is a generated token (the first token is never predicted)."""
     _, gen, _ = rollout_document(rollout)
@@ -96,6 +126,7 @@ def pack_rollouts(docs: list[tuple[dict[str, Any], float]], row_tokens: int, pad
         "sampler_logprobs": torch.zeros((B, S), dtype=torch.float32),
         "advantages": torch.zeros((B, S), dtype=torch.float32),
         "versions": torch.full((B, S), -1, dtype=torch.long),
+        "token_versions": torch.full((B, S), -1, dtype=torch.long),
     }
     routed_shape = next((tuple(torch.as_tensor(r["routed_experts"]).shape[1:]) for row in rows for r, _ in row
                          if r.get("routed_experts") is not None), None)
@@ -116,6 +147,8 @@ def pack_rollouts(docs: list[tuple[dict[str, Any], float]], row_tokens: int, pad
             out["sampler_logprobs"][b, sl] = torch.where(learn, torch.tensor(lps[1:] + [0.0]), 0.0)
             out["advantages"][b, sl] = torch.where(learn, torch.tensor(adv), torch.tensor(0.0))
             out["versions"][b, sl] = min(rollout.get("versions") or [-1])
+            tv = torch.tensor(rollout_token_versions(rollout)[1:] + [-1])
+            out["token_versions"][b, sl] = torch.where(learn, tv, torch.full_like(tv, -1))
             if routed_shape is not None and rollout.get("routed_experts") is not None:
                 place_routed_experts(out["routed_experts"][b, sl], rollout)
             pos += n
@@ -143,6 +176,7 @@ def global_batch_stats(batch: dict[str, Any], invalid_reasons: tuple[str, ...]) 
         stats["rl/reward_mean"] = sum(r["reward"] for r in rollouts) / len(rollouts)
         stats["rl/traj_tokens_mean"] = sum(len(rollout_document(r)[0]) for r in rollouts) / len(rollouts)
         stats["rl/traj_steps_mean"] = sum(r.get("steps", 0) for r in rollouts) / len(rollouts)
+        stats["rl/tokens_across_update"] = float(sum(tokens_across_update(r) for r in rollouts))
         invalid = sum(str(r.get("end_reason", "")).startswith(invalid_reasons) for r in rollouts)
         stats["rl/invalid_tool_call_rate"] = invalid / len(rollouts)
         by_env: dict[str, list[float]] = {}

@@ -91,6 +91,7 @@ class RLModule(SFTModule):
                 self.log(f"rl/{key}", m[key], batch_size=B)
         self.log("rl/logprob_diff_max", m["logprob_diff_max"], batch_size=B, reduce_fx="max")
         self._log_mismatch(batch, logp_BS.detach(), mask_BS)
+        self._log_version_lag(batch, mask_BS)
         meta = batch.get("meta") or {}
         self.log_sparse({key: float(value) for key, value in (meta.get("stats") or {}).items()})
         self.log("rl/policy_version", float(self.policy_version), batch_size=B)
@@ -124,6 +125,28 @@ class RLModule(SFTModule):
         self.log_sparse({"rl/logprob_mismatch_mean": float(stats[0] / stats[1]),
                          "rl/logprob_mismatch_max": float(stats[2]),
                          "rl/logprob_mismatch_lag_steps": float(self.trainer.global_step - self.last_export_step)})
+
+    def _log_version_lag(self, batch: dict[str, Any], mask_BS: torch.Tensor) -> None:
+        """How many exports behind the trainer each trained token's policy is (`token_versions`: per token, so a
+        turn generated across an in-flight update counts each part at its own version): mean and max, the share
+        of tokens at each lag (`rl/version_lag/<k>`, a histogram any logger can plot) and, where the logger has
+        one (TensorBoard), a real histogram."""
+        versions_BS = batch.get("token_versions")
+        if versions_BS is None:
+            return
+        lag = (self.policy_version - versions_BS[mask_BS & (versions_BS >= 0)]).float()
+        if not lag.numel():
+            return
+        B = batch["input_ids"].shape[0]
+        self.log("rl/version_lag_mean", lag.mean(), batch_size=B)
+        self.log("rl/version_lag_max", lag.max(), batch_size=B, reduce_fx="max")
+        values, counts = torch.unique(lag, return_counts=True)
+        self.log_sparse({f"rl/version_lag/{int(v)}": float(c) / lag.numel() for v, c in zip(values, counts)})
+        if self._trainer is not None and self.trainer.is_global_zero:
+            for logger in self.trainer.loggers:
+                add_histogram = getattr(getattr(logger, "experiment", None), "add_histogram", None)
+                if callable(add_histogram):
+                    add_histogram("rl/version_lag", lag.cpu(), self.trainer.global_step)
 
     def log_sparse(self, metrics: dict[str, float]) -> None:
         """See `log_sparse_metrics`."""

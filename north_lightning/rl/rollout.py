@@ -42,11 +42,13 @@ from north_lightning.rl.policy import Completion, Policy
 
 class Segment(NamedTuple):
     """A run of tokens of one turn: the prompt / observations (not trainable, no logprobs) or an assistant
-    turn (trainable, with the sampler's logprobs when the engine returned them)."""
+    turn (trainable, with the sampler's logprobs when the engine returned them, and the policy version of each
+    token: with in-flight weight updates one turn can span an export)."""
 
     token_ids: list[int]
     logprobs: list[float] | None
     trainable: bool
+    versions: list[int] | None = None
 
 
 @dataclass
@@ -124,8 +126,10 @@ class _Conversation:
     def token_ids(self) -> list[int]:
         return [t for seg in self.segments for t in seg.token_ids]
 
-    def add_assistant(self, completion: Completion, message: dict[str, Any]) -> None:
-        self.segments.append(Segment(list(completion.token_ids), completion.logprobs, True))
+    def add_assistant(self, completion: Completion, message: dict[str, Any], version: int) -> None:
+        """`version`: the turn's policy version where the engine gives none per token."""
+        versions = completion.versions or [version] * len(completion.token_ids)
+        self.segments.append(Segment(list(completion.token_ids), completion.logprobs, True, list(versions)))
         self.length += len(completion.token_ids)
         self.messages.append(message)
         rendered = self._render(self.messages, generation_prompt=False)
@@ -184,12 +188,14 @@ def run_episode(policy: Policy, harness: str | Harness, tokenizer: Any, task: Ta
                                          temperature=config.temperature, top_p=config.top_p,
                                          seed=None if seed is None else seed * 1000 + steps)[0]
             timings["generate_s"] += time.monotonic() - t0
-            versions.append(int(policy.policy_version))
+            # the oldest version in the turn (the stalest token), per token in the segment below
+            version = min(completion.versions) if completion.versions else int(policy.policy_version)
+            versions.append(version)
             steps += 1
             text = tokenizer.decode(completion.token_ids, skip_special_tokens=False)
             native = harness.tools() is not None
             message = response_message(text, tokenizer, native_tools=native)
-            convo.add_assistant(completion, message)
+            convo.add_assistant(completion, message, version)
             if completion.finish_reason == "length":
                 end_reason, verified = "truncated_response", False
                 break

