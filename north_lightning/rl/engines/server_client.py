@@ -183,9 +183,11 @@ class SamplerServer(OpenAIServerPolicy):
         return out
 
     def pause(self) -> None:
-        """Stop scheduling with the running requests frozen in place, their KV cache kept (`/pause?mode=keep`);
-        new requests queue until `resume`."""
-        self._post("/pause", {}, {"mode": "keep"})
+        """Stop scheduling with the running requests frozen in place, their KV cache kept (`/pause?mode=keep` and
+        `clear_cache=false`: vLLM 0.32's default `clear_cache=true` preempts the running requests once paused,
+        `EngineCore._finish_pause`, i.e. a recompute, whatever the route's docstring says); new requests queue
+        until `resume`."""
+        self._post("/pause", {}, {"mode": "keep", "clear_cache": "false"})
 
     def resume(self) -> None:
         self._post("/resume", {})
