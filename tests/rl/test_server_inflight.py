@@ -133,3 +133,34 @@ def test_update_mode_is_validated_naming_the_key(server, tmp_path):
 
     with pytest.raises(ValueError, match=r"weight_update_mode must be one of \('keep', 'recompute', 'drain'\)"):
         ServerPool([server[2]], model_dir=server[1], weights_dir=tmp_path / "w", weight_update_mode="abort")
+
+
+def test_bucketed_export_loads_each_file_while_the_next_is_gathered(server, tmp_path):
+    """`ServerPool.streamed_update` + `write_hf_streaming(on_file=...)`: each bucket's file goes to the server as soon
+    as it is written (before the next bucket exists), buckets small enough that vLLM layers straddle them (fused
+    QKV / gate-up, experts), and afterwards the sampler's logprobs are the trainer's."""
+    from north_lightning.model.gather import plan_buckets, write_hf_streaming
+    from north_lightning.rl.engines.server import ServerPool
+
+    model, model_dir, url = server
+    pool = ServerPool([url], model_dir=model_dir, weights_dir=tmp_path / "w")
+    pool.reload(model_dir)
+    new = perturbed(model, 23)
+    state = new.state_dict()
+    bucket = max(t.numel() * t.element_size() for t in state.values())  # the smallest the plan accepts
+    n_buckets = len(plan_buckets(state, bucket, torch.float32))
+    assert n_buckets >= 4
+    out, handed = tmp_path / "w" / "v1", []
+    with pool.streamed_update(1, out) as load_file:
+        def on_file(path) -> None:
+            handed.append(sorted(p.name for p in out.glob("model-*.safetensors")))
+            load_file(path)
+
+        stats = write_hf_streaming(new, new.config, out, bucket_bytes=bucket, dtype=torch.float32, on_file=on_file)
+    assert stats.buckets == n_buckets == len(handed)
+    assert [len(names) for names in handed] == list(range(1, n_buckets + 1))  # handed over one by one, in order
+    for _ in range(2):
+        err, comp = max_logprob_error(new, pool, PROMPT)
+        assert err < 1e-4 and comp.versions == [1] * len(comp.token_ids)
+    assert pool.policy_version == 1
+    pool.close()

@@ -13,6 +13,7 @@ from pathlib import Path
 from north_lightning.rl.engines.auth import MIDDLEWARE_PATH, SAMPLER_KEY_ENV, new_sampler_key, sampler_key
 from north_lightning.rl.engines.health import wait_healthy
 from north_lightning.rl.engines.inprocess import _require_vllm, whole_prompt_prefill
+from north_lightning.rl.engines.worker_ext import EXTENSION_PATH
 
 __all__ = ["launch_vllm_server", "stop_vllm_server", "server_flags"]
 
@@ -23,7 +24,7 @@ def server_flags() -> list[str]:
     and `--enable-scale-out` for the token-in-token-out route `/inference/v1/generate`, the one that returns each
     completion's `weight_versions` spans (`/v1/completions` does not)."""
     return ["--logprobs-mode", "processed_logprobs", "--served-model-name", "policy",
-            "--worker-extension-cls", "north_lightning.rl.engines.inprocess.NorthWorkerExtension",
+            "--worker-extension-cls", EXTENSION_PATH,
             "--middleware", MIDDLEWARE_PATH, "--enable-scale-out"]
 
 

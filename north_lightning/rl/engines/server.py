@@ -58,6 +58,22 @@ def check_update_mode(mode: str) -> str:
     return mode
 
 
+class _Update:
+    """One update of some servers of a pool: the errors so far (per server index), and the servers that took it."""
+
+    def __init__(self, pool: ServerPool, indices: list[int]) -> None:
+        self.pool, self.indices = pool, indices
+        self.errors: dict[int, BaseException | None] = {}
+        self.taken: list[int] = []
+
+    def ok(self) -> list[int]:
+        return [i for i in self.indices if self.errors.get(i) is None]
+
+    def each(self, call: Callable[[int], None]) -> None:
+        """`call(i)` on every server still without an error, at once."""
+        self.errors.update(self.pool._each(self.ok(), call))
+
+
 class ServerPool:
     """`Policy` over several `vllm serve` sampler servers, for rollout worker threads sharing it.
 
@@ -192,43 +208,72 @@ class ServerPool:
             futures = {i: pool.submit(call, i) for i in indices}
         return {i: fut.exception() for i, fut in futures.items()}
 
-    def _load(self, indices: list[int], weights: Mapping[str, torch.Tensor] | str, version: int) -> list[int]:
-        """Put `weights` (a directory; with NCCL also a state dict) into the given servers and label them `version`,
-        as `weight_update_mode` says; returns those that took it (unreachable ones are marked dead, any other
-        failure raises naming the server). Files: each server reloads the directory, concurrently; NCCL: one
-        broadcast to all of them."""
-        if not indices:
-            return []
+    @contextmanager
+    def _updating(self, indices: list[int], version: int) -> Iterator[_Update]:
+        """The frame of one update of the given servers, as `weight_update_mode` says: paused (`keep`,
+        `recompute`) around the body, which loads the weights through `update.each`; then the cache rule and the
+        version label, and every paused server resumed whatever happened. Afterwards `update.taken` holds the
+        servers that took it; unreachable ones are marked dead, any other failure raises naming the server."""
+        update = _Update(self, indices)
         inflight = self.mode != "drain"
-        errors: dict[int, BaseException | None] = {}
-
-        def ok() -> list[int]:
-            return [i for i in indices if errors.get(i) is None]
-
         if inflight:
-            errors.update(self._each(indices, lambda i: self.servers[i].pause()))
-        paused = ok() if inflight else []
+            update.each(lambda i: self.servers[i].pause())
+        paused = update.ok() if inflight else []
         try:
-            if self._nccl is None:
-                errors.update(self._each(ok(), lambda i: self.servers[i].load_dir(str(weights))))
-            elif ok():
-                errors.update(self._nccl.send(ok(), weights))
-            errors.update(self._each(ok(), lambda i: self._label(i, version)))
+            yield update
+            update.each(lambda i: self._label(i, version))
         finally:
             if paused:  # always resume: a paused server would hold its requests forever
                 for i, err in self._each(paused, lambda i: self.servers[i].resume()).items():
-                    if err is not None and errors.get(i) is None:
-                        errors[i] = err
-        taken = []
+                    if err is not None and update.errors.get(i) is None:
+                        update.errors[i] = err
         for i in indices:
-            err = errors.get(i)
+            err = update.errors.get(i)
             if isinstance(err, EngineDied):
                 self._mark_dead(i, err)
             elif err is not None:
                 raise RuntimeError(f"weight reload failed on {self.servers[i].base_url}: {err}") from err
             else:
-                taken.append(i)
-        return taken
+                update.taken.append(i)
+
+    def _load(self, indices: list[int], weights: Mapping[str, torch.Tensor] | str, version: int) -> list[int]:
+        """Put `weights` (a directory; with NCCL also a state dict) into the given servers (`_updating`); returns
+        those that took it. Files: each server reloads the directory, concurrently; NCCL: one broadcast to all."""
+        if not indices:
+            return []
+        with self._updating(indices, version) as update:
+            if self._nccl is None:
+                update.each(lambda i: self.servers[i].load_dir(str(weights)))
+            elif update.ok():
+                update.errors.update(self._nccl.send(update.ok(), weights))
+        return update.taken
+
+    @contextmanager
+    def streamed_update(self, version: int, directory: str | Path) -> Iterator[Callable[[str | Path], None]]:
+        """A bucket-by-bucket export (`weight_transfer: files`): yields `load_file(path)`, to be called with each
+        bucket's safetensors file as soon as it is written under `directory` (`model/gather.py:
+        write_hf_streaming(on_file=...)`); the servers load it in a background thread, in order, while the
+        trainer gathers the next buckets, instead of after the whole directory. The servers stay paused from the first bucket to the last (`keep`
+        and `recompute`; under `drain` nothing runs anyway): a bucketed session is one in-place reload spread over
+        the gather (`rl/engines/worker_ext.py`). `directory` is what a restarted server reloads later."""
+        if self._nccl is not None:
+            raise ValueError("streamed_update is for weight_transfer: files (nccl broadcasts from rank 0's GPU)")
+        check_version(self.policy_version, version)
+        with self._paused(drain=self.mode == "drain"):
+            with self._updating(self._live(), version) as update:
+                update.each(lambda i: self.servers[i].begin_update())
+                # one loader thread, files in order: the caller goes on gathering the next bucket meanwhile
+                loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sampler-bucket-load")
+                try:
+                    yield lambda path: loader.submit(update.each, lambda i: self.servers[i].load_file(path))
+                finally:  # also after a failed gather: the layers must leave the meta device
+                    loader.shutdown(wait=True)
+                    update.each(lambda i: self.servers[i].finish_update())
+            if not update.taken:
+                raise EngineDied(self._dead_message())
+            self._writer.loaded(str(directory))
+            self._resend = str(directory)
+        self.policy_version = version
 
     def _label(self, i: int, version: int) -> None:
         """After the reload: the cache rule of the mode, then the version label of the tokens to come."""

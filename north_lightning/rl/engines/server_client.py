@@ -192,6 +192,17 @@ class SamplerServer(OpenAIServerPolicy):
     def resume(self) -> None:
         self._post("/resume", {})
 
+    def begin_update(self) -> None:
+        """Open a bucketed update session (`rl/engines/worker_ext.py`); the server must be paused until `finish`."""
+        self._post("/collective_rpc", {"method": "north_begin_update"})
+
+    def load_file(self, path: str | Path) -> None:
+        """Load one bucket's safetensors file into the open session."""
+        self._post("/collective_rpc", {"method": "north_load_file", "kwargs": {"path": str(path)}})
+
+    def finish_update(self) -> None:
+        self._post("/collective_rpc", {"method": "north_finish_update"})
+
     def set_weight_version(self, version: int) -> None:
         """The label of every token the server samples from now on (`/update_weight_version`)."""
         self._post("/update_weight_version", {"new_version": str(version)})
