@@ -95,6 +95,9 @@ class ServerPool:
     (`rl/engines/nccl_group.py`); dead servers that answer `/health` again rejoin at the next export; nothing is
     written. How running calls live through an export: `weight_update_mode` (module docstring).
 
+    `bucketed_reload` (files only, default on): the sidecar's exports go through `streamed_update`, the servers
+    loading each bucket's file while the trainer gathers the next (off: the whole directory once written).
+
     Counters: `spanning_completions` (completions whose tokens came from more than one version) and
     `tokens_after_update` (their tokens sampled after the first update they spanned).
     """
@@ -102,10 +105,15 @@ class ServerPool:
     def __init__(self, urls: list[str], *, model_dir: str | Path, weights_dir: str | Path,
                  policy_version: int = 0, model: str = "policy", timeout: float = 600.0,
                  weight_transfer: str = "files", nccl: Mapping[str, Any] | None = None,
-                 weight_update_mode: str = "keep") -> None:
+                 weight_update_mode: str = "keep", bucketed_reload: bool | None = None) -> None:
         if not urls:
             raise ValueError("ServerPool needs at least one server URL")
         settings = parse_weight_transfer(weight_transfer, nccl)
+        if bucketed_reload and settings is not None:
+            raise ValueError("engine_kwargs.bucketed_reload applies to weight_transfer: files (with nccl the "
+                             "directory is broadcast once written)")
+        # the sidecar exports through `streamed_update` when this is set (files: default on)
+        self.bucketed_reload = settings is None if bucketed_reload is None else bool(bucketed_reload)
         self.mode = check_update_mode(weight_update_mode)
         self.weight_transfer = weight_transfer
         self.servers = [SamplerServer(u, model=model, model_dir=model_dir, timeout=timeout,
@@ -261,14 +269,15 @@ class ServerPool:
         check_version(self.policy_version, version)
         with self._paused(drain=self.mode == "drain"):
             with self._updating(self._live(), version) as update:
-                update.each(lambda i: self.servers[i].begin_update())
+                session = f"v{version}"
+                update.each(lambda i: self.servers[i].begin_update(session))
                 # one loader thread, files in order: the caller goes on gathering the next bucket meanwhile
                 loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sampler-bucket-load")
                 try:
-                    yield lambda path: loader.submit(update.each, lambda i: self.servers[i].load_file(path))
+                    yield lambda path: loader.submit(update.each, lambda i: self.servers[i].load_file(path, session))
                 finally:  # also after a failed gather: the layers must leave the meta device
                     loader.shutdown(wait=True)
-                    update.each(lambda i: self.servers[i].finish_update())
+                    update.each(lambda i: self.servers[i].finish_update(session))
             if not update.taken:
                 raise EngineDied(self._dead_message())
             self._writer.loaded(str(directory))

@@ -192,16 +192,17 @@ class SamplerServer(OpenAIServerPolicy):
     def resume(self) -> None:
         self._post("/resume", {})
 
-    def begin_update(self) -> None:
-        """Open a bucketed update session (`rl/engines/worker_ext.py`); the server must be paused until `finish`."""
-        self._post("/collective_rpc", {"method": "north_begin_update"})
+    def begin_update(self, session: str) -> None:
+        """Open bucketed update session `session` (`rl/engines/worker_ext.py`); the server must stay paused until
+        `finish_update(session)`. The calls of one session are idempotent on the server."""
+        self._post("/collective_rpc", {"method": "north_begin_update", "kwargs": {"session": session}})
 
-    def load_file(self, path: str | Path) -> None:
+    def load_file(self, path: str | Path, session: str) -> None:
         """Load one bucket's safetensors file into the open session."""
-        self._post("/collective_rpc", {"method": "north_load_file", "kwargs": {"path": str(path)}})
+        self._post("/collective_rpc", {"method": "north_load_file", "kwargs": {"path": str(path), "session": session}})
 
-    def finish_update(self) -> None:
-        self._post("/collective_rpc", {"method": "north_finish_update"})
+    def finish_update(self, session: str) -> None:
+        self._post("/collective_rpc", {"method": "north_finish_update", "kwargs": {"session": session}})
 
     def set_weight_version(self, version: int) -> None:
         """The label of every token the server samples from now on (`/update_weight_version`)."""

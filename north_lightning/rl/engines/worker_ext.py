@@ -29,30 +29,45 @@ class NorthServerWorkerExtension(NorthWorkerExtension):
     def _north_model(self) -> Any:
         return self.model_runner.get_model()  # type: ignore[attr-defined]
 
-    def north_begin_update(self) -> None:
+    def north_begin_update(self, session: str) -> bool:
+        """Open update session `session` (e.g. `v7`); False when it is already open (the same server reached
+        through two URLs, a retried request: the calls of one session are idempotent)."""
         from vllm.config import set_current_vllm_config
         from vllm.model_executor.model_loader.reload import initialize_layerwise_reload
 
+        if getattr(self, "_north_session", None) == session:
+            return False
         with set_current_vllm_config(self.vllm_config):  # type: ignore[attr-defined]
             initialize_layerwise_reload(self._north_model())
+        self._north_session, self._north_loaded = session, set()
+        return True
 
-    def north_load_file(self, path: str) -> int:
-        """Load one bucket's safetensors file (HF names) into the open session; returns the tensors read."""
+    def north_load_file(self, path: str, session: str) -> int:
+        """Load one bucket's safetensors file (HF names) into the open session; returns the tensors read (0 for a
+        file this session already loaded)."""
         from safetensors import safe_open
         from vllm.config import set_current_vllm_config
 
+        if getattr(self, "_north_session", None) != session:
+            raise RuntimeError(f"no open weight-update session {session!r} on this server (north_begin_update first)")
+        if path in self._north_loaded:
+            return 0
         with safe_open(path, framework="pt", device="cpu") as f:
             names = list(f.keys())
             with set_current_vllm_config(self.vllm_config):  # type: ignore[attr-defined]
                 self._north_model().load_weights((name, f.get_tensor(name)) for name in names)
+        self._north_loaded.add(path)
         return len(names)
 
-    def north_finish_update(self) -> int:
-        """Process what is left (attention layers, layers that got nothing keep their tensors), then the CPU MoE
-        repack; returns the layers repacked."""
+    def north_finish_update(self, session: str) -> int:
+        """Process what is left (attention layers; layers that got nothing keep their tensors), then the CPU MoE
+        repack; returns the layers repacked (-1 when this session is already finished)."""
         from vllm.config import set_current_vllm_config
         from vllm.model_executor.model_loader.reload import finalize_layerwise_reload
 
+        if getattr(self, "_north_session", None) != session:
+            return -1
         with set_current_vllm_config(self.vllm_config):  # type: ignore[attr-defined]
             finalize_layerwise_reload(self._north_model(), self.vllm_config.model_config)  # type: ignore[attr-defined]
+        self._north_session = None
         return _repack_cpu_moe_experts(self)
