@@ -19,6 +19,7 @@ import urllib.request
 import pytest
 import torch
 
+from helpers import logprob_error
 from sampler_servers import PROMPT, max_logprob_error, perturbed, tiny_cpu_server
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
@@ -39,16 +40,6 @@ def _generated_tokens(url: str) -> float:
         text = r.read().decode()
     return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
                if line.startswith("vllm:generation_tokens_total"))
-
-
-def _logprobs(model, prompt: list[int], tokens: list[int]) -> torch.Tensor:
-    """`model`'s logprob of each of `tokens` after `prompt` + the tokens before it (a full prefill)."""
-    seq = torch.tensor([prompt + tokens])
-    targets = seq[:, 1:].clone()
-    targets[:, : len(prompt) - 1] = -100
-    with torch.no_grad():
-        logp, _ = model.token_logprobs(seq[:, :-1], targets)
-    return logp[0, len(prompt) - 1:]
 
 
 def _export_during_a_generation(pool, url, weights, events: list) -> object:
@@ -92,17 +83,17 @@ def test_a_generation_spanning_an_export_carries_both_versions(server, tmp_path,
     assert comp.versions == [0] * k + [1] * (n - k) and 3 <= k < n, comp.versions
     assert pool.spanning_completions == 1 and pool.tokens_after_update == n - k
 
-    sampler = torch.tensor(comp.logprobs)
-    old_lp, new_lp = _logprobs(model, PROMPT, comp.token_ids), _logprobs(new, PROMPT, comp.token_ids)
-    assert (sampler[:k] - old_lp[:k]).abs().max() < 1e-4  # the old weights' tokens, on their own prefix
-    stale = (sampler[k:] - new_lp[k:]).abs()
+    vs_old = logprob_error(model, PROMPT, comp.token_ids, comp.logprobs)  # full prefills, per token
+    vs_new = logprob_error(new, PROMPT, comp.token_ids, comp.logprobs)
+    assert vs_old[:k].max() < 1e-4  # the old weights' tokens, on their own prefix
+    stale = vs_new[k:]
     if mode == "recompute":  # each token: its own version's weights on its full prefix
         assert stale.max() < 1e-4
     else:  # stale KV of the first k tokens: the sampler's logprobs are not a full recompute's
         print(f"keep: |sampler - recompute under new weights| over {n - k} tokens: mean {stale.mean():.4f} "
               f"max {stale.max():.4f}")
         assert stale.max() > 1e-3  # the KV was kept (a silent recompute would make this 0)
-        assert (sampler[k:] - old_lp[k:]).abs().max() > 1e-3  # and the new weights sampled (not the old ones)
+        assert vs_old[k:].max() > 1e-3  # and the new weights sampled (not the old ones)
 
     # the next call: all new version, and its prompt's KV is the new weights' (no stale prefix-cache hit)
     err, after = max_logprob_error(new, pool, PROMPT, seed=7)
@@ -122,7 +113,7 @@ def test_drain_waits_for_the_call_in_flight(server, tmp_path):
     comp = _export_during_a_generation(pool, url, to_hf_state_dict(new), events)
     assert events == ["generation_done", "export_done"]
     assert comp.versions == [0] * len(comp.token_ids) and pool.spanning_completions == 0
-    assert (torch.tensor(comp.logprobs) - _logprobs(model, PROMPT, comp.token_ids)).abs().max() < 1e-4
+    assert logprob_error(model, PROMPT, comp.token_ids, comp.logprobs).max() < 1e-4
     err, after = max_logprob_error(new, pool, PROMPT)
     assert err < 1e-4 and after.versions == [1] * len(after.token_ids)
     pool.close()
