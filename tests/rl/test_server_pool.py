@@ -199,13 +199,14 @@ def test_one_nccl_group_gives_every_worker_of_every_server_its_own_rank(monkeypa
         master_address="10.0.0.1", master_port=29650, rank_offset=1, world_size=world, packed=True)))
     assert [sent[i]["rank_offset"] for i in range(3)] == offsets
     captured = []
-    monkeypatch.setattr(nccl_common, "stateless_init_process_group",
-                        lambda address, port, rank, world_size, device: captured.append((address, port, rank, world_size)))
+    monkeypatch.setattr(nccl_common, "stateless_init_process_group", lambda address, port, rank, world_size, device:
+                        captured.append((address, port, rank, world_size)))
     monkeypatch.setattr(torch.accelerator, "current_device_index", lambda: 0)
     for i, (tp, dp) in enumerate(servers):
         info = NCCLWeightTransferInitInfo(**sent[i])  # what the server's worker parses
         for d in range(dp):
             for r in range(tp):
-                nccl_common.worker_init_process_group(info, SimpleNamespace(data_parallel_index=d, world_size=tp, rank=r))
+                parallel = SimpleNamespace(data_parallel_index=d, world_size=tp, rank=r)
+                nccl_common.worker_init_process_group(info, parallel)
     assert sorted(c[2] for c in captured) == list(range(1, world))
     assert {(c[0], c[1], c[3]) for c in captured} == {("10.0.0.1", 29650, world)}

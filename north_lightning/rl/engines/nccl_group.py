@@ -158,12 +158,14 @@ class NCCLGroup:
         init = NCCLTrainerInitInfo(master_address=self.settings.address(), master_port=port, world_size=world,
                                    packed=self.settings.packed, rank=0)
         log.info("NCCL weight-transfer group %d on port %d: %s", self.formed, port,
-                 ", ".join(f"{self.urls[i]} ranks {o}-{o + self.infos[i].workers - 1}" for i, o in zip(members, offsets)))
+                 ", ".join(f"{self.urls[i]} ranks {o}-{o + self.infos[i].workers - 1}"
+                           for i, o in zip(members, offsets)))
         self.joined |= set(members)  # before the rendezvous: a half-joined server is released next time
         self.engine = self._trainer_engine(init, self.client, source)
         self.members = members
 
-    def send(self, members: Sequence[int], weights: Mapping[str, torch.Tensor] | str | Path) -> dict[int, BaseException]:
+    def send(self, members: Sequence[int],
+             weights: Mapping[str, torch.Tensor] | str | Path) -> dict[int, BaseException]:
         """Broadcast the weights once to every server in `members` (pool indices); returns the servers that failed
         (unreachable ones as `EngineDied`), empty when all took them. Any failure drops the group."""
         errors = self._preflight(members)

@@ -261,9 +261,11 @@ class ServerPool:
         """A bucket-by-bucket export (`weight_transfer: files`): yields `load_file(path)`, to be called with each
         bucket's safetensors file as soon as it is written under `directory` (`model/gather.py:
         write_hf_streaming(on_file=...)`); the servers load it in a background thread, in order, while the
-        trainer gathers the next buckets, instead of after the whole directory. The servers stay paused from the first bucket to the last (`keep`
-        and `recompute`; under `drain` nothing runs anyway): a bucketed session is one in-place reload spread over
-        the gather (`rl/engines/worker_ext.py`). `directory` is what a restarted server reloads later."""
+        trainer gathers the next buckets, instead of after the whole directory. The servers stay paused from the
+        first bucket to the last (`keep` and `recompute`; under `drain` nothing runs anyway): a bucketed session is
+        one in-place reload spread over the gather (`rl/engines/worker_ext.py`), so the sampler waits for the whole
+        gather where a whole-directory reload pauses it only for the reload, and the trainer waits for max(gather,
+        load) instead of their sum. `directory` is what a restarted server reloads later."""
         if self._nccl is not None:
             raise ValueError("streamed_update is for weight_transfer: files (nccl broadcasts from rank 0's GPU)")
         check_version(self.policy_version, version)
