@@ -48,7 +48,7 @@ from north_lightning.rl.sampler import EnvSpec, RolloutService, load_env_tasks
 log = logging.getLogger(__name__)
 ENGINES = ("inprocess", "subprocess", "servers")
 SAMPLER_URLS_ENV = "NORTH_SAMPLER_URLS"
-SERVER_KWARGS = {"urls", "timeout", "model", "weight_transfer", "nccl", "weight_update_mode", "bucketed_reload"}
+SERVER_KWARGS = {"urls", "timeout", "model", "weight_transfer", "nccl", "bucketed_reload"}
 
 
 def sampler_urls(urls: list[str] | str | None) -> list[str]:
@@ -98,12 +98,10 @@ class _RolloutCallback(L.Callback):
             raise ValueError(f"engine_kwargs {unknown} do not apply to engine: servers (known: {sorted(SERVER_KWARGS)}); "
                              "the servers' own settings are `vllm serve` flags (slurm --sampler-args)")
         if engine == "servers":
-            from north_lightning.rl.engines.server import check_update_mode
             from north_lightning.rl.engines.weight_transfer import parse_weight_transfer
 
             kwargs = engine_kwargs or {}
             parse_weight_transfer(kwargs.get("weight_transfer", "files"), kwargs.get("nccl"))
-            check_update_mode(kwargs.get("weight_update_mode", "keep"))
         self.env_specs = [EnvSpec(**e) for e in envs]
         if not self.env_specs:
             raise ValueError("at least one environment is needed in `envs`")
@@ -302,11 +300,10 @@ class _RolloutCallback(L.Callback):
 
             kwargs = dict(self.engine_kwargs)
             urls = sampler_urls(kwargs.pop("urls", None))
-            # the sidecar's `weight_update_mode` where it has one, else engine_kwargs' (default keep: in-flight)
-            kwargs.setdefault("weight_update_mode", getattr(self, "weight_update_mode", "keep"))
             assert self._work is not None
             pool = ServerPool(urls, model_dir=model_dir, weights_dir=self._work / "sampler_weights",
-                              policy_version=self.policy_version, **kwargs)
+                              policy_version=self.policy_version, weight_update_mode=self.weight_update_mode,
+                              **kwargs)
             pool.reload(model_dir)  # the servers started from another checkpoint (SFT export, or before a resume)
             return pool
         cls = SteppedVLLMEngine if self.engine_kind == "inprocess" else SubprocessVLLMEngine
@@ -469,8 +466,7 @@ class VLLMSidecar(_RolloutCallback):
             sampler nodes must see at the same path; with `weight_transfer: nccl` (+ `nccl: {master_address,
             master_port, packed, timeout_s}`, GPU only) rank 0 streams them over NCCL, see
             `rl/engines/weight_transfer.py`). `engine_kwargs` go to the engine (for `servers`: urls, timeout, model,
-            weight_transfer, nccl, weight_update_mode: keep | recompute | drain, bucketed_reload; see
-            `rl/engines/server.py`).
+            weight_transfer, nccl, bucketed_reload; see `rl/engines/server.py`).
         num_workers: rollout worker threads, i.e. groups sampled at once; a group's G rollouts run side by side
             and their turns share engine batches. window / max_staleness_steps / on_stale: the queue's rules
             (staleness in optimizer steps, enforced at dispatch and at consumption; `rl/queue.py`).
@@ -505,6 +501,8 @@ class VLLMSidecar(_RolloutCallback):
             token keeps its own version and logprob) or `drain` (the export waits for running turns and holds new
             ones back: the old behaviour, for comparison). Every token records the policy version that produced
             it; the RL module logs the version lag (`rl/version_lag_{mean,max}`, `rl/tokens_across_update`).
+            With `engine: servers` the same three modes act on the `vllm serve` sampler nodes through their
+            `/pause?mode=keep` / `/update_weight_version` / `/resume` routes (`rl/engines/server.py`).
     """
 
     mode = "async"

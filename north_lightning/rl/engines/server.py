@@ -6,7 +6,8 @@ pause / resume / version routes; `OpenAIServerPolicy` for any OpenAI endpoint), 
 on one server, `weight_transfer.py` + `nccl_group.py` move the weights (`files` through shared storage, or one
 NCCL broadcast from trainer rank 0 to every server). Re-exported here for the callers that import them from here.
 
-Weight updates (`weight_update_mode`, the sidecar key of the same name; the in-process engine reads it too):
+Weight updates (`weight_update_mode`, the sidecar key of the same name; the trainer-side engines' modes are
+alike, `rl/engines/stepped.py`, but there we step vLLM ourselves; here the servers do it on their own):
 - `keep` (default, in-flight, PipelineRL's choice): at an export every server is paused with its running
   requests frozen and their KV cache kept (`/pause?mode=keep`), reloads, gets the new version label
   (`/update_weight_version`) and resumes (`/resume`); nothing is drained, so a turn that was generating goes on
@@ -41,6 +42,7 @@ from north_lightning.rl.engines.inprocess import EngineDied
 from north_lightning.rl.engines.launch import launch_vllm_server, stop_vllm_server
 from north_lightning.rl.engines.nccl_group import NCCLGroup
 from north_lightning.rl.engines.server_client import OpenAIServerPolicy, SamplerServer
+from north_lightning.rl.engines.stepped import UPDATE_MODES, check_update_mode
 from north_lightning.rl.engines.weight_transfer import parse_weight_transfer, require_cuda
 from north_lightning.rl.engines.weights import WeightsWriter, check_version
 from north_lightning.rl.policy import Completion
@@ -49,13 +51,6 @@ __all__ = ["launch_vllm_server", "stop_vllm_server", "OpenAIServerPolicy", "Samp
            "UPDATE_MODES", "check_update_mode"]
 
 log = logging.getLogger(__name__)
-UPDATE_MODES = ("keep", "recompute", "drain")
-
-
-def check_update_mode(mode: str) -> str:
-    if mode not in UPDATE_MODES:
-        raise ValueError(f"weight_update_mode must be one of {UPDATE_MODES}, got {mode!r}")
-    return mode
 
 
 class _Update:
