@@ -71,46 +71,64 @@ def perturbed(model, seed: int):
 
 
 class FilesStandInForNCCL:
-    """Named fake of `NCCLWeightBroadcaster`: the broadcast needs CUDA on the trainer and on the server, so this
-    stand-in runs the real preflight (`/server_info` over the network, as the real first `send` does) and then
-    delivers the same weights through the server's file reload. Everything around it stays real: which servers
-    a `ServerPool` sends to and in what order, the rendezvous port of each link, a dead server's link dropped
-    without releasing it, a returning server joined anew, every live link released at `close`.
-    `install(monkeypatch, model_dir)` puts it in place and returns its log of
-    ("open", url, port) / ("send", url, "dict" or the directory) / ("close", url, release_server)."""
+    """Named fake of the CUDA part of `NCCLGroup` (`rl/engines/nccl_group.py`): rank 0's endpoint, the servers'
+    rendezvous and the broadcast need CUDA on the trainer and on the servers, so this stand-in takes the place of
+    `_trainer_engine` (and of `_device`): it computes the init payload each server would be sent (vLLM's worker
+    payload through the real `FanOutClient`, not sent) and delivers every export through the members' file reload.
+    Everything around it stays real: the `/server_info` preflight over the network, which servers form each group,
+    in which rank order and on which port, a dead server forgotten without a release, a returning one joined in a
+    new group, the live members released (`/shutdown_weight_transfer_engine`, a real request) before a new group
+    forms and at `close`. `install(monkeypatch, model_dir)` puts it in place and returns its log of
+    ("group", port, {url: rank_offset}, world_size) / ("send", [urls], "dict" or the directory) / ("close", port) /
+    ("release", url)."""
 
     log: list = []
     model_dir: Path | None = None
 
     @classmethod
     def install(cls, monkeypatch, model_dir: Path) -> list:
-        from north_lightning.rl.engines import server as engine_server, weight_transfer
+        from north_lightning.rl.engines import nccl_group, server as engine_server
 
         monkeypatch.setattr(engine_server, "require_cuda", lambda: None)  # the stand-in needs no GPU
-        monkeypatch.setattr(weight_transfer, "NCCLWeightBroadcaster", cls)
         monkeypatch.setattr(cls, "log", [])
         monkeypatch.setattr(cls, "model_dir", model_dir)
+        real_release = nccl_group.NCCLGroup._release
+
+        def release(group, i):
+            cls.log.append(("release", group.urls[i]))
+            real_release(group, i)
+
+        monkeypatch.setattr(nccl_group.NCCLGroup, "_release", release)
+        monkeypatch.setattr(nccl_group.NCCLGroup, "_device", lambda group: torch.device("cpu"))
+        monkeypatch.setattr(nccl_group.NCCLGroup, "_trainer_engine",
+                            lambda group, init, client, source: cls(init, client, source))
         return cls.log
 
-    def __init__(self, base_url, *, master_address, master_port, packed=True, timeout=600.0):
-        from north_lightning.rl.engines.server import OpenAIServerPolicy
+    def __init__(self, init, client, source) -> None:
+        from vllm.distributed.weight_transfer.nccl_common import NCCLWeightTransferInitInfo, worker_init_payload
 
-        self.base_url, self.info = base_url.rstrip("/").removesuffix("/v1"), None
-        self.server = OpenAIServerPolicy(self.base_url, model_dir=self.model_dir, timeout=30)
-        self.log.append(("open", self.base_url, master_port))
+        # what vLLM's NCCLTrainerWeightTransferEngine.trainer_init hands the client (workers at rank_offset 1)
+        payload = worker_init_payload(NCCLWeightTransferInitInfo(
+            master_address=init.master_address, master_port=init.master_port, rank_offset=1,
+            world_size=init.world_size, packed=init.packed, packed_buffer_size_bytes=init.packed_buffer_size_bytes,
+            packed_num_buffers=init.packed_num_buffers))
+        client.sent_init = client.init_payloads(payload)
+        self.client, self.source, self.port = client, source, init.master_port
+        self.log.append(("group", self.port, {client.urls[i]: p["rank_offset"] for i, p in client.sent_init.items()},
+                         init.world_size))
 
-    def send(self, weights) -> None:
-        from north_lightning.rl.engines.weight_transfer import check_nccl_server, server_weight_info
+    def send_weights(self) -> None:
+        import tempfile
 
-        if self.info is None:
-            self.info = server_weight_info(self.base_url, timeout=5)
-            check_nccl_server(self.base_url, self.info)
-        self.log.append(("send", self.base_url, "dict" if isinstance(weights, dict) else str(weights)))
-        if isinstance(weights, dict):
-            self.server.load_weights(weights, version=self.server.policy_version + 1)
-        else:
-            self.server.reload(weights)
+        from north_lightning.rl.engines.server_client import OpenAIServerPolicy
+        from north_lightning.rl.engines.weights import save_hf_weights
 
-    def close(self, release_server: bool = True) -> None:
-        self.server.close()
-        self.log.append(("close", self.base_url, release_server))
+        weights = dict(self.source)
+        with tempfile.TemporaryDirectory(prefix="nccl_stand_in_") as tmp:
+            save_hf_weights(weights, self.model_dir, tmp)
+            for url in self.client.urls.values():
+                OpenAIServerPolicy(url, timeout=60).load_dir(tmp)
+        self.log.append(("send", list(self.client.urls.values()), self.source.origin))
+
+    def shutdown(self) -> None:
+        self.log.append(("close", self.port))

@@ -33,6 +33,7 @@ import logging
 import os
 import shutil
 import time
+from contextlib import nullcontext
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
@@ -47,7 +48,7 @@ from north_lightning.rl.sampler import EnvSpec, RolloutService, load_env_tasks
 log = logging.getLogger(__name__)
 ENGINES = ("inprocess", "subprocess", "servers")
 SAMPLER_URLS_ENV = "NORTH_SAMPLER_URLS"
-SERVER_KWARGS = {"urls", "timeout", "model", "weight_transfer", "nccl"}
+SERVER_KWARGS = {"urls", "timeout", "model", "weight_transfer", "nccl", "bucketed_reload"}
 
 
 def sampler_urls(urls: list[str] | str | None) -> list[str]:
@@ -262,14 +263,16 @@ class _RolloutCallback(L.Callback):
             name = "float32" if self.engine_kind != "servers" or not torch.cuda.is_available() else "bfloat16"
         return dtype_from_name(name)
 
-    def _gather_to_dir(self, pl_module: L.LightningModule, out: Path, tokenizer_dir: str | None = None) -> Any:
+    def _gather_to_dir(self, pl_module: L.LightningModule, out: Path, tokenizer_dir: str | None = None,
+                       on_file: Any = None) -> Any:
         """Stream the module's weights bucket by bucket into an HF directory written by rank 0 (collective; see
-        `model/gather.py`: no rank holds more than its shard plus two buckets). Returns the gather's statistics."""
+        `model/gather.py`: no rank holds more than its shard plus two buckets; `on_file` gets each bucket's file on
+        rank 0 once written). Returns the gather's statistics."""
         from north_lightning.model.gather import write_hf_streaming
 
         return write_hf_streaming(pl_module.model, pl_module.model.config, out,
                                   bucket_bytes=self.export_bucket_mb * 2**20, dtype=self._export_torch_dtype(),
-                                  tokenizer_dir=tokenizer_dir)
+                                  tokenizer_dir=tokenizer_dir, on_file=on_file)
 
     def _sweep_orphans(self) -> None:
         """Remove the sandbox containers an earlier SIGKILLed run on this host left behind (owner process gone),
@@ -299,7 +302,8 @@ class _RolloutCallback(L.Callback):
             urls = sampler_urls(kwargs.pop("urls", None))
             assert self._work is not None
             pool = ServerPool(urls, model_dir=model_dir, weights_dir=self._work / "sampler_weights",
-                              policy_version=self.policy_version, **kwargs)
+                              policy_version=self.policy_version, weight_update_mode=self.weight_update_mode,
+                              **kwargs)
             pool.reload(model_dir)  # the servers started from another checkpoint (SFT export, or before a resume)
             return pool
         cls = SteppedVLLMEngine if self.engine_kind == "inprocess" else SubprocessVLLMEngine
@@ -344,7 +348,8 @@ class _RolloutCallback(L.Callback):
         """Stream the weights bucket by bucket (every rank takes part in each bucket's gather, rank 0 keeps it) into
         the engine, bump the policy version everywhere. In-process engine (one rank): the buckets go into its
         in-place reload; other engines: one safetensors file per bucket under `<work_dir>/sampler_weights/v<N>`,
-        which the engine (or every server: shared storage, or NCCL from rank 0) reloads."""
+        which the engine (or every server: shared storage, or NCCL from rank 0) reloads; sampler servers with
+        `bucketed_reload` (files, the default) load each bucket's file while the next one is gathered."""
         from north_lightning.model.gather import GatherStats, iter_full_buckets
         from north_lightning.model.hf import hf_tensors
 
@@ -366,11 +371,17 @@ class _RolloutCallback(L.Callback):
         else:
             assert self._work is not None
             out = self._work / "sampler_weights" / f"v{self.policy_version}"
-            self._gather_to_dir(pl_module, out)
+            # sampler servers load each bucket's file while the next is gathered (ServerPool.bucketed_reload)
+            streamed = trainer.is_global_zero and getattr(self.engine, "bucketed_reload", False)
+            if streamed and self.service is not None:
+                self.service.on_export(self.policy_version, trainer.global_step)
+            with self.engine.streamed_update(self.policy_version, out) if streamed else nullcontext() as on_file:
+                self._gather_to_dir(pl_module, out, on_file=on_file)
             if trainer.is_global_zero and self.engine is not None:
-                if self.service is not None:
-                    self.service.on_export(self.policy_version, trainer.global_step)
-                self.engine.load_weights(str(out), self.policy_version)
+                if not streamed:
+                    if self.service is not None:
+                        self.service.on_export(self.policy_version, trainer.global_step)
+                    self.engine.load_weights(str(out), self.policy_version)
                 for old in (self._work / "sampler_weights").glob("v*"):  # only the loaded version is kept
                     if old != out:
                         shutil.rmtree(old, ignore_errors=True)
@@ -455,7 +466,7 @@ class VLLMSidecar(_RolloutCallback):
             sampler nodes must see at the same path; with `weight_transfer: nccl` (+ `nccl: {master_address,
             master_port, packed, timeout_s}`, GPU only) rank 0 streams them over NCCL, see
             `rl/engines/weight_transfer.py`). `engine_kwargs` go to the engine (for `servers`: urls, timeout, model,
-            weight_transfer, nccl).
+            weight_transfer, nccl, bucketed_reload; see `rl/engines/server.py`).
         num_workers: rollout worker threads, i.e. groups sampled at once; a group's G rollouts run side by side
             and their turns share engine batches. window / max_staleness_steps / on_stale: the queue's rules
             (staleness in optimizer steps, enforced at dispatch and at consumption; `rl/queue.py`).
@@ -490,6 +501,8 @@ class VLLMSidecar(_RolloutCallback):
             token keeps its own version and logprob) or `drain` (the export waits for running turns and holds new
             ones back: the old behaviour, for comparison). Every token records the policy version that produced
             it; the RL module logs the version lag (`rl/version_lag_{mean,max}`, `rl/tokens_across_update`).
+            With `engine: servers` the same three modes act on the `vllm serve` sampler nodes through their
+            `/pause?mode=keep` / `/update_weight_version` / `/resume` routes (`rl/engines/server.py`).
     """
 
     mode = "async"

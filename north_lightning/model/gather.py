@@ -24,7 +24,7 @@ from __future__ import annotations
 import os
 import threading
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -138,9 +138,12 @@ def full_state_dict(model: nn.Module, dtype: torch.dtype | None = torch.float32,
 
 def write_hf_streaming(model: nn.Module, config: Any, out_dir: str | Path, *, bucket_bytes: int,
                        dtype: torch.dtype | None = None, dst: int = 0, stats: GatherStats | None = None,
-                       tokenizer_dir: str | Path | None = None) -> GatherStats:
+                       tokenizer_dir: str | Path | None = None,
+                       on_file: Callable[[Path], None] | None = None) -> GatherStats:
     """Stream the model into an HF directory: one safetensors file per bucket (HF names, per-expert layout),
-    then the index and config.json, written by rank `dst`. Collective. Returns the gather's statistics."""
+    then the index and config.json, written by rank `dst`. Collective. Returns the gather's statistics.
+    `on_file(path)` is called on rank `dst` with each bucket's file once it is complete (e.g. sampler servers
+    loading the export bucket by bucket while the next one is gathered)."""
     from north_lightning.model.hf import _umask, finish_hf_dir, hf_tensors
 
     from safetensors.torch import save_file
@@ -171,6 +174,8 @@ def write_hf_streaming(model: nn.Module, config: Any, out_dir: str | Path, *, bu
         os.chmod(tmp, 0o666 & ~_umask())  # safetensors creates 0600; exports follow the umask (as save_pretrained)
         tmp.replace(out / file)
         del tensors
+        if on_file is not None:
+            on_file(out / file)
     if is_dst:
         finish_hf_dir(out, config, weight_map, total, out_dtype or torch.float32, tokenizer_dir=tokenizer_dir)
     return stats

