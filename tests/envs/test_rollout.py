@@ -122,7 +122,7 @@ def test_turn_without_end_token_is_closed_untrainable(bundled_tasks, tokenizer):
     ep = run_episode(ScriptedPolicy(tokenizer, [turn]), "mini_swe_agent", tokenizer, task,
                      config=RolloutConfig(max_steps=1))
     assert ep.segments[1].trainable and ep.segments[1].token_ids[-1] != tokenizer.eos_token_id
-    assert ep.segments[2] == ([tokenizer.eos_token_id], None, False)
+    assert ep.segments[2][:3] == ([tokenizer.eos_token_id], None, False) and ep.segments[2].versions is None
 
 
 def test_terminal_outputs_of_one_reply_are_merged_like_a_screen():

@@ -43,7 +43,8 @@ def test_moe_block_bench_cpu_dry_run_reports_megablocks_unavailable() -> None:
         assert pairs["megablocks"].startswith("unavailable(ModuleNotFoundError:No_module_named_'megablocks'")
     assert pairs["device"] == "cpu" and "interrupted" not in pairs
 
-def test_attended_keys_counts_document_window_pairs() -> None:
+def test_attended_keys_counts_document_window_pairs(monkeypatch) -> None:
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))  # as `python bench/train_mfu.py` has it: `from kernel_timing import`
     spec = importlib.util.spec_from_file_location("train_mfu", ROOT / "bench" / "train_mfu.py")
     mfu = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mfu)
