@@ -30,7 +30,6 @@ from __future__ import annotations
 import atexit
 import json
 import logging
-import os
 import shutil
 import time
 from contextlib import nullcontext
@@ -41,29 +40,12 @@ from typing import Any
 import lightning as L
 import torch
 
+from north_lightning.callbacks.sidecar_engine import check_engine_settings, engine_dtype, start_engine
 from north_lightning.rl.spool import RolloutSpool
 from north_lightning.modules.rl import log_sparse_metrics
 from north_lightning.rl.sampler import EnvSpec, RolloutService, load_env_tasks
 
 log = logging.getLogger(__name__)
-ENGINES = ("inprocess", "subprocess", "servers")
-SAMPLER_URLS_ENV = "NORTH_SAMPLER_URLS"
-SERVER_KWARGS = {"urls", "timeout", "model", "weight_transfer", "nccl", "bucketed_reload"}
-
-
-def sampler_urls(urls: list[str] | str | None) -> list[str]:
-    """`engine_kwargs.urls`, else the comma-separated `NORTH_SAMPLER_URLS` the SLURM script exports."""
-    if urls is None:
-        urls = os.environ.get(SAMPLER_URLS_ENV, "")
-    if isinstance(urls, str):
-        urls = [u.strip() for u in urls.split(",")]
-    urls = [u for u in urls if u]
-    if not urls:
-        raise ValueError(f"engine: servers needs sampler URLs: set engine_kwargs.urls or the {SAMPLER_URLS_ENV} "
-                         "environment variable (comma-separated base URLs of `vllm serve` sampler nodes)")
-    return urls
-
-
 def _restores_after_setup(trainer: L.Trainer) -> bool:
     return bool(getattr(trainer.strategy, "restore_checkpoint_after_setup", False))
 
@@ -91,17 +73,7 @@ class _RolloutCallback(L.Callback):
             export_every_n_steps = self.default_export_every
         if export_every_n_steps < 1:
             raise ValueError(f"export_every_n_steps must be >= 1, got {export_every_n_steps}")
-        if engine not in ENGINES:
-            raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
-        unknown = sorted(set(engine_kwargs or {}) - SERVER_KWARGS) if engine == "servers" else []
-        if unknown:
-            raise ValueError(f"engine_kwargs {unknown} do not apply to engine: servers (known: {sorted(SERVER_KWARGS)}); "
-                             "the servers' own settings are `vllm serve` flags (slurm --sampler-args)")
-        if engine == "servers":
-            from north_lightning.rl.engines.weight_transfer import parse_weight_transfer
-
-            kwargs = engine_kwargs or {}
-            parse_weight_transfer(kwargs.get("weight_transfer", "files"), kwargs.get("nccl"))
+        check_engine_settings(engine, engine_kwargs or {})
         self.env_specs = [EnvSpec(**e) for e in envs]
         if not self.env_specs:
             raise ValueError("at least one environment is needed in `envs`")
@@ -254,14 +226,7 @@ class _RolloutCallback(L.Callback):
         return str(tokenizer_dir)
 
     def _export_torch_dtype(self) -> torch.dtype:
-        """The engine's dtype, which the weights are gathered in: `export_dtype`, else the engine's `dtype`
-        (in-process / subprocess engines: float32 unless set), else bf16 on a GPU and fp32 on the CPU (servers)."""
-        from north_lightning.model.parallelize import dtype_from_name
-
-        name = self.export_dtype or self.engine_kwargs.get("dtype")
-        if name is None:
-            name = "float32" if self.engine_kind != "servers" or not torch.cuda.is_available() else "bfloat16"
-        return dtype_from_name(name)
+        return engine_dtype(self.export_dtype, self.engine_kind, self.engine_kwargs)
 
     def _gather_to_dir(self, pl_module: L.LightningModule, out: Path, tokenizer_dir: str | None = None,
                        on_file: Any = None) -> Any:
@@ -292,23 +257,9 @@ class _RolloutCallback(L.Callback):
             log.info("no orphaned sandbox containers")
 
     def _start_engine(self, model_dir: Path) -> Any:
-        from north_lightning.rl.engines.child import SubprocessVLLMEngine
-        from north_lightning.rl.engines.stepped import SteppedVLLMEngine
-
-        if self.engine_kind == "servers":
-            from north_lightning.rl.engines.server import ServerPool
-
-            kwargs = dict(self.engine_kwargs)
-            urls = sampler_urls(kwargs.pop("urls", None))
-            assert self._work is not None
-            pool = ServerPool(urls, model_dir=model_dir, weights_dir=self._work / "sampler_weights",
-                              policy_version=self.policy_version, weight_update_mode=self.weight_update_mode,
-                              **kwargs)
-            pool.reload(model_dir)  # the servers started from another checkpoint (SFT export, or before a resume)
-            return pool
-        cls = SteppedVLLMEngine if self.engine_kind == "inprocess" else SubprocessVLLMEngine
-        return cls(model_dir, policy_version=self.policy_version, weight_update_mode=self.weight_update_mode,
-                   **self.engine_kwargs)
+        assert self._work is not None
+        return start_engine(self.engine_kind, self.engine_kwargs, model_dir, weights_dir=self._work / "sampler_weights",
+                            policy_version=self.policy_version, weight_update_mode=self.weight_update_mode)
 
     def _restart_engine(self) -> None:
         restart = getattr(self.engine, "restart", None)

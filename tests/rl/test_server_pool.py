@@ -9,7 +9,7 @@ import torch
 
 
 def test_sampler_urls_from_kwargs_or_environment(monkeypatch):
-    from north_lightning.callbacks.vllm_sidecar import sampler_urls
+    from north_lightning.callbacks.sidecar_engine import sampler_urls
 
     monkeypatch.delenv("NORTH_SAMPLER_URLS", raising=False)
     with pytest.raises(ValueError, match=r"engine_kwargs.urls.*NORTH_SAMPLER_URLS"):
