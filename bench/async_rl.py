@@ -139,38 +139,23 @@ def trainer_step_with_sampling(engines: list[str], repeats: int = 3) -> dict[str
     import statistics
     import tempfile
     import threading
-    import time
 
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
     import torch
 
     from north_lightning.assets import tiny_tokenizer_path
-    from north_lightning.datamodules.rl import pack_rollouts
     from north_lightning.model import NorthConfig, NorthForCausalLM
     from north_lightning.rl.engines.child import SubprocessVLLMEngine
     from north_lightning.rl.engines.inprocess import VLLMEngine
-    from north_lightning.rl.losses import cispo_loss
+    from rl_step import rl_batch, timed_rl_step
 
     torch.manual_seed(0)
     model = NorthForCausalLM(NorthConfig.preset("tiny"))
     opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
-    g = torch.Generator().manual_seed(0)
-    docs = [({"task_id": f"t{i}", "segments": [
-        {"token_ids": torch.randint(3, 4096, (128,), generator=g).tolist(), "logprobs": None, "trainable": False},
-        {"token_ids": torch.randint(3, 4096, (128,), generator=g).tolist(), "logprobs": [-8.0] * 128,
-         "trainable": True}]}, 1.0 if i % 2 else -1.0) for i in range(8)]
-    batch = pack_rollouts(docs, row_tokens=512, pad_id=0)
-    mask = batch["targets"] != -100
+    batch = rl_batch(8, 256, 4096, seed=0)
 
     def step() -> float:
-        start = time.perf_counter()
-        logp, _ = model.token_logprobs(batch["input_ids"], batch["targets"], position_ids=batch["position_ids"],
-                                       document_ids=batch["document_ids"])
-        loss, _ = cispo_loss(logp, batch["sampler_logprobs"], batch["advantages"], mask, int(mask.sum()))
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        return time.perf_counter() - start
+        return timed_rl_step(model, opt, batch)
 
     step()
     out = {"off": statistics.median(step() for _ in range(repeats))}

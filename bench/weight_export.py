@@ -30,23 +30,10 @@ os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 import torch  # noqa: E402
 
 from north_lightning.assets import tiny_tokenizer_path  # noqa: E402
-from north_lightning.datamodules.rl import pack_rollouts  # noqa: E402
 from north_lightning.model import NorthConfig, NorthForCausalLM  # noqa: E402
 from north_lightning.model.hf import to_hf_state_dict  # noqa: E402
 from north_lightning.rl.engines.inprocess import VLLMEngine  # noqa: E402
-from north_lightning.rl.losses import cispo_loss  # noqa: E402
-
-
-def rl_batch(rollouts: int, tokens: int, vocab: int, seed: int) -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    docs = []
-    for i in range(rollouts):
-        prompt = torch.randint(3, vocab, (tokens // 2,), generator=g).tolist()
-        gen = torch.randint(3, vocab, (tokens - tokens // 2,), generator=g).tolist()
-        docs.append(({"task_id": f"t{i}", "segments": [
-            {"token_ids": prompt, "logprobs": None, "trainable": False},
-            {"token_ids": gen, "logprobs": [-8.0] * len(gen), "trainable": True}]}, 1.0 if i % 2 else -1.0))
-    return pack_rollouts(docs, row_tokens=2 * tokens, pad_id=0)
+from rl_step import rl_batch, timed_rl_step  # noqa: E402  (bench/ is on the path: run as a script)
 
 
 def logprob_mismatch(model: NorthForCausalLM, prompt: list[int], out) -> torch.Tensor:
@@ -116,17 +103,9 @@ def main() -> None:
     model = NorthForCausalLM(NorthConfig.preset("tiny"))
     opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
     batch = rl_batch(args.rollouts, args.tokens, model.config.vocab_size, seed=0)
-    mask = batch["targets"] != -100
 
     def train_step() -> float:
-        start = time.perf_counter()
-        logp, _ = model.token_logprobs(batch["input_ids"], batch["targets"], position_ids=batch["position_ids"],
-                                       document_ids=batch["document_ids"])
-        loss, _ = cispo_loss(logp, batch["sampler_logprobs"], batch["advantages"], mask, int(mask.sum()))
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        return time.perf_counter() - start
+        return timed_rl_step(model, opt, batch)
 
     train_step()  # warm-up
     step_s = statistics.median(train_step() for _ in range(args.repeats))
