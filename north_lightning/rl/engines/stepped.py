@@ -100,6 +100,10 @@ class SteppedVLLMEngine:
             raise FileNotFoundError(f"{self.model_dir}/config.json not found: export the model with save_pretrained")
         self._llm_kwargs = llm_settings(max_model_len=max_model_len, dtype=dtype, kv_cache_bytes=kv_cache_bytes,
                                         seed=seed, enforce_eager=enforce_eager, engine_kwargs=engine_kwargs)
+        # Per-token versions need a step's outputs to be that step's tokens. With async scheduling (vLLM's GPU
+        # default; the CPU backend turns it off) a step returns the tokens of the step before, so a swap between
+        # two steps would give one token of every running request the wrong version.
+        self._llm_kwargs.setdefault("async_scheduling", False)
         self.max_model_len = max_model_len
         self.policy_version = policy_version
         self._ids = itertools.count()
