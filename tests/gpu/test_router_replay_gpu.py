@@ -13,6 +13,7 @@ import os
 import pytest
 import torch
 
+from helpers import require
 from north_lightning.model import NorthConfig
 from north_lightning.model.moe import MoEBlock
 
@@ -28,8 +29,7 @@ def rel_err(got: torch.Tensor, ref: torch.Tensor) -> float:
 
 @pytest.mark.parametrize("backend", ["grouped", "megablocks"])
 def test_replayed_experts_reach_the_gpu_backend(backend: str) -> None:
-    if DEVICE == "cuda" and not torch.cuda.is_available():
-        pytest.skip("no CUDA device")
+    require(DEVICE != "cuda" or torch.cuda.is_available(), "no CUDA device")
     if backend == "megablocks" and (DEVICE != "cuda" or importlib.util.find_spec("megablocks") is None
                                     or importlib.util.find_spec("grouped_gemm") is None):
         pytest.skip("megablocks needs CUDA and megablocks + grouped_gemm (pip install --no-deps megablocks "
