@@ -43,7 +43,8 @@ import torch
 from north_lightning.callbacks.sidecar_engine import check_engine_settings, engine_dtype, start_engine
 from north_lightning.rl.spool import RolloutSpool
 from north_lightning.modules.rl import log_sparse_metrics
-from north_lightning.rl.sampler import EnvSpec, RolloutService, load_env_tasks
+from north_lightning.rl.env_specs import EnvSpec, load_env_tasks
+from north_lightning.rl.sampler import RolloutService
 
 log = logging.getLogger(__name__)
 def _restores_after_setup(trainer: L.Trainer) -> bool:

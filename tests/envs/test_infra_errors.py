@@ -106,7 +106,8 @@ def test_pass_at_k_and_filter_leave_infra_errors_out(swe_pool, tmp_path):
 
 
 def test_rl_groups_with_infra_errors_fail_once_and_are_not_trained(tokenizer, swe_pool, tmp_path):
-    from north_lightning.rl.sampler import EnvSpec, RolloutService
+    from north_lightning.rl.env_specs import EnvSpec
+    from north_lightning.rl.sampler import RolloutService
     from north_lightning.rl.spool import RolloutSpool
 
     good, missing = load_swe_jsonl(swe_pool)

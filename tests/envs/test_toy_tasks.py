@@ -64,7 +64,7 @@ def test_tasks_toy_and_list_cli(tmp_path, capsys):
 
 def test_family_subsets_in_the_rl_env_spec_and_the_cli(tmp_path, capsys):
     from north_lightning.cli.tasks import main
-    from north_lightning.rl.sampler import EnvSpec, load_env_tasks
+    from north_lightning.rl.env_specs import EnvSpec, load_env_tasks
 
     tasks = load_env_tasks(EnvSpec("t", "toy:train:6:0:arith,text_transform"), tmp_path / "w")
     assert len(tasks) == 6 and {t.task_id.split("-")[1] for t in tasks} == {"arith", "text"}

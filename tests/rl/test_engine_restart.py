@@ -22,7 +22,8 @@ def test_killed_engine_is_restarted_and_its_group_requeued(tmp_path):
     from north_lightning.rl.engines.child import SubprocessVLLMEngine
     from north_lightning.rl.engines.inprocess import EngineDied
     from north_lightning.rl.rollout import Episode, Segment
-    from north_lightning.rl.sampler import EnvSpec, RolloutService
+    from north_lightning.rl.env_specs import EnvSpec
+    from north_lightning.rl.sampler import RolloutService
 
     torch.manual_seed(0)
     model_dir = tmp_path / "model"
@@ -127,7 +128,8 @@ def test_inprocess_engine_that_failed_in_a_step_reports_death_and_restarts_on_th
 def test_engine_fault_that_recurs_after_restarts_ends_the_service_with_its_reason(tmp_path):
     from north_lightning.rl.spool import RolloutSpool
     from north_lightning.rl.rollout import Episode, Segment
-    from north_lightning.rl.sampler import EnvSpec, RolloutService
+    from north_lightning.rl.env_specs import EnvSpec
+    from north_lightning.rl.sampler import RolloutService
 
     _, engine = _inprocess_engine(tmp_path)
 

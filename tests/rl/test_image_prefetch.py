@@ -15,7 +15,8 @@ pytestmark = pytest.mark.docker
 
 
 def _service(tmp_path, tasks, **kwargs):
-    from north_lightning.rl.sampler import EnvSpec, RolloutService
+    from north_lightning.rl.env_specs import EnvSpec
+    from north_lightning.rl.sampler import RolloutService
     from north_lightning.rl.spool import RolloutSpool
 
     return RolloutService(engine=SimpleNamespace(policy_version=0), tokenizer=None,

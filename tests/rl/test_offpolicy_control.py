@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from north_lightning.rl.rollout import Episode, Segment
-from north_lightning.rl.sampler import EnvSpec, RolloutService
+from north_lightning.rl.env_specs import EnvSpec
+from north_lightning.rl.sampler import RolloutService
 from north_lightning.rl.spool import RolloutSpool
 
 SLOW, TURNS, SLOW_TURN_S, FAST_TURN_S = "slow", 8, 0.25, 0.01

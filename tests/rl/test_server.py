@@ -165,7 +165,8 @@ def test_rollout_service_routes_each_episode_to_one_server(server, tmp_path):
     from north_lightning.rl.engines.affinity import current_route
     from north_lightning.rl.engines.server import ServerPool
     from north_lightning.rl.rollout import Episode, Segment
-    from north_lightning.rl.sampler import EnvSpec, RolloutService
+    from north_lightning.rl.env_specs import EnvSpec
+    from north_lightning.rl.sampler import RolloutService
 
     model, model_dir, url = server
     pool = ServerPool([url, url + "/v1"], model_dir=model_dir, weights_dir=tmp_path / "w")
